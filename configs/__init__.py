@@ -1,0 +1,1 @@
+"""Ready YAML recipes, shipped as package data (no code here)."""

@@ -1,0 +1,34 @@
+"""ftib's microkernel: plugin interfaces, registry, typed config, pipeline, run directory.
+
+``ftib.core`` imports no plugin; stages, evaluators and rewards are found through the
+registry (entry points). See :mod:`ftib.core.interfaces` for the contracts.
+"""
+
+from ftib.core.config import path_field
+from ftib.core.errors import ConfigError, FtibError, PluginError, RunDirError
+from ftib.core.interfaces import (
+    DistInfo,
+    EvalResult,
+    Evaluator,
+    Reward,
+    RunContext,
+    Stage,
+    StageResult,
+)
+from ftib.core.registry import Registry
+
+__all__ = [
+    "ConfigError",
+    "DistInfo",
+    "EvalResult",
+    "Evaluator",
+    "FtibError",
+    "PluginError",
+    "Registry",
+    "Reward",
+    "RunContext",
+    "RunDirError",
+    "Stage",
+    "StageResult",
+    "path_field",
+]

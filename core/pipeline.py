@@ -1,0 +1,410 @@
+"""The pipeline runner: stages in order, evaluators at their points, resumable.
+
+Re-running the same recipe on the same run directory resumes: a stage recorded as
+``completed`` (with its checkpoint still present) is skipped and its checkpoint feeds
+the next stage; an interrupted stage is started again with ``ctx.resume_from`` set to
+its latest step checkpoint; completed evaluations are not repeated. A run directory
+whose manifest was written for a different recipe is refused unless ``force=True``,
+which archives the old manifest (nothing is deleted) and starts the stages afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ftib.core import config as cfg
+from ftib.core.errors import RunDirError
+from ftib.core.interfaces import DistInfo, EvalResult, RunContext, StageResult
+from ftib.core.recipe import BASE_POINT, EvalEntry, Recipe, StageEntry
+from ftib.core.rundir import (
+    MANIFEST_VERSION,
+    METRICS,
+    Manifest,
+    MetricsSink,
+    atomic_write_json,
+    atomic_write_text,
+    recover_dir,
+    sha256_path,
+)
+
+log = logging.getLogger("ftib.pipeline")
+
+TRACKED_PACKAGES = (
+    "ftib",
+    "torch",
+    "triton",
+    "transformers",
+    "peft",
+    "datasets",
+    "sentence-transformers",
+    "tokenizers",
+    "numpy",
+    "liger-kernel",
+    "flash-attn",
+)
+
+STEP_CHECKPOINTS = "steps"
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the ftib source tree when it is a git checkout, else None."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    commit = out.stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        timeout=5,
+    )
+    return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def native_build_info() -> dict[str, Any] | None:
+    try:
+        from ftib.kernels import _C  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return dict(_C.build_info())
+
+
+def resolve_device(spec: str) -> str:
+    if spec != "auto":
+        if spec.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                from ftib.core.errors import ConfigError
+
+                raise ConfigError(f"run.device: {spec!r} was requested but CUDA is not available")
+        return spec
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(spec: str, device: str) -> str:
+    if spec != "auto":
+        return spec
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_bf16_supported():
+            return "bfloat16"
+    return "float32"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def _latest_step_checkpoint(stage_dir: Path) -> Path | None:
+    """The newest complete step checkpoint under ``stage_dir/steps`` (names sort by step)."""
+    steps = stage_dir / STEP_CHECKPOINTS
+    if not steps.is_dir():
+        return None
+    for d in list(steps.iterdir()):
+        if d.name.startswith(".") and d.name.endswith(".old"):
+            recover_dir(steps / d.name[1:-4])
+    done = sorted(
+        (d for d in steps.iterdir() if d.is_dir() and not d.name.startswith(".")),
+        key=lambda d: d.name,
+    )
+    return done[-1] if done else None
+
+
+class Pipeline:
+    """Runs a validated :class:`Recipe` in a run directory.
+
+    Args:
+        recipe: the validated recipe.
+        run_dir: where everything is written (created if needed).
+        force: accept a run directory made by a different recipe (archives its manifest).
+        progress: show a progress bar over stages and evaluations.
+    """
+
+    def __init__(self, recipe: Recipe, run_dir: Path, *, force: bool = False, progress: bool = True):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.force = force
+        self.progress = progress
+        self.dist = DistInfo(
+            rank=int(os.environ.get("RANK", 0)),
+            world_size=int(os.environ.get("WORLD_SIZE", 1)),
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        )
+
+    # -- run directory -------------------------------------------------------------
+    def _open_manifest(self) -> Manifest:
+        fingerprint = self.recipe.fingerprint()
+        try:
+            manifest = Manifest.load(self.run_dir)
+        except RunDirError:
+            if not self.force:
+                raise
+            manifest = None
+            self._archive_manifest("damaged")
+        if manifest is not None and manifest.data.get("fingerprint") != fingerprint:
+            if not self.force:
+                diff = _config_diff(manifest.data.get("config", {}), self.recipe.to_dict())
+                raise RunDirError(
+                    f"run directory {self.run_dir} was made by a different configuration "
+                    f"({diff}); use another --run-dir, or --force to start over there "
+                    f"(the old manifest is kept as manifest.<time>.json)"
+                )
+            self._archive_manifest("replaced")
+            manifest = None
+        if manifest is None:
+            manifest = Manifest(
+                self.run_dir,
+                {
+                    "manifest_version": MANIFEST_VERSION,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "fingerprint": fingerprint,
+                    "recipe_file": str(self.recipe.source) if self.recipe.source else None,
+                    "config": self.recipe.to_dict(),
+                    "stages": {},
+                    "evals": {},
+                },
+            )
+        manifest.data["seed"] = self.recipe.run.seed
+        manifest.data["versions"] = package_versions()
+        manifest.data["git_commit"] = git_commit()
+        manifest.data["native"] = native_build_info()
+        manifest.data["platform"] = {"system": platform.platform(), "argv": sys.argv}
+        manifest.data["data_hashes"] = {
+            key: {"path": str(p), "sha256": sha256_path(p)}
+            for key, p in self.recipe.data_files().items()
+            if p.exists()
+        }
+        manifest.save()
+        return manifest
+
+    def _archive_manifest(self, why: str) -> None:
+        path = self.run_dir / "manifest.json"
+        if path.exists():
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            target = self.run_dir / f"manifest.{stamp}.{why}.json"
+            os.replace(path, target)
+            log.warning("archived the previous manifest as %s", target.name)
+
+    # -- contexts ------------------------------------------------------------------
+    def _context(self, work_dir: Path, model_source: str, bundle: Any, metrics: MetricsSink,
+                 logger_name: str, resume_from: Path | None = None) -> RunContext:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        return RunContext(
+            run_dir=self.run_dir,
+            work_dir=work_dir,
+            seed=self.recipe.run.seed,
+            device=self.device,
+            dtype=self.dtype,
+            dist=self.dist,
+            model_source=model_source,
+            model_options=cfg.to_dict(self.recipe.model),
+            bundle=bundle,
+            resume_from=resume_from,
+            metrics=metrics,
+            logger=logging.getLogger(logger_name),
+        )
+
+    # -- the run -------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) everything; return the final manifest data."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(self.recipe.run.device)
+        self.dtype = resolve_dtype(self.recipe.run.dtype, self.device)
+        log.info("run directory %s (device %s, dtype %s)", self.run_dir, self.device, self.dtype)
+        manifest = self._open_manifest()
+        sink = MetricsSink(self.run_dir / METRICS, enabled=self.dist.is_main)
+
+        work = [("eval", BASE_POINT, e) for e in self.recipe.evaluators if BASE_POINT in e.after]
+        for stage in self.recipe.stages:
+            work.append(("stage", stage.id, stage))
+            work += [("eval", stage.id, e) for e in self.recipe.evaluators if stage.id in e.after]
+
+        model_source = self.recipe.model.name_or_path
+        bundle = None
+        bar = _progress(len(work), enabled=self.progress and self.dist.is_main)
+        try:
+            for kind, point, entry in work:
+                bar.set_description(f"{kind} {entry.id}" + (f" @ {point}" if kind == "eval" else ""))
+                if kind == "stage":
+                    model_source, bundle = self._run_stage(manifest, sink, entry, model_source, bundle)
+                else:
+                    self._run_eval(manifest, sink, entry, point, model_source, bundle)
+                bar.update(1)
+        finally:
+            bar.close()
+        manifest.data["status"] = "completed"
+        manifest.save()
+        return manifest.data
+
+    def _run_stage(self, manifest: Manifest, sink: MetricsSink, stage: StageEntry,
+                   model_source: str, bundle: Any) -> tuple[str, Any]:
+        rec = manifest.entry("stages", stage.id)
+        work_dir = self.run_dir / "stages" / stage.id
+        if rec.get("status") == "completed":
+            ckpt = rec.get("checkpoint")
+            if ckpt is None:
+                log.info("stage %s already completed (no new checkpoint); skipping", stage.id)
+                return model_source, bundle
+            path = self.run_dir / ckpt
+            if path.exists():
+                log.info("stage %s already completed; skipping (checkpoint %s)", stage.id, ckpt)
+                return str(path), None
+            log.warning("stage %s was completed but its checkpoint %s is gone; running it again",
+                        stage.id, ckpt)
+        resume_from = _latest_step_checkpoint(work_dir) if rec.get("status") in {"running", "failed"} else None
+        if resume_from is not None:
+            log.info("stage %s resumes from %s", stage.id, resume_from)
+        seed_everything(self.recipe.run.seed)
+        ctx = self._context(work_dir, model_source, bundle, sink.child(stage=stage.id),
+                            f"ftib.stage.{stage.id}", resume_from)
+        started = time.time()
+        manifest.update("stages", stage.id, name=stage.name, status="running",
+                        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), model_source=model_source)
+        try:
+            result = stage.plugin(stage.config).run(ctx)
+            if not isinstance(result, StageResult):
+                raise TypeError(f"stage {stage.name!r} returned {type(result).__name__}, not StageResult")
+        except BaseException as exc:
+            manifest.update("stages", stage.id, status="failed",
+                            error=f"{type(exc).__name__}: {exc}",
+                            seconds=round(time.time() - started, 3))
+            raise
+        ckpt_rel = None
+        if result.checkpoint is not None:
+            ckpt = Path(result.checkpoint).resolve()
+            try:
+                ckpt_rel = ckpt.relative_to(self.run_dir.resolve()).as_posix()
+            except ValueError:
+                raise RunDirError(f"stage {stage.id!r} returned checkpoint {ckpt} outside the run directory") from None
+            if not ckpt.exists():
+                raise RunDirError(f"stage {stage.id!r} returned checkpoint {ckpt}, which does not exist")
+        manifest.update("stages", stage.id, status="completed", checkpoint=ckpt_rel,
+                        metrics=_jsonable(result.metrics),
+                        artifacts={k: str(v) for k, v in result.artifacts.items()},
+                        seconds=round(time.time() - started, 3), error=None)
+        if ckpt_rel is None:
+            return model_source, result.bundle if result.bundle is not None else bundle
+        return str(self.run_dir / ckpt_rel), result.bundle
+
+    def _run_eval(self, manifest: Manifest, sink: MetricsSink, ev: EvalEntry, point: str,
+                  model_source: str, bundle: Any) -> None:
+        key = f"{point}/{ev.id}"
+        rec = manifest.entry("evals", key)
+        if rec.get("status") == "completed":
+            log.info("evaluation %s already completed; skipping", key)
+            return
+        work_dir = self.run_dir / "evals" / point / ev.id
+        seed_everything(self.recipe.run.seed)
+        ctx = self._context(work_dir, model_source, bundle, sink.child(eval=ev.id, point=point),
+                            f"ftib.eval.{ev.id}")
+        started = time.time()
+        manifest.update("evals", key, name=ev.name, status="running")
+        try:
+            result = ev.plugin(ev.config).evaluate(ctx)
+            if not isinstance(result, EvalResult):
+                raise TypeError(f"evaluator {ev.name!r} returned {type(result).__name__}, not EvalResult")
+            lines = []
+            for i, r in enumerate(result.records):
+                missing = [k for k in EvalResult.REQUIRED_RECORD_KEYS if k not in r]
+                if missing:
+                    raise ValueError(f"evaluator {ev.name!r}: record {i} lacks keys {missing}")
+                lines.append(json.dumps(_jsonable(dict(r)), ensure_ascii=False))
+        except BaseException as exc:
+            manifest.update("evals", key, status="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        atomic_write_text(work_dir / "records.jsonl", "".join(line + "\n" for line in lines))
+        atomic_write_json(work_dir / "metrics.json", {"metrics": _jsonable(result.metrics),
+                                                      "details": _jsonable(result.details)})
+        manifest.update("evals", key, status="completed", metrics=_jsonable(result.metrics),
+                        seconds=round(time.time() - started, 3), error=None)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Convert tensors/numpy scalars/paths into plain JSON values."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj
+
+
+def _config_diff(old: Any, new: Any, prefix: str = "") -> str:
+    """A short description of where two resolved recipes differ."""
+    diffs: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{path}[{i}]")
+        elif a != b:
+            diffs.append(f"{path}: {a!r} -> {b!r}")
+
+    walk(old, new, prefix)
+    if not diffs:
+        return "unknown difference"
+    more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+    return "; ".join(diffs[:3]) + more
+
+
+class _NullBar:
+    def set_description(self, *_: Any) -> None: ...
+    def update(self, *_: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled or total == 0:
+        return _NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", dynamic_ncols=True, leave=True)

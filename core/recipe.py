@@ -1,0 +1,295 @@
+"""YAML recipes: which model, which stages and evaluators, with which configs.
+
+Schema (``yaml.safe_load``)::
+
+    run:                      # optional, see RunSpec
+      seed: 0
+      device: auto            # auto | cpu | cuda | cuda:N
+      dtype: auto             # auto | float32 | bfloat16 | float16
+    model: tiny-qwen3-vl      # or a mapping, see ModelSpec
+    stages:
+      - name: sft             # registered stage name
+        id: sft               # optional, defaults to name; unique; used by overrides
+        config: {lr: 1.0e-4}
+    evaluators:
+      - name: pope
+        after: [sft]          # stage ids and/or "base"; default: after the last stage
+        config: {}
+
+Overrides (``ftib run CONFIG key=value ...``) address the same tree with dots:
+``stages.sft.lr=1e-4`` (the ``config`` level is implicit), ``evaluators.pope.limit=50``,
+``run.seed=3``, ``model.name_or_path=/path`` (or ``model=/path``). Values are parsed as
+YAML scalars/lists (``true``, ``3``, ``[1, 2]``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ftib.core import config as cfg
+from ftib.core.errors import ConfigError, PluginError, did_you_mean
+from ftib.core.registry import EVALUATORS, STAGES, Registry
+
+TOP_LEVEL_KEYS = ("run", "model", "stages", "evaluators")
+BASE_POINT = "base"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """Process-wide settings of a run."""
+
+    seed: int = 0
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """The model the first stage starts from (hub name, local directory or preset)."""
+
+    name_or_path: str
+    revision: str | None = None
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    id: str
+    name: str
+    plugin: type
+    config: Any
+
+
+@dataclass(frozen=True)
+class EvalEntry:
+    id: str
+    name: str
+    plugin: type
+    config: Any
+    after: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    run: RunSpec
+    model: ModelSpec
+    stages: tuple[StageEntry, ...]
+    evaluators: tuple[EvalEntry, ...]
+    source: Path | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe (every default filled in), JSON-ready."""
+        return {
+            "run": cfg.to_dict(self.run),
+            "model": cfg.to_dict(self.model),
+            "stages": [
+                {"id": s.id, "name": s.name, "config": cfg.to_dict(s.config)} for s in self.stages
+            ],
+            "evaluators": [
+                {"id": e.id, "name": e.name, "after": list(e.after), "config": cfg.to_dict(e.config)}
+                for e in self.evaluators
+            ],
+        }
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (run.device excluded: a run may move)."""
+        d = self.to_dict()
+        d["run"] = {k: v for k, v in d["run"].items() if k != "device"}
+        blob = json.dumps(d, sort_keys=True, ensure_ascii=False).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def data_files(self) -> dict[str, Path]:
+        """Every input path named by a config field, keyed by its dotted key."""
+        out: dict[str, Path] = {}
+        for s in self.stages:
+            out.update(cfg.file_fields(s.config, f"stages.{s.id}"))
+        for e in self.evaluators:
+            out.update(cfg.file_fields(e.config, f"evaluators.{e.id}"))
+        return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"stages.sft.lr=1e-4"`` -> (["stages", "sft", "lr"], 1e-4)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
+    return key.split("."), value
+
+
+def _entry_index(entries: list, ident: str, section: str) -> int:
+    ids = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            continue
+        eid = entry.get("id", entry.get("name"))
+        ids.append(str(eid))
+        if eid == ident:
+            return i
+    raise ConfigError(f"{section}.{ident}: no such {section[:-1]} in the recipe; {did_you_mean(ident, ids)}")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of the raw recipe with ``key=value`` overrides applied."""
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        head = path[0]
+        if head not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"override {'.'.join(path)}: unknown key {head!r}; {did_you_mean(head, TOP_LEVEL_KEYS)}")
+        if head in ("stages", "evaluators"):
+            if len(path) < 3:
+                raise ConfigError(
+                    f"override {'.'.join(path)}: use {head}.<id>.<key>=value "
+                    f"(e.g. stages.sft.lr=1e-4)"
+                )
+            entries = raw.setdefault(head, [])
+            idx = _entry_index(entries, path[1], head)
+            entry = entries[idx]
+            rest = path[2:]
+            if head == "evaluators" and rest == ["after"]:
+                entry["after"] = value
+                continue
+            if rest[0] == "config":  # tolerate the explicit form stages.sft.config.lr
+                rest = rest[1:]
+            node = entry.setdefault("config", {}) or {}
+            entry["config"] = node
+        elif head == "model":
+            rest = path[1:]
+            if not rest:
+                raw["model"] = value
+                continue
+            if isinstance(raw.get("model"), str):
+                raw["model"] = {"name_or_path": raw["model"]}
+            node = raw.setdefault("model", {})
+        else:
+            rest = path[1:]
+            if not rest:
+                raise ConfigError("override run: use run.<key>=value")
+            node = raw.setdefault("run", {}) or {}
+            raw["run"] = node
+        for part in rest[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a mapping")
+            node = nxt
+        node[rest[-1]] = value
+    return raw
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"recipe file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {str(path)!r} is not UTF-8 text: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {str(path)!r}: the top level must be a mapping")
+    return data
+
+
+def _entries(raw: Any, section: str) -> list[Mapping[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(f"{section}: expected a list of {{name, config}} entries")
+    for i, e in enumerate(raw):
+        if not isinstance(e, Mapping) or "name" not in e:
+            raise ConfigError(f"{section}[{i}]: each entry needs at least a 'name'")
+    return raw
+
+
+def build_recipe(
+    raw: Mapping[str, Any], registry: Registry, *, source: Path | None = None
+) -> Recipe:
+    """Validate a raw recipe completely: plugins resolved, configs built, files checked."""
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"{key}: unknown top-level key; {did_you_mean(str(key), TOP_LEVEL_KEYS)}")
+    run = cfg.build(RunSpec, raw.get("run"), where="run")
+    model_raw = raw.get("model")
+    if model_raw is None:
+        raise ConfigError("model: required key is missing (a hub name, local path or preset)")
+    if isinstance(model_raw, str):
+        model_raw = {"name_or_path": model_raw}
+    model = cfg.build(ModelSpec, model_raw, where="model")
+
+    stages: list[StageEntry] = []
+    seen: set[str] = set()
+    for i, e in enumerate(_entries(raw.get("stages"), "stages")):
+        name = str(e["name"])
+        sid = str(e.get("id", name))
+        where = f"stages.{sid}"
+        for key in e:
+            if key not in ("name", "id", "config"):
+                raise ConfigError(f"{where}.{key}: unknown key; {did_you_mean(str(key), ['name', 'id', 'config'])}")
+        if sid in seen or sid == BASE_POINT:
+            raise ConfigError(f"{where}: stage id {sid!r} is used twice or reserved; give one an 'id'")
+        seen.add(sid)
+        try:
+            plugin = registry.load(STAGES, name)
+        except PluginError as exc:
+            raise ConfigError(f"stages[{i}].name: {exc}") from exc
+        stages.append(StageEntry(sid, name, plugin, cfg.build(plugin.Config, e.get("config"), where=where)))
+
+    points = [BASE_POINT] + [s.id for s in stages]
+    evals: list[EvalEntry] = []
+    eval_ids: set[str] = set()
+    for i, e in enumerate(_entries(raw.get("evaluators"), "evaluators")):
+        name = str(e["name"])
+        eid = str(e.get("id", name))
+        where = f"evaluators.{eid}"
+        for key in e:
+            if key not in ("name", "id", "config", "after"):
+                raise ConfigError(f"{where}.{key}: unknown key; {did_you_mean(str(key), ['name', 'id', 'config', 'after'])}")
+        if eid in eval_ids:
+            raise ConfigError(f"{where}: evaluator id {eid!r} is used twice; give one an 'id'")
+        eval_ids.add(eid)
+        after = e.get("after")
+        if after is None:
+            after = [points[-1]]
+        elif isinstance(after, str):
+            after = [after]
+        for a in after:
+            if a not in points:
+                raise ConfigError(f"{where}.after: {a!r} is not a stage id; {did_you_mean(str(a), points)}")
+        try:
+            plugin = registry.load(EVALUATORS, name)
+        except PluginError as exc:
+            raise ConfigError(f"evaluators[{i}].name: {exc}") from exc
+        evals.append(
+            EvalEntry(eid, name, plugin, cfg.build(plugin.Config, e.get("config"), where=where), tuple(after))
+        )
+    return Recipe(run, model, tuple(stages), tuple(evals), source=source, raw=dict(raw))
+
+
+def load_recipe(
+    path: Path, overrides: Sequence[str] = (), registry: Registry | None = None
+) -> Recipe:
+    """Read, override and validate a recipe file. Relative paths inside the recipe are
+    resolved against the current directory (as typed on the command line)."""
+    raw = apply_overrides(read_yaml(Path(path)), overrides)
+    return build_recipe(raw, registry or Registry(), source=Path(path))

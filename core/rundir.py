@@ -1,0 +1,193 @@
+"""Run directory: manifest, metrics log, atomic files and checkpoint directories.
+
+Layout::
+
+    <run_dir>/
+      manifest.json          config, versions, seeds, git commit, data hashes,
+                             per-stage / per-eval status, metrics and timings
+      metrics.jsonl          one JSON object per logged step
+      stages/<id>/           a stage's work_dir (its checkpoints live here)
+      evals/<point>/<id>/    metrics.json + records.jsonl of one evaluation
+
+Every file and checkpoint directory is written atomically: first into a temporary
+sibling, then renamed into place, so a crash mid-write leaves the previous version
+intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ftib.core.errors import RunDirError
+
+MANIFEST = "manifest.json"
+METRICS = "metrics.jsonl"
+MANIFEST_VERSION = 1
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def _old_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.old")
+
+
+def recover_dir(final: Path) -> None:
+    """Undo a crash between the two renames of :func:`atomic_dir` (previous copy back)."""
+    final = Path(final)
+    old = _old_name(final)
+    if old.exists():
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, final)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``final`` only if the block succeeds.
+
+    If the block raises (or the process dies), ``final`` keeps its previous content and
+    the temporary directory is removed (or ignored: its name starts with a dot).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(final)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                with open(os.path.join(root, name), "rb") as fh:
+                    os.fsync(fh.fileno())
+        old = _old_name(final)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_path(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, or of a directory's relative file names and contents."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if path.is_dir():
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+class MetricsSink:
+    """Appends one JSON object per call to ``metrics.jsonl`` (line-buffered, flushed).
+
+    Only the main process writes (``enabled=False`` elsewhere).
+    """
+
+    def __init__(self, path: Path, *, scope: Mapping[str, Any] | None = None, enabled: bool = True):
+        self.path = Path(path)
+        self.scope = dict(scope or {})
+        self.enabled = enabled
+
+    def child(self, **scope: Any) -> MetricsSink:
+        return MetricsSink(self.path, scope={**self.scope, **scope}, enabled=self.enabled)
+
+    def log(self, step: int, values: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        rec = {**self.scope, "step": int(step), "time": round(time.time(), 3), **values}
+        line = json.dumps(rec, ensure_ascii=False, allow_nan=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+
+class Manifest:
+    """``manifest.json`` of a run directory, rewritten atomically on every change."""
+
+    def __init__(self, run_dir: Path, data: dict[str, Any]):
+        self.run_dir = Path(run_dir)
+        self.data = data
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / MANIFEST
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Manifest | None:
+        path = Path(run_dir) / MANIFEST
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunDirError(
+                f"{path} is not valid JSON ({exc}); the run directory is damaged - "
+                f"move it away or pass --force to start over (the old manifest is kept)"
+            ) from exc
+        if not isinstance(data, dict) or data.get("manifest_version") != MANIFEST_VERSION:
+            raise RunDirError(f"{path} is not an ftib manifest (version {MANIFEST_VERSION})")
+        return cls(run_dir, data)
+
+    def save(self) -> None:
+        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        atomic_write_json(self.path, self.data)
+
+    def entry(self, section: str, key: str) -> dict[str, Any]:
+        return self.data.setdefault(section, {}).setdefault(key, {"status": "pending"})
+
+    def update(self, section: str, key: str, **values: Any) -> None:
+        self.entry(section, key).update(values)
+        self.save()

@@ -1,0 +1,1 @@
+"""Dataset schemas and loaders, packing/collation, and the FTibWorld generator."""

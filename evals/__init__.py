@@ -1,0 +1,1 @@
+"""Evaluator plugins: FTibBench and text tasks, answer extraction, metrics."""

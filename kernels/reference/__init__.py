@@ -1,0 +1,1 @@
+"""Readable reference implementations, one module per op, shared by tests and benchmarks."""

@@ -1,0 +1,1 @@
+"""Loading models/tokenizers/processors by name or path, tiny presets, vocabulary extension."""

@@ -1,0 +1,133 @@
+"""Packaging for ftib.
+
+The repository's top-level folders are the subpackages of one namespace package,
+``ftib`` (``ftib.core`` -> ``core/``, ``ftib.kernels`` -> ``kernels/`` ...). There is no
+``ftib/`` folder and no top-level ``__init__.py``.
+
+The native module ``ftib.kernels._C`` is built from ``csrc/`` by CMake; this file only
+drives CMake (configure + build) and copies the result where setuptools expects it. No
+hardware detection happens here: what the build produces depends on the compiler and the
+CMake options given through the environment (``FTIB_CMAKE_ARGS``), never on the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+def _discover_packages() -> tuple[list[str], dict[str, str]]:
+    """Every folder with an ``__init__.py`` below a mapped folder becomes a subpackage."""
+    packages: list[str] = []
+    package_dir: dict[str, str] = {}
+    # ``configs/`` holds only YAML recipes, shipped as package data of ``ftib.configs``.
+    for top in ("core", "kernels", "stages", "evals", "data", "models", "bench", "configs"):
+        for init in sorted((ROOT / top).rglob("__init__.py")):
+            rel = init.parent.relative_to(ROOT)
+            name = "ftib." + ".".join(rel.parts)
+            packages.append(name)
+            package_dir[name] = rel.as_posix()
+    return packages, package_dir
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str, source_dir: Path) -> None:
+        super().__init__(name, sources=[])
+        self.source_dir = source_dir
+
+
+class CMakeBuild(build_ext):
+    """Configure and build ``CMakeLists.txt``; the target writes straight into place."""
+
+    def build_extension(self, ext: Extension) -> None:
+        if not isinstance(ext, CMakeExtension):
+            super().build_extension(ext)
+            return
+        import pybind11
+
+        out_file = Path(self.get_ext_fullpath(ext.name)).resolve()
+        out_dir = out_file.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        build_type = os.environ.get("FTIB_BUILD_TYPE", "Release")
+        build_temp = Path(self.build_temp).resolve() / f"cmake-{build_type.lower()}"
+        build_temp.mkdir(parents=True, exist_ok=True)
+        cfg = [
+            "cmake",
+            "-S",
+            str(ext.source_dir),
+            "-B",
+            str(build_temp),
+            f"-DCMAKE_BUILD_TYPE={build_type}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DFTIB_EXT_OUTPUT_DIR={out_dir}",
+            f"-DFTIB_EXT_OUTPUT_NAME={out_file.name}",
+        ]
+        cfg += shlex.split(os.environ.get("FTIB_CMAKE_ARGS", ""))
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 1)
+        subprocess.run(cfg, check=True)
+        subprocess.run(
+            ["cmake", "--build", str(build_temp), "--target", "_C", "-j", jobs], check=True
+        )
+        if not out_file.exists():
+            raise RuntimeError(f"CMake finished but {out_file} was not produced")
+
+
+packages, package_dir = _discover_packages()
+
+setup(
+    name="ftib",
+    version="0.1.0",
+    description="Adapt LLMs and vision-language models to Tibetan: CPT, alignment, SFT, "
+    "GRPO with semantic rewards, and FTibBench.",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir=package_dir,
+    package_data={"ftib.configs": ["*.yaml"]},
+    include_package_data=False,
+    ext_modules=[CMakeExtension("ftib.kernels._C", ROOT)],
+    cmdclass={"build_ext": CMakeBuild},
+    install_requires=[
+        # Pinned below 2.14 so that an installed CPU torch 2.13.0 satisfies it and pip
+        # never replaces it with a multi-GB CUDA build; install torch first.
+        "torch>=2.5,<2.14",
+        "triton>=3.1",
+        "transformers>=5.0,<6",
+        "peft>=0.17",
+        "datasets>=3.0",
+        "sentence-transformers>=5.0",
+        "pybind11>=2.12",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "numpy>=1.26",
+        "pillow>=10.0",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8.0",
+            "pytest-benchmark>=4.0",
+            "hypothesis>=6.100",
+        ],
+        "gpu": ["liger-kernel>=0.5", "flash-attn>=2.6"],
+    },
+    entry_points={
+        "console_scripts": ["ftib = ftib.core.cli:main"],
+        # Built-in plugins register here exactly like third-party ones.
+        "ftib.stages": [],
+        "ftib.evaluators": [],
+        "ftib.rewards": [],
+        # Extra CLI subcommands (``ftib data ...``, ``ftib tokenizer ...``).
+        "ftib.commands": [],
+    },
+    zip_safe=False,
+)

@@ -1,0 +1,1 @@
+"""Built-in stage plugins (CPT, Align, SFT, GRPO) and reward plugins."""
