@@ -1,0 +1,68 @@
+"""The ``ftib`` console script, run as a user would (subprocesses)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import yaml
+
+from ftib.core.registry import GROUPS
+
+
+def ftib(*args, env=None, cwd=None):
+    exe = shutil.which("ftib")
+    cmd = [exe] if exe else [sys.executable, "-m", "ftib.core.cli"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)
+
+
+def test_version_and_help():
+    out = ftib("--version")
+    assert out.returncode == 0 and out.stdout.startswith("ftib ")
+    help_text = ftib("run", "--help").stdout
+    assert "KEY=VALUE" in help_text and "stages.sft.lr=1e-4" in help_text and "--run-dir" in help_text
+    assert ftib("list", "--help").returncode == 0
+
+
+def test_list_prints_every_group():
+    out = ftib("list")
+    assert out.returncode == 0, out.stderr
+    for group in GROUPS:
+        assert f"{group}:" in out.stdout
+
+
+def test_drop_in_plugin_is_listed_and_runs(toy_site, tmp_path):
+    env = {"PYTHONPATH": f"{toy_site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    listed = ftib("list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "counter" in listed.stdout and "ftib-toy" in listed.stdout and "[plugin]" in listed.stdout
+    hidden = ftib("list", env={**env, "FTIB_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert "counter" not in hidden.stdout
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "m", "stages": [{"name": "counter"}],
+                                      "evaluators": [{"name": "echo"}]}))
+    run_dir = tmp_path / "run"
+    out = ftib("run", str(recipe), "stages.counter.steps=2", "--run-dir", str(run_dir), "--no-progress", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "counter" in out.stdout and "completed" in out.stdout
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["counter"]["status"] == "completed"
+    assert manifest["evals"]["counter/echo"]["metrics"]["accuracy"] == 1.0
+
+    # A changed config on the same run directory is refused with a clear message.
+    out = ftib("run", str(recipe), "stages.counter.steps=3", "--run-dir", str(run_dir), env=env)
+    assert out.returncode == 2 and "different configuration" in out.stderr
+    # An unknown key is reported with the closest valid one, before any work.
+    out = ftib("run", str(recipe), "stages.counter.stepz=3", "--run-dir", str(tmp_path / "r2"), env=env)
+    assert out.returncode == 2 and "did you mean 'steps'" in out.stderr
+    assert not (tmp_path / "r2").exists()
+
+
+def test_default_recipe_runs(tmp_path):
+    out = ftib("run", "--run-dir", str(tmp_path / "run"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["recipe_file"].endswith("tiny.yaml") and manifest["status"] == "completed"
