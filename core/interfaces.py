@@ -75,6 +75,9 @@ class RunContext:
         resume_from: for a stage that was interrupted in an earlier run, its latest
             step checkpoint directory; ``None`` on a fresh start.
         metrics: sink for step-level metrics (appends to ``metrics.jsonl``).
+        run_id: identifies this run's configuration and this plugin's place in it
+            (recipe fingerprint + id); step checkpoints carry it so that a checkpoint
+            from another run is refused.
         logger: logger named after the plugin.
     """
 
@@ -89,6 +92,7 @@ class RunContext:
     bundle: Any = None
     resume_from: Path | None = None
     metrics: MetricsSink
+    run_id: str = ""
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("ftib"))
 
     def torch_device(self) -> torch.device:

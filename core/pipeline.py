@@ -5,7 +5,7 @@ Re-running the same recipe on the same run directory resumes: a stage recorded a
 the next stage; an interrupted stage is started again with ``ctx.resume_from`` set to
 its latest step checkpoint; completed evaluations are not repeated. A run directory
 whose manifest was written for a different recipe is refused unless ``force=True``,
-which archives the old manifest (nothing is deleted) and starts the stages afresh.
+which moves the previous run aside (nothing is deleted) and starts the stages afresh.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ class Pipeline:
     Args:
         recipe: the validated recipe.
         run_dir: where everything is written (created if needed).
-        force: accept a run directory made by a different recipe (archives its manifest).
+        force: accept a run directory made by a different recipe (the previous run is moved aside).
         progress: show a progress bar over stages and evaluations.
     """
 
@@ -181,16 +181,16 @@ class Pipeline:
             if not self.force:
                 raise
             manifest = None
-            self._archive_manifest("damaged")
+            self._archive_previous_run("damaged")
         if manifest is not None and manifest.data.get("fingerprint") != fingerprint:
             if not self.force:
                 diff = _config_diff(manifest.data.get("config", {}), self.recipe.to_dict())
                 raise RunDirError(
                     f"run directory {self.run_dir} was made by a different configuration "
                     f"({diff}); use another --run-dir, or --force to start over there "
-                    f"(the old manifest is kept as manifest.<time>.json)"
+                    f"(the old run is moved to superseded/<time>-replaced/)"
                 )
-            self._archive_manifest("replaced")
+            self._archive_previous_run("replaced")
             manifest = None
         if manifest is None:
             manifest = Manifest(
@@ -218,17 +218,27 @@ class Pipeline:
         manifest.save()
         return manifest
 
-    def _archive_manifest(self, why: str) -> None:
-        path = self.run_dir / "manifest.json"
-        if path.exists():
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            target = self.run_dir / f"manifest.{stamp}.{why}.json"
-            os.replace(path, target)
-            log.warning("archived the previous manifest as %s", target.name)
+    def _archive_previous_run(self, why: str) -> None:
+        """Move the previous run's manifest, metrics and stage/eval folders aside into
+        ``superseded/<time>-<why>/`` so nothing is lost and no stale step checkpoint can
+        be mistaken for one of the new run."""
+        names = ["manifest.json", METRICS, "stages", "evals"]
+        present = [n for n in names if (self.run_dir / n).exists()]
+        if not present:
+            return
+        target = self.run_dir / "superseded" / f"{time.strftime('%Y%m%d-%H%M%S')}-{why}"
+        suffix = 0
+        while target.exists():
+            suffix += 1
+            target = target.with_name(f"{target.name.split('+')[0]}+{suffix}")
+        target.mkdir(parents=True)
+        for n in present:
+            os.replace(self.run_dir / n, target / n)
+        log.warning("moved the previous run's %s to %s", ", ".join(present), target)
 
     # -- contexts ------------------------------------------------------------------
     def _context(self, work_dir: Path, model_source: str, bundle: Any, metrics: MetricsSink,
-                 logger_name: str, resume_from: Path | None = None) -> RunContext:
+                 logger_name: str, resume_from: Path | None = None, run_id: str = "") -> RunContext:
         work_dir.mkdir(parents=True, exist_ok=True)
         return RunContext(
             run_dir=self.run_dir,
@@ -242,6 +252,7 @@ class Pipeline:
             bundle=bundle,
             resume_from=resume_from,
             metrics=metrics,
+            run_id=run_id,
             logger=logging.getLogger(logger_name),
         )
 
@@ -297,7 +308,8 @@ class Pipeline:
             log.info("stage %s resumes from %s", stage.id, resume_from)
         seed_everything(self.recipe.run.seed)
         ctx = self._context(work_dir, model_source, bundle, sink.child(stage=stage.id),
-                            f"ftib.stage.{stage.id}", resume_from)
+                            f"ftib.stage.{stage.id}", resume_from,
+                            run_id=f"{self.recipe.fingerprint()[:16]}/stages/{stage.id}")
         started = time.time()
         manifest.update("stages", stage.id, name=stage.name, status="running",
                         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), model_source=model_source)
@@ -337,7 +349,7 @@ class Pipeline:
         work_dir = self.run_dir / "evals" / point / ev.id
         seed_everything(self.recipe.run.seed)
         ctx = self._context(work_dir, model_source, bundle, sink.child(eval=ev.id, point=point),
-                            f"ftib.eval.{ev.id}")
+                            f"ftib.eval.{ev.id}", run_id=f"{self.recipe.fingerprint()[:16]}/evals/{key}")
         started = time.time()
         manifest.update("evals", key, name=ev.name, status="running")
         try:

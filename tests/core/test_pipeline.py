@@ -91,8 +91,12 @@ def test_foreign_run_dir_is_refused(recipe_file, tmp_path):
     assert len(calls(run_dir, "first")) == 1
     manifest = run(recipe_file, run_dir, "stages.first.steps=5", force=True)
     assert manifest["stages"]["first"]["status"] == "completed"
-    assert len(calls(run_dir, "first")) == 2  # --force starts the stages afresh
-    assert list(run_dir.glob("manifest.*.replaced.json")), "old manifest must be kept"
+    assert [c["start"] for c in calls(run_dir, "first")] == [0]  # --force starts the stages afresh
+    old = list(run_dir.glob("superseded/*-replaced"))
+    assert len(old) == 1, "the old run must be kept"
+    assert (old[0] / "manifest.json").exists() and (old[0] / "stages/first/steps/step-000002").is_dir()
+    assert sorted(p.name for p in (run_dir / "stages/first/steps").iterdir()) == [
+        f"step-{i:06d}" for i in range(5)]
 
 
 def test_completed_stage_with_missing_checkpoint_runs_again(recipe_file, tmp_path):
