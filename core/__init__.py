@@ -4,6 +4,7 @@
 registry (entry points). See :mod:`ftib.core.interfaces` for the contracts.
 """
 
+from ftib.core.config import build as build_config
 from ftib.core.config import path_field
 from ftib.core.errors import ConfigError, FtibError, PluginError, RunDirError
 from ftib.core.interfaces import (
@@ -30,5 +31,6 @@ __all__ = [
     "RunDirError",
     "Stage",
     "StageResult",
+    "build_config",
     "path_field",
 ]

@@ -144,8 +144,12 @@ def build_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
 
     reg = registry or Registry()
     for name in reg.names(COMMANDS):
-        register = reg.load(COMMANDS, name)
-        register(sub)
+        # A broken command plugin must not take `ftib run` down with it: say so loudly.
+        try:
+            register = reg.load(COMMANDS, name)
+            register(sub)
+        except Exception as exc:  # noqa: BLE001 - any failure of third-party code
+            print(f"ftib: warning: command plugin {name!r} is unavailable: {exc}", file=sys.stderr)
     return parser
 
 

@@ -1,0 +1,211 @@
+"""What the training stages share: which parameters train, LoRA, and checkpoints.
+
+The trainable set is configuration, not code: every stage nests a
+:class:`TrainableConfig`, and :func:`select_trainable` turns it into the loop's
+parameter groups after freezing everything else.
+
+Model anatomy this relies on (transformers 5):
+
+* Qwen3-VL (``Qwen3VLForConditionalGeneration``): ``model.visual`` (vision tower, with
+  ``merger`` and ``deepstack_merger_list`` — the vision→language projector),
+  ``model.language_model`` (decoder, with ``embed_tokens``), ``lm_head``.
+* Qwen3 / other causal LMs: ``get_input_embeddings()`` / ``get_output_embeddings()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ftib.core.errors import ConfigError
+from ftib.core.train import ParamGroup
+
+MERGER_PREFIXES = ("model.visual.merger.", "model.visual.deepstack_merger_list.")
+VISION_PREFIX = "model.visual."
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraSpec:
+    """LoRA settings (``peft.LoraConfig``).
+
+    Attributes:
+        r, alpha, dropout: rank, scaling numerator and dropout of the adapters.
+        target_modules: linear layers to adapt (names matched by peft).
+        merge: merge the adapter into the base weights when saving the stage's final
+            checkpoint (a plain transformers directory); otherwise save the adapter.
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    merge: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainableConfig:
+    """Which parameters of the language model train.
+
+    Attributes:
+        mode: ``new_embeddings`` — only the embedding rows (input and output) of tokens
+            added by the tokenizer extension; ``embeddings`` — the whole input/output
+            embeddings; ``lora`` — LoRA adapters (plus the embeddings as
+            ``modules_to_save`` when ``lora_train_embeddings``); ``full`` — everything
+            in the language model.
+        lora: adapter settings for ``mode: lora``.
+        lora_train_embeddings: with LoRA, also train the embeddings in full.
+        embedding_lr_scale: learning-rate multiplier for embedding parameters.
+        train_vision: also train the vision tower (VLMs).
+        train_merger: also train the vision→language merger (VLMs).
+    """
+
+    mode: Literal["new_embeddings", "embeddings", "lora", "full"] = "full"
+    lora: LoraSpec = LoraSpec()
+    lora_train_embeddings: bool = False
+    embedding_lr_scale: float = 1.0
+    train_vision: bool = False
+    train_merger: bool = False
+
+
+def is_vlm(model: torch.nn.Module) -> bool:
+    return any(n.startswith(VISION_PREFIX) for n, _ in model.named_parameters())
+
+
+def _embedding_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    params = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not params[0]:
+        params.append(out.weight)
+    return params
+
+
+def _keep_rows_from(param: torch.nn.Parameter, start: int) -> None:
+    """Zero the gradient of rows < start so only the new rows learn."""
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:start] = 0
+        return grad
+
+    param.register_hook(hook)
+
+
+def select_trainable(
+    model: torch.nn.Module, cfg: TrainableConfig, *, new_token_start: int | None = None
+) -> tuple[torch.nn.Module, list[ParamGroup]]:
+    """Freeze the model, then unfreeze what ``cfg`` asks for.
+
+    Returns the model to train (wrapped by peft for LoRA) and the parameter groups
+    (``embeddings`` with ``embedding_lr_scale`` and no weight decay; ``main``; ``vision``;
+    ``merger``).
+    """
+    vlm = is_vlm(model)
+    if (cfg.train_vision or cfg.train_merger) and not vlm:
+        raise ConfigError("trainable.train_vision/train_merger need a vision-language model")
+    if cfg.mode == "lora":
+        model = _wrap_lora(model, cfg)
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    if cfg.mode == "lora" and cfg.lora_train_embeddings:
+        emb = [p for n, p in model.named_parameters() if "modules_to_save" in n]
+    else:
+        emb = _embedding_params(model)
+    groups: dict[str, list[torch.nn.Parameter]] = {"embeddings": [], "main": [], "vision": [], "merger": []}
+    if cfg.mode in ("new_embeddings", "embeddings") or (cfg.mode == "lora" and cfg.lora_train_embeddings):
+        if cfg.mode == "new_embeddings":
+            if new_token_start is None:
+                raise ConfigError(
+                    "trainable.mode: new_embeddings needs the tokenizer extension "
+                    "(no new tokens were added); use 'embeddings' or enable the extension"
+                )
+            for p in emb:
+                _keep_rows_from(p, new_token_start)
+        groups["embeddings"] += emb
+    emb_ids = {id(p) for p in emb}
+    for name, p in model.named_parameters():
+        if id(p) in emb_ids:
+            continue
+        if any(prefix in name for prefix in MERGER_PREFIXES):
+            if cfg.train_merger:
+                groups["merger"].append(p)
+            continue
+        if VISION_PREFIX in name:
+            if cfg.train_vision:
+                groups["vision"].append(p)
+            continue
+        if "original_module" in name:  # peft's frozen copy behind modules_to_save
+            continue
+        if cfg.mode == "full" or (cfg.mode == "lora" and "lora_" in name):
+            groups["main"].append(p)
+    if cfg.mode == "full":
+        groups["embeddings"] += [p for p in emb if all(p is not q for q in groups["embeddings"])]
+    out = []
+    for name, params in groups.items():
+        unique = list({id(p): p for p in params}.values())
+        for p in unique:
+            p.requires_grad_(True)
+        if unique:
+            scale = cfg.embedding_lr_scale if name == "embeddings" else 1.0
+            wd = 0.0 if name == "embeddings" else None
+            out.append(ParamGroup(name, unique, lr_scale=scale, weight_decay=wd))
+    if not out:
+        raise ConfigError("the trainable configuration selects no parameters")
+    return model, out
+
+
+def _wrap_lora(model: torch.nn.Module, cfg: TrainableConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in cfg.lora.target_modules if t not in names]
+    if missing:
+        raise ConfigError(
+            f"trainable.lora.target_modules: {missing} are not linear layers of "
+            f"{type(model).__name__} (has: {sorted(names)})"
+        )
+    # Restrict adapters to the language model of a VLM (vision blocks reuse names).
+    lm_only = rf"^(?!.*visual).*\.({'|'.join(cfg.lora.target_modules)})$"
+    modules_to_save = None
+    if cfg.lora_train_embeddings:
+        # peft keeps trainable copies of these and saves them with the adapter.
+        modules_to_save = sorted({_module_name(model, model.get_input_embeddings())}
+                                 | ({_module_name(model, model.get_output_embeddings())}
+                                    if model.get_output_embeddings() is not None else set()))
+    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=lm_only, bias="none", modules_to_save=modules_to_save)
+    return get_peft_model(model, lcfg)
+
+
+def _module_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name.rsplit(".", 1)[-1]
+    raise ValueError("module not found in model")
+
+
+def trainable_parameter_count(groups: Iterable[ParamGroup]) -> int:
+    return sum(p.numel() for g in groups for p in g.params)
+
+
+def save_model_dir(model: torch.nn.Module, out_dir: Path, *, processor: Any = None, tokenizer: Any = None,
+                   merge_lora: bool = True) -> None:
+    """Save a transformers-loadable checkpoint (LoRA merged unless ``merge_lora=False``,
+    in which case a peft adapter directory is written)."""
+    from peft import PeftModel
+
+    target = model
+    if isinstance(model, PeftModel) and merge_lora:
+        # Merge into a copy of the weights' values without mutating the training model.
+        import copy
+
+        target = copy.deepcopy(model).merge_and_unload()
+    target.save_pretrained(out_dir)
+    if processor is not None:
+        processor.save_pretrained(out_dir)
+    elif tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)

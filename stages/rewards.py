@@ -1,0 +1,264 @@
+"""Reward plugins for GRPO (entry-point group ``ftib.rewards``).
+
+* ``semantic`` — embedding-level similarity of a completion to its reference: a
+  sentence-transformers encoder (hub name or local path, loaded once, frozen), batched
+  encoding, reference embeddings cached, cosine by the similarity kernel
+  (:func:`ftib.kernels.similarity.embedding_similarity`), threshold rescale
+  ``max(0, (s - tau) / (1 - tau))``. The seed paper weights it 1.5.
+* ``language`` — is the completion written in the target script(s)? The share of its
+  letters (Unicode categories L* and M*, so Tibetan vowel signs count) that belong to the
+  target scripts; 1/0 against a threshold, or the share itself. An empty completion, or
+  one with no letters at all (digits, punctuation), scores 0: it shows no language. The
+  seed paper weights it 1.0.
+* ``length`` — a soft length window in characters (optional shaping).
+* ``format`` — the completion matches a regular expression (optional).
+
+Every reward returns ``(N,) float32`` on the CPU; the GRPO stage weights and sums them.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from ftib.core import ConfigError, FtibError, Reward
+
+# Unicode blocks per script (the letters and marks a script writes with).
+SCRIPT_RANGES: dict[str, tuple[tuple[int, int], ...]] = {
+    "tibetan": ((0x0F00, 0x0FFF),),
+    "han": (
+        (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2A6DF),
+        (0x2A700, 0x2EBEF), (0x30000, 0x3134F), (0x3005, 0x3007),
+    ),
+    "latin": (
+        (0x0041, 0x005A), (0x0061, 0x007A), (0x00C0, 0x024F), (0x1E00, 0x1EFF),
+        (0x2C60, 0x2C7F), (0xA720, 0xA7FF), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A),
+    ),
+}
+Script = Literal["tibetan", "han", "latin"]
+
+
+def script_of(ch: str) -> str | None:
+    cp = ord(ch)
+    for name, ranges in SCRIPT_RANGES.items():
+        if any(lo <= cp <= hi for lo, hi in ranges):
+            return name
+    return None
+
+
+def script_share(text: str, scripts: Sequence[str]) -> float:
+    """Share of the letters of ``text`` written in ``scripts`` (0 when it has no letters).
+
+    Combining marks outside every script block (U+0300–U+036F accents, ...) count with
+    the letter they follow.
+    """
+    letters = hits = 0
+    prev: str | None = None
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat[0] not in "LM":
+            prev = None
+            continue
+        s = script_of(ch)
+        if s is None and cat[0] == "M":
+            s = prev
+        letters += 1
+        hits += s in scripts
+        prev = s
+    return hits / letters if letters else 0.0
+
+
+class LanguageReward(Reward):
+    """Language consistency: the completion is written in the target script(s)."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        """Attributes:
+        scripts: the target scripts (e.g. ``[han]`` for Tibetan→Chinese translation).
+        threshold: minimum share of letters in the target scripts for a reward of 1.
+        mode: ``binary`` (1/0 against the threshold) or ``fraction`` (the share itself).
+        target_key: metadata key that, when present, overrides ``scripts`` per item.
+        """
+
+        scripts: tuple[Script, ...] = ("tibetan",)
+        threshold: float = 0.9
+        mode: Literal["binary", "fraction"] = "binary"
+        target_key: str = "target_scripts"
+
+        def __post_init__(self) -> None:
+            if not self.scripts:
+                raise ValueError("scripts: name at least one of tibetan, han, latin")
+            if not 0.0 < self.threshold <= 1.0:
+                raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+
+    def __call__(self, prompts, completions, references, metadata) -> torch.Tensor:
+        _check_lengths(prompts, completions, references, metadata)
+        out = []
+        for text, meta in zip(completions, metadata):
+            scripts = meta.get(self.config.target_key, self.config.scripts) if meta else self.config.scripts
+            if isinstance(scripts, str):
+                scripts = (scripts,)
+            unknown = [s for s in scripts if s not in SCRIPT_RANGES]
+            if unknown:
+                raise FtibError(f"language reward: unknown scripts {unknown} in metadata (known: {sorted(SCRIPT_RANGES)})")
+            share = script_share(text, scripts)
+            out.append(share if self.config.mode == "fraction" else float(share >= self.config.threshold))
+        return torch.tensor(out, dtype=torch.float32)
+
+
+class LengthReward(Reward):
+    """1 inside ``[min_chars, max_chars]``, falling linearly to 0 over ``slack`` characters."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        min_chars: int = 1
+        max_chars: int = 200
+        slack: int = 50
+
+        def __post_init__(self) -> None:
+            if not 0 <= self.min_chars <= self.max_chars or self.slack < 1:
+                raise ValueError("need 0 <= min_chars <= max_chars and slack >= 1")
+
+    def __call__(self, prompts, completions, references, metadata) -> torch.Tensor:
+        _check_lengths(prompts, completions, references, metadata)
+        c = self.config
+        out = []
+        for text in completions:
+            n = len(text.strip())
+            gap = (c.min_chars - n) if n < c.min_chars else (n - c.max_chars) if n > c.max_chars else 0
+            out.append(max(0.0, 1.0 - gap / c.slack))
+        return torch.tensor(out, dtype=torch.float32)
+
+
+class FormatReward(Reward):
+    """1 when the (stripped) completion fully matches ``pattern``, else 0."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        pattern: str = r"(?s).+"
+
+        def __post_init__(self) -> None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a valid regular expression: {exc}") from exc
+
+    def __call__(self, prompts, completions, references, metadata) -> torch.Tensor:
+        _check_lengths(prompts, completions, references, metadata)
+        rx = re.compile(self.config.pattern)
+        return torch.tensor([float(rx.fullmatch(c.strip()) is not None) for c in completions], dtype=torch.float32)
+
+
+class SemanticReward(Reward):
+    """Cosine similarity of completion and reference embeddings (sentence-transformers)."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        """Attributes:
+        model: sentence-transformers model, hub name or local directory.
+        threshold: tau of the rescale ``max(0, (s - tau) / (1 - tau))``; None = raw cosine.
+        batch_size: encoding batch size.
+        device: where the encoder runs (``auto`` = the policy's device when known, else CPU).
+        impl: similarity kernel implementation (``auto | triton | native | torch``).
+        max_cache: reference embeddings kept in the cache.
+        """
+
+        model: str
+        threshold: float | None = None
+        batch_size: int = 64
+        device: str = "auto"
+        impl: Literal["auto", "triton", "native", "torch"] = "auto"
+        max_cache: int = 100_000
+
+        def __post_init__(self) -> None:
+            if self.threshold is not None and not 0.0 <= self.threshold < 1.0:
+                raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._encoder = None
+        self._cache: dict[str, torch.Tensor] = {}
+        self.device = "cpu"
+
+    def bind(self, device: str) -> SemanticReward:
+        """Run the encoder on the policy's device (called by the GRPO stage)."""
+        if self.config.device == "auto":
+            self.device = device
+        return self
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            self._encoder = load_encoder(self.config.model, self.config.device if self.config.device != "auto" else self.device)
+        return self._encoder
+
+    def _embed(self, texts: Sequence[str]) -> torch.Tensor:
+        with torch.no_grad():
+            emb = self.encoder.encode(list(texts), batch_size=self.config.batch_size, convert_to_tensor=True,
+                                      normalize_embeddings=False, show_progress_bar=False)
+        return emb.detach().float()
+
+    def reference_embeddings(self, references: Sequence[str]) -> torch.Tensor:
+        missing = [r for r in dict.fromkeys(references) if r not in self._cache]
+        if missing:
+            if len(self._cache) + len(missing) > self.config.max_cache:
+                self._cache.clear()
+            for text, row in zip(missing, self._embed(missing)):
+                self._cache[text] = row
+        return torch.stack([self._cache[r] for r in references])
+
+    def __call__(self, prompts, completions, references, metadata) -> torch.Tensor:
+        from ftib.kernels.similarity import embedding_similarity
+
+        _check_lengths(prompts, completions, references, metadata)
+        unique_refs = list(dict.fromkeys(references))
+        ref = self.reference_embeddings(unique_refs)
+        index = torch.tensor([unique_refs.index(r) for r in references], dtype=torch.long, device=ref.device)
+        # The encoder already pooled (its own pooling); each completion is one "token".
+        hyp = self._embed(completions).to(ref.device)
+        mask = torch.ones(hyp.shape[0], 1, device=ref.device)
+        scores = embedding_similarity(hyp[:, None, :], mask, ref, index, threshold=self.config.threshold,
+                                      impl=self.config.impl)
+        empty = torch.tensor([not c.strip() for c in completions], device=scores.device)
+        return scores.masked_fill(empty, 0.0).float().cpu()
+
+
+def load_encoder(name_or_path: str, device: str = "cpu"):
+    """Load a sentence-transformers model by hub name or local path, frozen, in eval mode."""
+    from pathlib import Path
+
+    from sentence_transformers import SentenceTransformer
+
+    path = Path(name_or_path).expanduser()
+    looks_local = name_or_path.startswith((".", "/", "~")) or path.exists()
+    if looks_local:
+        if not path.is_dir():
+            raise ConfigError(f"semantic reward: encoder directory {str(path)!r} does not exist")
+        if not (path / "modules.json").is_file() and not (path / "config_sentence_transformers.json").is_file():
+            raise ConfigError(
+                f"semantic reward: {str(path)!r} is not a sentence-transformers model "
+                "(no modules.json); train one with `ftib reward-encoder train`"
+            )
+    try:
+        model = SentenceTransformer(str(path) if looks_local else name_or_path, device=device)
+    except OSError as exc:
+        raise ConfigError(f"semantic reward: cannot load encoder {name_or_path!r}: {exc}") from exc
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _check_lengths(prompts: Sequence[str], completions: Sequence[str], references: Sequence[str],
+                   metadata: Sequence[Mapping[str, Any]]) -> None:
+    n = len(completions)
+    if not (len(prompts) == len(references) == len(metadata) == n):
+        raise ValueError(
+            f"reward inputs differ in length: prompts {len(prompts)}, completions {n}, "
+            f"references {len(references)}, metadata {len(metadata)}"
+        )
