@@ -92,7 +92,7 @@ class MutableConfigStage(Stage):
 TOY_ENTRY_POINTS = {
     "ftib.stages": {"counter": "ftib_toy:CounterStage"},
     "ftib.evaluators": {"echo": "ftib_toy:EchoEvaluator"},
-    "ftib.rewards": {"length": "ftib_toy:LengthReward"},
+    "ftib.rewards": {"toy-length": "ftib_toy:LengthReward"},
 }
 
 

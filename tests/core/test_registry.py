@@ -8,11 +8,12 @@ def test_third_party_plugins_are_discovered(toy_plugins):
     reg = Registry()
     assert "counter" in reg.names(STAGES)
     assert "echo" in reg.names(EVALUATORS)
-    spec = reg.spec(REWARDS, "length")
+    spec = reg.spec(REWARDS, "toy-length")
     assert spec.dist == "ftib-toy" and not spec.builtin
     cls = reg.load(STAGES, "counter")
     assert cls.__name__ == "CounterStage"
-    reward = reg.load(REWARDS, "length")(reg.load(REWARDS, "length").Config(scale=2.0))
+    cls = reg.load(REWARDS, "toy-length")
+    reward = cls(cls.Config(scale=2.0))
     assert reward(["p"], ["abc"], ["r"], [{}]).tolist() == [6.0]
 
 
