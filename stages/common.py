@@ -35,15 +35,15 @@ class LoraSpec:
     Attributes:
         r, alpha, dropout: rank, scaling numerator and dropout of the adapters.
         target_modules: linear layers to adapt (names matched by peft).
-        merge: merge the adapter into the base weights when saving the stage's final
-            checkpoint (a plain transformers directory); otherwise save the adapter.
+        save_adapter: besides the merged model (what the next stage loads), also save
+            the peft adapter under ``final/adapter``.
     """
 
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    merge: bool = True
+    save_adapter: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +51,8 @@ class TrainableConfig:
     """Which parameters of the language model train.
 
     Attributes:
-        mode: ``new_embeddings`` — only the embedding rows (input and output) of tokens
+        mode: ``none`` — the language model is frozen (train only the vision parts
+            selected below); ``new_embeddings`` — only the embedding rows (input and output) of tokens
             added by the tokenizer extension; ``embeddings`` — the whole input/output
             embeddings; ``lora`` — LoRA adapters (plus the embeddings as
             ``modules_to_save`` when ``lora_train_embeddings``); ``full`` — everything
@@ -63,7 +64,7 @@ class TrainableConfig:
         train_merger: also train the vision→language merger (VLMs).
     """
 
-    mode: Literal["new_embeddings", "embeddings", "lora", "full"] = "full"
+    mode: Literal["none", "new_embeddings", "embeddings", "lora", "full"] = "full"
     lora: LoraSpec = LoraSpec()
     lora_train_embeddings: bool = False
     embedding_lr_scale: float = 1.0
@@ -123,8 +124,6 @@ def select_trainable(
                     "trainable.mode: new_embeddings needs the tokenizer extension "
                     "(no new tokens were added); use 'embeddings' or enable the extension"
                 )
-            for p in emb:
-                _keep_rows_from(p, new_token_start)
         groups["embeddings"] += emb
     emb_ids = {id(p) for p in emb}
     for name, p in model.named_parameters():
@@ -155,6 +154,9 @@ def select_trainable(
             out.append(ParamGroup(name, unique, lr_scale=scale, weight_decay=wd))
     if not out:
         raise ConfigError("the trainable configuration selects no parameters")
+    if cfg.mode == "new_embeddings":
+        for p in emb:
+            _keep_rows_from(p, new_token_start)
     return model, out
 
 
@@ -193,19 +195,125 @@ def trainable_parameter_count(groups: Iterable[ParamGroup]) -> int:
 
 
 def save_model_dir(model: torch.nn.Module, out_dir: Path, *, processor: Any = None, tokenizer: Any = None,
-                   merge_lora: bool = True) -> None:
-    """Save a transformers-loadable checkpoint (LoRA merged unless ``merge_lora=False``,
-    in which case a peft adapter directory is written)."""
+                   save_adapter: bool = False) -> None:
+    """Save a transformers-loadable checkpoint. A LoRA model is merged into a copy of its
+    base weights (the training model is left as it is); with ``save_adapter`` the peft
+    adapter is also written to ``out_dir/adapter``."""
+    import copy
+
     from peft import PeftModel
 
     target = model
-    if isinstance(model, PeftModel) and merge_lora:
-        # Merge into a copy of the weights' values without mutating the training model.
-        import copy
-
+    if isinstance(model, PeftModel):
+        if save_adapter:
+            model.save_pretrained(out_dir / "adapter")
         target = copy.deepcopy(model).merge_and_unload()
     target.save_pretrained(out_dir)
     if processor is not None:
         processor.save_pretrained(out_dir)
     elif tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+
+
+def training_bundle(ctx: Any, trainable: TrainableConfig) -> Any:
+    """The bundle a training stage starts from, on ``ctx.device``.
+
+    Weights that train are kept in float32 (master weights; autocast handles bf16
+    compute); when only adapters or the vision parts train (``lora``/``none``), the frozen
+    base loads in ``ctx.dtype`` to save memory.
+    """
+    from ftib.models.bundle import load_bundle
+
+    if ctx.bundle is not None:
+        bundle = ctx.bundle
+        bundle.model.to(ctx.device)
+        return bundle
+    dtype = ctx.dtype if trainable.mode in ("lora", "none") else "float32"
+    opts = {k: v for k, v in dict(ctx.model_options or {}).items() if k != "name_or_path"}
+    return load_bundle(ctx.model_source, device=ctx.device, dtype=dtype, **opts)
+
+
+@dataclass
+class ChatSample:
+    """One encoded conversation (the output of ``ChatProcessor.encode``)."""
+
+    tensors: dict[str, torch.Tensor]
+
+
+class ChatTask:
+    """The loop's view of a chat-formatted stage (Align, SFT): loss on assistant tokens.
+
+    Every record is encoded once up front (so a bad image or an over-long record fails
+    or is counted before training starts, never deep in a forward pass).
+
+    Args:
+        model: the model being trained (possibly peft-wrapped).
+        groups: its parameter groups.
+        chat: the bundle's :class:`~ftib.models.chat.ChatProcessor`.
+        records: ``(messages, images)`` per conversation, with a source label for errors.
+        max_length: token limit per conversation.
+        overflow: ``truncate`` longer conversations or ``drop`` them (both counted).
+        save: writes the model checkpoint.
+    """
+
+    def __init__(self, model: torch.nn.Module, groups: list[ParamGroup], chat: Any,
+                 records: list[tuple[list[dict], list[Any], str]], *, max_length: int,
+                 overflow: Literal["truncate", "drop"], save: Any, logger: Any) -> None:
+        from ftib.core.errors import FtibError
+
+        self.model, self._groups, self.chat, self._save = model, groups, chat, save
+        self.samples: list[ChatSample] = []
+        self.stats = {"records": len(records), "truncated": 0, "dropped": 0, "no_assistant_tokens": 0}
+        for messages, images, where in records:
+            try:
+                full = chat.encode(messages, images)
+            except FtibError as exc:
+                raise FtibError(f"{where}: {exc}") from exc
+            except OSError as exc:  # unreadable image file
+                raise FtibError(f"{where}: cannot read an image: {exc}") from exc
+            if full["input_ids"].numel() > max_length:
+                if overflow == "drop":
+                    self.stats["dropped"] += 1
+                    continue
+                self.stats["truncated"] += 1
+                try:
+                    full = chat.encode(messages, images, max_length=max_length)
+                except FtibError:
+                    self.stats["dropped"] += 1  # truncation would cut an image
+                    continue
+            if int((full["labels"] != -100).sum()) == 0:
+                self.stats["no_assistant_tokens"] += 1
+                continue
+            self.samples.append(ChatSample(full))
+        if not self.samples:
+            raise FtibError(f"no usable training conversations ({self.stats})")
+        logger.info("conversations: %s", self.stats)
+
+    def param_groups(self) -> list[ParamGroup]:
+        return self._groups
+
+    def train_samples(self) -> list[ChatSample]:
+        return self.samples
+
+    def collate(self, items: list[ChatSample]) -> dict[str, torch.Tensor]:
+        return self.chat.collate([s.tensors for s in items])
+
+    def loss_normaliser(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"][:, 1:] != -100).sum())
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> Any:
+        from ftib.core.train import LossOutput
+
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        out = self.model(**batch, use_cache=False)
+        logits = out.logits[:, :-1].float()
+        target = labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        return LossOutput(loss=loss, tokens=int(batch["attention_mask"].sum()), samples=labels.shape[0])
+
+    def save_model(self, out_dir: Path) -> None:
+        self._save(out_dir)

@@ -1,0 +1,78 @@
+"""Where a stage's or evaluator's data comes from: a local path, or FTibWorld.
+
+A data spec in a recipe is either a path, or ``ftibworld[:SIZE[:SEED]]`` naming the
+embedded default (``ftibworld`` = size ``small``, seed 0). A FTibWorld build is made on
+first use into the cache (``$FTIB_CACHE_DIR/world/<size>-seed<seed>``, default
+``~/.cache/ftib``), atomically, and reused afterwards; the part a stage needs is a path
+inside it (e.g. ``sft/instructions.jsonl``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ftib.core.errors import ConfigError
+
+log = logging.getLogger("ftib.data")
+
+WORLD_PREFIX = "ftibworld"
+CACHE_ENV = "FTIB_CACHE_DIR"
+
+
+def is_world_spec(spec: str) -> bool:
+    return spec == WORLD_PREFIX or spec.startswith(WORLD_PREFIX + ":")
+
+
+def parse_world_spec(spec: str) -> tuple[str, int]:
+    """``"ftibworld:tiny:3"`` -> ("tiny", 3)."""
+    from ftib.data.world.build import DEFAULT_SIZE, SIZES
+
+    parts = spec.split(":")
+    size = parts[1] if len(parts) > 1 and parts[1] else DEFAULT_SIZE
+    if size not in SIZES:
+        from ftib.core.errors import did_you_mean
+
+        raise ConfigError(f"data spec {spec!r}: unknown FTibWorld size {size!r}; {did_you_mean(size, SIZES)}")
+    try:
+        seed = int(parts[2]) if len(parts) > 2 else 0
+    except ValueError:
+        raise ConfigError(f"data spec {spec!r}: the seed must be an integer") from None
+    if len(parts) > 3:
+        raise ConfigError(f"data spec {spec!r}: expected ftibworld[:SIZE[:SEED]]")
+    return size, seed
+
+
+def check_spec(spec: str, what: str = "data") -> None:
+    """Validate a spec before any work: a world spec parses, a path exists."""
+    if is_world_spec(spec):
+        parse_world_spec(spec)
+    elif not Path(spec).expanduser().exists():
+        raise ConfigError(f"{what}: {spec!r} does not exist (a path, or ftibworld[:SIZE[:SEED]])")
+
+
+def world_root(spec: str) -> Path:
+    """The directory of the FTibWorld build named by ``spec``, built on first use."""
+    from ftib.data.world.build import MANIFEST, build_world
+
+    size, seed = parse_world_spec(spec)
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ftib") / "world" / f"{size}-seed{seed}"
+    if not (root / MANIFEST).is_file():
+        log.info("building FTibWorld (%s, seed %d) into %s", size, seed, root)
+        build_world(root, size=size, seed=seed)
+    return root
+
+
+def resolve(spec: str, part: str) -> Path:
+    """The file or folder for ``spec``: ``world_root(spec) / part`` for a world spec,
+    else the path itself."""
+    if is_world_spec(spec):
+        path = world_root(spec) / part
+        if not path.exists():
+            raise ConfigError(f"FTibWorld build {world_root(spec)} has no {part}")
+        return path
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{spec!r} does not exist")
+    return path

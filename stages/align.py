@@ -1,0 +1,86 @@
+"""Align: image–text alignment of a vision–language model on Tibetan captions.
+
+What it trains: by default only the vision→language merger/projector of Qwen3-VL
+(``model.visual.merger`` and the deepstack mergers); the vision tower and the language
+model are frozen. Each of the three can be unfrozen by config (``trainable``).
+
+Data: image–caption pairs (JSON Lines ``id, image, caption``; see ``docs/data.md``), or
+``ftibworld[:SIZE[:SEED]]`` (``align/captions.jsonl``). Each pair becomes one chat turn —
+the user shows the image and asks for a description in Tibetan, the assistant answers
+with the caption — encoded by the bundle's one chat processor, with the loss on the
+caption tokens only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ftib.core import Stage, StageResult
+from ftib.core.train import TrainConfig, Trainer
+from ftib.stages.common import (ChatTask, TrainableConfig, save_model_dir, select_trainable,
+                                trainable_parameter_count, training_bundle)
+
+
+def describe_prompt() -> str:
+    """The Tibetan instruction "describe this picture", as the SFT data phrases it."""
+    from ftib.data.world import lexicon
+    from ftib.data.world.grammar import end
+
+    return end(lexicon.DESCRIBE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlignConfig:
+    """Configuration of the ``align`` stage (see the module docstring)."""
+
+    data: str = "ftibworld"
+    max_records: int | None = None
+    max_length: int = 512
+    overflow: Literal["truncate", "drop"] = "drop"
+    trainable: TrainableConfig = TrainableConfig(mode="none", train_merger=True)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, warmup_steps=5))
+
+    def __post_init__(self) -> None:
+        from ftib.data.sources import check_spec
+
+        check_spec(self.data, "data")
+
+
+class AlignStage(Stage):
+    """Image–caption alignment (see the module docstring)."""
+
+    Config = AlignConfig
+
+    def run(self, ctx):
+        from ftib.core import FtibError
+        from ftib.data.loaders import load_captions
+        from ftib.data.sources import resolve
+
+        cfg: AlignConfig = self.config
+        bundle = training_bundle(ctx, cfg.trainable)
+        if not bundle.multimodal:
+            raise FtibError(f"align needs a vision-language model; {ctx.model_source} is text-only")
+        path = resolve(cfg.data, "align/captions.jsonl")
+        rows = load_captions(path)
+        if cfg.max_records is not None:
+            rows = rows.select(range(min(cfg.max_records, len(rows))))
+        prompt = describe_prompt()
+        records = [
+            ([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
+              {"role": "assistant", "content": r["caption"]}], [r["image"]], f"{path} (id {r['id']})")
+            for r in rows
+        ]
+        model, groups = select_trainable(bundle.model, cfg.trainable)
+        ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
+                        ", ".join(g.name for g in groups))
+
+        def save(out_dir):
+            save_model_dir(model, out_dir, processor=bundle.chat, save_adapter=cfg.trainable.lora.save_adapter)
+
+        task = ChatTask(model, groups, bundle.chat, records, max_length=cfg.max_length, overflow=cfg.overflow,
+                        save=save, logger=ctx.logger)
+        trainer = Trainer(task, cfg.train, ctx)
+        result = trainer.train()
+        metrics = {**result.metrics, **{f"data_{k}": float(v) for k, v in task.stats.items()}}
+        return StageResult(checkpoint=trainer.save_final(), metrics=metrics)

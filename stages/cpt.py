@@ -1,0 +1,242 @@
+"""CPT: continual pretraining of the language model on Tibetan text.
+
+What it trains: the language model (text-only LMs, or the decoder inside Qwen3-VL — the
+vision tower and merger stay frozen), on plain Tibetan text.
+
+Algorithmic choices, in order:
+
+1. *Optional vocabulary extension* (``extend``): continued BPE on the corpus on top of the
+   model's byte-level BPE (:mod:`ftib.models.vocab`), then the embedding matrices are
+   resized and each new row is initialised as the mean of the base rows of its pieces
+   (:func:`ftib.models.extend_embeddings`). It is deterministic, so a resumed run redoes
+   it and lands on the same tokenizer.
+2. *Normalisation*: every document goes through :func:`ftib.kernels.tibetan.normalize`
+   (the mark-reordering rules that ``tokenizer.json`` cannot express).
+3. *Tokenisation* through ``datasets.map(batched=True)``; an EOS token ends every document.
+4. *Packing* (default) into ``block_size`` blocks with per-document positions and labels
+   that never cross a document (:mod:`ftib.data.packing`); or, with ``packing: false``,
+   one document per row, truncated to ``block_size`` and padded to the batch's longest.
+5. *Trainable set* from ``trainable.mode`` (``new_embeddings | embeddings | lora | full``),
+   see :mod:`ftib.stages.common`; the shared loop (:mod:`ftib.core.train`) does the rest.
+
+Input (``data``): UTF-8 text files, one document per non-empty line (``.txt``), JSON Lines
+with a ``text`` field (``.jsonl``), or ``ftibworld[:SIZE[:SEED]]`` for FTibWorld's CPT
+corpus (``cpt/corpus.jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ftib.core import ConfigError, FtibError, Stage, StageResult
+from ftib.core.train import LossOutput, TrainConfig, Trainer
+from ftib.stages.common import (TrainableConfig, save_model_dir, select_trainable, trainable_parameter_count,
+                                training_bundle)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtendSpec:
+    """Tokenizer extension run as CPT's first step.
+
+    Attributes:
+        add: new tokens to learn (at most).
+        min_frequency: a merge must occur at least this often.
+        init: initialisation of the new embedding rows.
+    """
+
+    add: int = 2000
+    min_frequency: int = 2
+    init: Literal["mean", "random"] = "mean"
+
+    def __post_init__(self) -> None:
+        if self.add < 1:
+            raise ValueError(f"extend.add must be >= 1, got {self.add}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CPTConfig:
+    """Configuration of the ``cpt`` stage (see the module docstring)."""
+
+    data: tuple[str, ...] = ("ftibworld",)
+    block_size: int = 256
+    packing: bool = True
+    max_documents: int | None = None
+    extend: ExtendSpec | None = None
+    trainable: TrainableConfig = TrainableConfig(mode="full")
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, warmup_steps=10))
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("data: give at least one text/JSONL file or ftibworld[:SIZE[:SEED]]")
+        from ftib.data.sources import check_spec
+
+        for i, spec in enumerate(self.data):
+            check_spec(spec, f"data[{i}]")
+        if self.block_size < 8:
+            raise ValueError(f"block_size must be >= 8, got {self.block_size}")
+
+
+def read_documents(paths: tuple[Path, ...], limit: int | None = None) -> list[str]:
+    """Documents from ``.txt`` (one per non-empty line) and ``.jsonl`` (``text``) files."""
+    docs: list[str] = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise FtibError(f"{path}: not UTF-8 text ({exc})") from exc
+        if path.suffix == ".jsonl":
+            for i, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise FtibError(f"{path}:{i}: not valid JSON ({exc.msg})") from exc
+                if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                    raise FtibError(f"{path}:{i}: a record needs a string 'text' field")
+                docs.append(rec["text"])
+        else:
+            docs.extend(line for line in text.splitlines() if line.strip())
+        if limit is not None and len(docs) >= limit:
+            return docs[:limit]
+    if not docs:
+        raise FtibError(f"the CPT data {', '.join(map(str, paths))} holds no documents")
+    return docs
+
+
+def tokenize_documents(tokenizer: Any, docs: list[str]) -> list[list[int]]:
+    """Normalise and tokenise through ``datasets.map(batched=True)``."""
+    import datasets
+
+    from ftib.kernels.tibetan import normalize
+
+    ds = datasets.Dataset.from_dict({"text": docs})
+
+    def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        texts = [normalize(t) for t in batch["text"]]
+        return {"ids": tokenizer(texts, add_special_tokens=False)["input_ids"]}
+
+    ds = ds.map(encode, batched=True, batch_size=256, remove_columns=["text"],
+                desc="tokenising", keep_in_memory=True)
+    return ds["ids"]
+
+
+class _CPTTask:
+    """The loop's view of CPT: rows of a packed (or padded) token table."""
+
+    def __init__(self, model: torch.nn.Module, groups: list, rows: list[dict[str, torch.Tensor]], pad_id: int,
+                 packing: bool, save: Any) -> None:
+        self.model, self._groups, self.rows, self.pad_id = model, groups, rows, pad_id
+        self.packing, self._save = packing, save
+
+    def param_groups(self) -> list:
+        return self._groups
+
+    def train_samples(self) -> list[dict[str, torch.Tensor]]:
+        return self.rows
+
+    def collate(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        if self.packing:
+            return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        from ftib.data.packing import pad_batch
+
+        return pad_batch([it["input_ids"].tolist() for it in items], pad_id=self.pad_id)
+
+    def loss_normaliser(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"][:, 1:] != -100).sum())
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        out = self.model(**batch, use_cache=False)
+        logits = out.logits[:, :-1].float()
+        target = labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        return LossOutput(loss=loss, tokens=int(batch["attention_mask"].sum()), samples=labels.shape[0])
+
+    def save_model(self, out_dir: Path) -> None:
+        self._save(out_dir)
+
+
+class CPTStage(Stage):
+    """Continual pretraining on Tibetan text (see the module docstring)."""
+
+    Config = CPTConfig
+
+    def run(self, ctx):
+        from ftib.data.packing import pack_documents
+        cfg: CPTConfig = self.config
+        bundle = training_bundle(ctx, cfg.trainable)
+        model = bundle.model
+        tokenizer = bundle.tokenizer
+        from ftib.data.sources import resolve
+
+        docs = read_documents(tuple(resolve(spec, "cpt/corpus.jsonl") for spec in cfg.data), cfg.max_documents)
+        new_token_start = None
+        if cfg.extend is not None:
+            tokenizer, new_token_start = _extend_vocabulary(model, tokenizer, docs, cfg.extend, ctx)
+            bundle = bundle.with_tokenizer(tokenizer)
+        elif cfg.trainable.mode == "new_embeddings":
+            raise ConfigError("stages.cpt.trainable.mode: new_embeddings needs `extend` (no tokens are added)")
+        ids = tokenize_documents(tokenizer, docs)
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise FtibError("the tokenizer has no EOS token; CPT ends every document with one")
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        if cfg.packing:
+            packed, stats = pack_documents(ids, cfg.block_size, eos_id=eos, pad_id=pad_id)
+            rows = [{k: v[i] for k, v in packed.items()} for i in range(stats.blocks)]
+            ctx.logger.info("packed %d documents (%d tokens) into %d blocks of %d (fill %.1f%%, %d split)",
+                            stats.documents, stats.tokens, stats.blocks, cfg.block_size, 100 * stats.fill,
+                            stats.split_documents)
+        else:
+            truncated = sum(len(d) + 1 > cfg.block_size for d in ids)
+            rows = [{"input_ids": torch.tensor((d + [eos])[: cfg.block_size])} for d in ids if d]
+            ctx.logger.info("%d documents, one per row (%d truncated to %d tokens)",
+                            len(rows), truncated, cfg.block_size)
+        model, groups = select_trainable(model, cfg.trainable, new_token_start=new_token_start)
+        ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
+                        ", ".join(f"{g.name}={sum(p.numel() for p in g.params)}" for g in groups))
+
+        def save(out_dir: Path) -> None:
+            save_model_dir(model, out_dir, processor=bundle.chat,
+                           save_adapter=cfg.trainable.lora.save_adapter)
+
+        task = _CPTTask(model, groups, rows, pad_id, cfg.packing, save)
+        trainer = Trainer(task, cfg.train, ctx)
+        result = trainer.train()
+        final = trainer.save_final()
+        metrics = dict(result.metrics)
+        metrics["documents"] = float(len(docs))
+        if new_token_start is not None:
+            metrics["added_tokens"] = float(len(tokenizer) - new_token_start)
+        return StageResult(checkpoint=final, metrics=metrics)
+
+
+def _extend_vocabulary(model: torch.nn.Module, tokenizer: Any, docs: list[str], spec: ExtendSpec, ctx) -> tuple[Any, int]:
+    """Extend ``tokenizer`` on ``docs`` and the model's embeddings; return the new
+    tokenizer and the first new id."""
+    from transformers import PreTrainedTokenizerFast
+
+    from ftib.models import extend_embeddings
+    from ftib.models.vocab import extend, load_base, write_extended
+
+    base_dir = ctx.work_dir / "base_tokenizer"
+    tokenizer.save_pretrained(base_dir)
+    result = extend(load_base(base_dir), docs, spec.add, min_frequency=spec.min_frequency)
+    out = ctx.work_dir / "tokenizer"
+    write_extended(result, out)
+    extended = PreTrainedTokenizerFast.from_pretrained(out)
+    if getattr(tokenizer, "chat_template", None) and not getattr(extended, "chat_template", None):
+        extended.chat_template = tokenizer.chat_template
+    extend_embeddings(model, tokenizer, extended, init=spec.init, seed=ctx.seed)
+    ctx.logger.info("tokenizer extended by %d tokens (ids from %d)", result.added_tokens, result.first_new_id)
+    return extended, result.first_new_id

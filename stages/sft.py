@@ -1,0 +1,72 @@
+"""SFT: multimodal instruction tuning in Tibetan.
+
+What it trains: the language model, in full or through LoRA adapters (``peft``; target
+modules by config), with the vision tower frozen by default (``trainable``).
+
+Data: multimodal chat records (JSON Lines ``id, task, images, messages`` in the Hugging
+Face chat format; see ``docs/data.md``), or ``ftibworld[:SIZE[:SEED]]``
+(``sft/instructions.jsonl``: describe, count, colour, position, yes/no and multiple
+choice). Conversations go through the model's chat template (the bundle's one chat
+processor); the loss covers the assistant tokens only. A record whose last turn is not
+the assistant's is rejected by the loader with its file and row; conversations longer
+than ``max_length`` are dropped or truncated (``overflow``) and counted in the metrics.
+Packing is not used for SFT: conversations are padded per micro-batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ftib.core import Stage, StageResult
+from ftib.core.train import TrainConfig, Trainer
+from ftib.stages.common import (ChatTask, TrainableConfig, save_model_dir, select_trainable,
+                                trainable_parameter_count, training_bundle)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SFTConfig:
+    """Configuration of the ``sft`` stage (see the module docstring)."""
+
+    data: str = "ftibworld"
+    max_records: int | None = None
+    max_length: int = 512
+    overflow: Literal["truncate", "drop"] = "drop"
+    trainable: TrainableConfig = TrainableConfig(mode="full")
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, warmup_steps=10))
+
+    def __post_init__(self) -> None:
+        from ftib.data.sources import check_spec
+
+        check_spec(self.data, "data")
+
+
+class SFTStage(Stage):
+    """Multimodal instruction tuning (see the module docstring)."""
+
+    Config = SFTConfig
+
+    def run(self, ctx):
+        from ftib.data.loaders import load_sft
+        from ftib.data.sources import resolve
+
+        cfg: SFTConfig = self.config
+        bundle = training_bundle(ctx, cfg.trainable)
+        path = resolve(cfg.data, "sft/instructions.jsonl")
+        rows = load_sft(path)
+        if cfg.max_records is not None:
+            rows = rows.select(range(min(cfg.max_records, len(rows))))
+        records = [(r["messages"], list(r["images"]), f"{path} (id {r['id']})") for r in rows]
+        model, groups = select_trainable(bundle.model, cfg.trainable)
+        ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
+                        ", ".join(g.name for g in groups))
+
+        def save(out_dir):
+            save_model_dir(model, out_dir, processor=bundle.chat, save_adapter=cfg.trainable.lora.save_adapter)
+
+        task = ChatTask(model, groups, bundle.chat, records, max_length=cfg.max_length, overflow=cfg.overflow,
+                        save=save, logger=ctx.logger)
+        trainer = Trainer(task, cfg.train, ctx)
+        result = trainer.train()
+        metrics = {**result.metrics, **{f"data_{k}": float(v) for k, v in task.stats.items()}}
+        return StageResult(checkpoint=trainer.save_final(), metrics=metrics)

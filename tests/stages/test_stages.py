@@ -1,0 +1,154 @@
+"""CPT, Align and SFT on the tiny Qwen3-VL preset and FTibWorld (tiny)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ftib.core import ConfigError, FtibError
+from ftib.core.pipeline import Pipeline
+from ftib.core.recipe import load_recipe
+
+TRAIN = {"batch_size": 4, "lr": 2.0e-3, "warmup_steps": 2}
+
+
+def run_stage(tmp_path, name, config, *, model="tiny-qwen3-vl", run_dir=None):
+    recipe = tmp_path / f"{name}.yaml"
+    recipe.write_text(yaml.safe_dump({"model": model, "stages": [{"name": name, "config": config}]}))
+    run_dir = run_dir or tmp_path / f"run-{name}"
+    manifest = Pipeline(load_recipe(recipe), run_dir, progress=False).run()
+    return manifest["stages"][name], run_dir / manifest["stages"][name]["checkpoint"]
+
+
+def state(path_or_model):
+    if isinstance(path_or_model, torch.nn.Module):
+        return {k: v.detach().clone() for k, v in path_or_model.state_dict().items()}
+    from ftib.models.bundle import load_bundle
+
+    return state(load_bundle(str(path_or_model)).model)
+
+
+def changed(before, after):
+    assert before.keys() == after.keys()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+@pytest.fixture(scope="module")
+def base_state():
+    from ftib.models.presets import preset_dir
+
+    return state(preset_dir("tiny-qwen3-vl"))
+
+
+def test_align_trains_only_the_merger_and_loss_falls(tmp_path, base_state):
+    rec, ckpt = run_stage(tmp_path, "align", {"data": "ftibworld:tiny", "max_records": 64,
+                                              "train": {**TRAIN, "max_steps": 20}})
+    m = rec["metrics"]
+    assert m["loss_last_10pct"] < m["loss_first_10pct"] - 0.05, m
+    diff = changed(base_state, state(ckpt))
+    assert diff and all(".visual.merger." in k or ".visual.deepstack_merger_list." in k for k in diff), diff
+    merger = {k for k in base_state if ".visual.merger." in k or "deepstack_merger_list" in k}
+    assert diff == merger
+
+
+def test_sft_full_keeps_vision_frozen_and_loss_falls(tmp_path, base_state):
+    rec, ckpt = run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "max_records": 96,
+                                            "train": {**TRAIN, "max_steps": 20}})
+    m = rec["metrics"]
+    assert m["loss_last_10pct"] < m["loss_first_10pct"] - 0.3, m
+    diff = changed(base_state, state(ckpt))
+    assert not any(".visual." in k for k in diff)
+    lm = {k for k in base_state if ".visual." not in k}
+    assert diff == lm  # every language-model tensor trained (full)
+    assert m["data_dropped"] == 0.0 and m["data_records"] == 96.0
+
+
+def test_sft_lora_changes_only_adapted_layers(tmp_path, base_state):
+    rec, ckpt = run_stage(tmp_path, "sft", {
+        "data": "ftibworld:tiny", "max_records": 32,
+        "trainable": {"mode": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"],
+                                                "save_adapter": True}},
+        "train": {**TRAIN, "max_steps": 6, "lr": 1.0e-2}})
+    diff = changed(base_state, state(ckpt))
+    assert diff and all(k.endswith(("q_proj.weight", "v_proj.weight")) and ".visual." not in k for k in diff), diff
+    assert (ckpt / "adapter" / "adapter_config.json").is_file()
+
+
+def test_cpt_with_extension_trains_only_new_rows(tmp_path):
+    rec, ckpt = run_stage(tmp_path, "cpt", {
+        "data": ["ftibworld:tiny"], "block_size": 64, "extend": {"add": 200},
+        "trainable": {"mode": "new_embeddings"}, "train": {**TRAIN, "max_steps": 12, "lr": 2.0e-2}})
+    m = rec["metrics"]
+    assert m["added_tokens"] > 50 and m["loss_last_10pct"] < m["loss_first_10pct"], m
+    from ftib.models.bundle import load_bundle
+    from ftib.models.presets import preset_dir
+
+    base = load_bundle(str(preset_dir("tiny-qwen3-vl")))
+    new = load_bundle(str(ckpt))
+    start = len(base.tokenizer)  # new ids come after every existing id
+    w_old, w_new = base.model.get_input_embeddings().weight, new.model.get_input_embeddings().weight
+    assert len(new.tokenizer) > start and w_new.shape[0] >= len(new.tokenizer)
+    assert torch.equal(w_old[:start], w_new[:start])  # base rows untouched
+    assert not torch.equal(w_new[start:len(new.tokenizer)], w_new[start:len(new.tokenizer)] * 0)
+    others = changed({k: v for k, v in state(base.model).items() if "embed_tokens" not in k and "lm_head" not in k},
+                     {k: v for k, v in state(new.model).items() if "embed_tokens" not in k and "lm_head" not in k})
+    assert not others
+
+
+def test_cpt_packing_vs_padding_and_bad_config(tmp_path):
+    rec, _ = run_stage(tmp_path, "cpt", {"data": ["ftibworld:tiny"], "block_size": 64, "packing": False,
+                                         "train": {**TRAIN, "max_steps": 4}})
+    assert rec["status"] == "completed"
+    with pytest.raises(ConfigError, match=r"stages\.cpt.*new_embeddings needs `extend`"):
+        run_stage(tmp_path, "cpt", {"data": ["ftibworld:tiny"], "trainable": {"mode": "new_embeddings"},
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "r2")
+    with pytest.raises(ConfigError, match=r"data\[0\]: '/no/such.txt' does not exist"):
+        load_recipe_from(tmp_path, {"name": "cpt", "config": {"data": ["/no/such.txt"]}})
+
+
+def load_recipe_from(tmp_path, stage):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"model": "tiny-qwen3-vl", "stages": [stage]}))
+    return load_recipe(p)
+
+
+def _sft_dir(tmp_path, rows, images=()):
+    d = tmp_path / "sftdata"
+    d.mkdir(exist_ok=True)
+    for name, data in images:
+        (d / name).write_bytes(data)
+    (d / "sft.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return d / "sft.jsonl"
+
+
+def test_bad_sft_inputs_fail_clearly(tmp_path):
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "ཁ་དོག་གང་ཡིན།"}]}
+    answer = {"role": "assistant", "content": "དམར་པོ།"}
+    path = _sft_dir(tmp_path, [{"id": "a", "task": "colour", "images": ["x.png"], "messages": [user, answer]}],
+                    images=[("x.png", b"this is not a png")])
+    with pytest.raises(FtibError, match=r"sft\.jsonl.*x\.png"):
+        run_stage(tmp_path, "sft", {"data": str(path), "train": {"max_steps": 1}}, run_dir=tmp_path / "r1")
+    path = _sft_dir(tmp_path, [{"id": "b", "task": "colour", "images": [], "messages": [
+        {"role": "user", "content": "ཁ་དོག་གང་ཡིན།"}]}])
+    with pytest.raises(FtibError, match=r"sft\.jsonl.*row 1.*last turn must be the assistant"):
+        run_stage(tmp_path, "sft", {"data": str(path), "train": {"max_steps": 1}}, run_dir=tmp_path / "r2")
+    with pytest.raises(FtibError, match="no usable training conversations.*'dropped': 8"):
+        run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "max_records": 8, "max_length": 8,
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "r3")
+
+
+def test_packaged_recipes_validate():
+    from ftib.core.cli import packaged_recipe
+
+    tiny = load_recipe(packaged_recipe("tiny.yaml"))
+    assert [s.name for s in tiny.stages][:3] == ["cpt", "align", "sft"]
+    big = load_recipe(packaged_recipe("ftibvlm-qwen3-vl-8b.yaml"))
+    assert big.model.name_or_path == "Qwen/Qwen3-VL-8B-Instruct" and big.run.dtype == "bfloat16"
+    assert [s.name for s in big.stages] == ["cpt", "align", "sft"]
