@@ -152,3 +152,33 @@ def test_packaged_recipes_validate():
     big = load_recipe(packaged_recipe("ftibvlm-qwen3-vl-8b.yaml"))
     assert big.model.name_or_path == "Qwen/Qwen3-VL-8B-Instruct" and big.run.dtype == "bfloat16"
     assert [s.name for s in big.stages] == ["cpt", "align", "sft"]
+
+
+def test_sft_killed_mid_stage_resumes_to_the_same_result(tmp_path, ftib_cache):
+    """SIGKILL `ftib run` during SFT, run the same command again: it resumes from the last
+    step checkpoint and ends with the same losses as an uninterrupted run."""
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "tiny-qwen3-vl", "stages": [{"name": "sft", "config": {
+        "data": "ftibworld:tiny", "max_records": 48,
+        "train": {**TRAIN, "max_steps": 24, "checkpoint_every": 2}}}]}))
+    env = {**os.environ, "FTIB_CACHE_DIR": str(ftib_cache)}
+    cmd = [sys.executable, "-m", "ftib.core.cli", "run", str(recipe), "--no-progress"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(cmd + ["--run-dir", str(straight)], env=env, check=True, capture_output=True, timeout=600)
+
+    proc = subprocess.Popen(cmd + ["--run-dir", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "stages/sft/steps/step-000003"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = subprocess.run(cmd + ["--run-dir", str(killed)], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resumes from" in out.stderr
+    a = json.loads((straight / "manifest.json").read_text())["stages"]["sft"]["metrics"]
+    b = json.loads((killed / "manifest.json").read_text())["stages"]["sft"]["metrics"]
+    for key in ("first_loss", "final_loss", "loss_first_10pct", "loss_last_10pct"):
+        assert a[key] == b[key], (key, a[key], b[key])
