@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from ftib.core.errors import ConfigError, did_you_mean
+from ftib.core.errors import ConfigError, FtibError, did_you_mean
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$", re.I)
 
@@ -167,7 +167,7 @@ def build(cls: type, data: Mapping[str, Any] | None, *, where: str = "config") -
         kwargs[name] = value
     try:
         obj = cls(**kwargs)
-    except (TypeError, ValueError) as exc:  # __post_init__ validation
+    except (TypeError, ValueError, FtibError) as exc:  # __post_init__ validation
         raise ConfigError(f"{where}: {exc}") from exc
     # Defaults that are paths are checked too (a default file that is not there).
     for name, f in fields.items():
