@@ -1,0 +1,169 @@
+"""``ftib eval``: run evaluators on one model outside a recipe, and write reports.
+
+    ftib eval --model tiny-qwen3-vl --bench mmbench,pope --data ftibworld:tiny
+    ftib eval --report runs/tiny            # report.md + scores_by_stage.png of a run
+
+Output under ``--out`` (default ``runs/eval-<model name>``): ``eval/<bench>.json``
+(metrics, details, decoding settings), ``eval/<bench>.records.jsonl`` (every item) and
+``eval/report.md``. Every config is built and checked before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ftib.core import config as cfg
+from ftib.core.errors import ConfigError, FtibError
+from ftib.core.interfaces import EvalResult, RunContext
+from ftib.core.registry import EVALUATORS, Registry
+from ftib.core.rundir import MetricsSink, atomic_write_json, atomic_write_text
+
+log = logging.getLogger("ftib.evals")
+
+# Command-line options that fill config keys of the same name where an evaluator has one.
+_SHARED = ("limit", "batch_size", "encoder", "base_model", "judge_model", "max_new_tokens")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def build_configs(args: argparse.Namespace, registry: Registry) -> dict[str, tuple[type, Any]]:
+    """``bench -> (evaluator class, config)`` for every ``--bench``, all validated."""
+    benches = [b.strip() for b in args.bench.split(",") if b.strip()]
+    if not benches:
+        raise ConfigError("--bench: name at least one evaluator")
+    overrides: dict[str, Any] = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(value)
+    out = {}
+    used: set[str] = set()
+    for bench in benches:
+        cls = registry.load(EVALUATORS, bench)
+        names = {f.name for f in dataclasses.fields(cls.Config)}
+        data: dict[str, Any] = {}
+        if "data" in names and args.data is not None:
+            data["data"] = args.data
+        for key in _SHARED:
+            value = getattr(args, key, None)
+            if value is not None and key in names:
+                data[key] = value
+        for key, value in overrides.items():
+            if key in names:
+                data[key] = value
+                used.add(key)
+        out[bench] = (cls, cfg.build(cls.Config, data, where=f"eval.{bench}"))
+    unused = sorted(set(overrides) - used)
+    if unused:
+        raise ConfigError(f"--set {unused[0]}: no evaluator among {', '.join(benches)} has this key")
+    return out
+
+
+def run_eval(args: argparse.Namespace) -> Path:
+    from ftib.core.pipeline import resolve_device, resolve_dtype, seed_everything
+    from ftib.evals.report import collect_eval_dir, write_report
+
+    configs = build_configs(args, Registry())
+    out = Path(args.out) if args.out else Path("runs") / f"eval-{Path(str(args.model)).name}"
+    eval_dir = out / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    from ftib.models.bundle import load_bundle
+
+    # One model in memory for every benchmark.
+    bundle = load_bundle(args.model, device=device, dtype=dtype)
+    sink = MetricsSink(out / "metrics.jsonl")
+    for bench, (cls, conf) in configs.items():
+        seed_everything(args.seed)
+        work = eval_dir / bench
+        work.mkdir(parents=True, exist_ok=True)
+        ctx = RunContext(run_dir=out, work_dir=work, seed=args.seed, device=device, dtype=dtype,
+                         model_source=str(args.model), bundle=bundle, metrics=sink.child(eval=bench),
+                         logger=logging.getLogger(f"ftib.eval.{bench}"))
+        started = time.time()
+        result = cls(conf).evaluate(ctx)
+        if not isinstance(result, EvalResult):
+            raise FtibError(f"evaluator {bench!r} returned {type(result).__name__}, not EvalResult")
+        lines = []
+        for i, r in enumerate(result.records):
+            missing = [k for k in EvalResult.REQUIRED_RECORD_KEYS if k not in r]
+            if missing:
+                raise FtibError(f"evaluator {bench!r}: record {i} lacks keys {missing}")
+            lines.append(json.dumps(_jsonable(dict(r)), ensure_ascii=False))
+        atomic_write_text(eval_dir / f"{bench}.records.jsonl", "".join(x + "\n" for x in lines))
+        atomic_write_json(eval_dir / f"{bench}.json", _jsonable({
+            "evaluator": bench, "model": str(args.model), "config": cfg.to_dict(conf),
+            "metrics": result.metrics, "details": result.details,
+            "seconds": round(time.time() - started, 3),
+        }))
+        log.info("%s: %s", bench, {k: v for k, v in list(result.metrics.items())[:4]})
+    write_report(collect_eval_dir(eval_dir, point=Path(str(args.model)).name), eval_dir,
+                 title=f"FTibBench results: {args.model}")
+    return out
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ftib.evals.report import collect_eval_dir, collect_run, write_report
+
+    if args.report:
+        src = Path(args.report)
+        if (src / "manifest.json").is_file():
+            written = write_report(collect_run(src), src, title=f"FTibBench results: {src.name}")
+        else:
+            written = write_report(collect_eval_dir(src), src)
+        for path in written.values():
+            print(path)
+        return 0
+    if not args.model or not args.bench:
+        raise ConfigError("ftib eval needs --model and --bench (or --report RUN_DIR)")
+    out = run_eval(args)
+    print((out / "eval" / "report.md").read_text(encoding="utf-8"))
+    print(f"results: {out / 'eval'}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``ftib eval`` (entry point ``ftib.commands: eval``)."""
+    p = subparsers.add_parser(
+        "eval", help="evaluate a model on FTibBench / text tasks, or write a run's report",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="preset name, local directory or hub name")
+    p.add_argument("--bench", help="comma-separated evaluator names (see `ftib list ftib.evaluators`)")
+    p.add_argument("--data", help="ftibworld[:SIZE[:SEED]] (default: each evaluator's, ftibworld), "
+                   "a FTibWorld build folder, or the benchmark's file/folder")
+    p.add_argument("--out", help="output directory (default runs/eval-<model name>)")
+    p.add_argument("--limit", type=int, help="first N items of each file")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+    p.add_argument("--encoder", help="sentence-transformers directory for semantic similarity")
+    p.add_argument("--base-model", dest="base_model", help="base model for alignment_tax")
+    p.add_argument("--judge-model", dest="judge_model", help="local model resolving unparsed replies")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="other config keys, applied to every evaluator that has them")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", metavar="RUN_DIR",
+                   help="only write report.md (+ PNG) for a run directory or an eval/ folder")
+    p.set_defaults(func=cmd_eval)

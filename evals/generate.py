@@ -1,0 +1,132 @@
+"""The model side of the evaluators, behind one small interface.
+
+Every metric, parser and report in :mod:`ftib.evals` sees the model only as a
+:class:`Generator`: a batch of ``(prompt text, optional PIL image)`` in, one reply string
+per prompt out. :class:`TransformersGenerator` is the real one, built on
+:mod:`ftib.models` (its :class:`~ftib.models.chat.ChatProcessor` is the one place where
+chat text and images become model inputs); tests use scripted generators.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+log = logging.getLogger("ftib.evals")
+
+__all__ = ["Decoding", "Generator", "Prompt", "TransformersGenerator", "generator_from_context"]
+
+#: One request: the user's text and an optional image (``PIL.Image`` or path).
+Prompt = tuple[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decoding:
+    """Decoding settings; recorded with every result.
+
+    Attributes:
+        max_new_tokens: reply length cap (each benchmark sets its own).
+        do_sample: ``False`` is greedy decoding (the default for evaluation).
+        temperature, top_p: only used when sampling.
+        batch_size: prompts per ``generate`` call (left-padded).
+    """
+
+    max_new_tokens: int = 16
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 8
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Generates one reply per prompt.
+
+    ``generate(prompts, decoding)`` returns ``len(prompts)`` strings in order; it must be
+    deterministic for greedy decoding and must not change the model.
+    """
+
+    def generate(self, prompts: Sequence[Prompt], decoding: Decoding) -> list[str]: ...
+
+
+class TransformersGenerator:
+    """A :class:`Generator` over an :class:`ftib.models.ModelBundle`.
+
+    Each prompt becomes one user turn (an image part first when there is an image), is
+    encoded by the bundle's ``ChatProcessor`` with the generation prompt, and batches are
+    left-padded for ``model.generate``. The reply is the decoded new tokens, special
+    tokens dropped, stripped.
+    """
+
+    def __init__(self, bundle: Any) -> None:
+        self.bundle = bundle
+
+    def _messages(self, text: str, image: Any) -> list[dict[str, Any]]:
+        content: list[dict[str, Any]] = []
+        if image is not None:
+            content.append({"type": "image"})
+        content.append({"type": "text", "text": text})
+        return [{"role": "user", "content": content}]
+
+    def generate(self, prompts: Sequence[Prompt], decoding: Decoding) -> list[str]:
+        import torch
+
+        model = self.bundle.model
+        # A bundle handed over by a training stage may be in train mode (dropout); generate
+        # in eval mode and leave the model as it was found.
+        was_training = model.training
+        model.eval()
+        try:
+            return self._generate(prompts, decoding)
+        finally:
+            model.train(was_training)
+
+    def _generate(self, prompts: Sequence[Prompt], decoding: Decoding) -> list[str]:
+        import torch
+
+        chat = self.bundle.chat
+        model = self.bundle.model
+        device = next(model.parameters()).device
+        out: list[str] = []
+        for start in range(0, len(prompts), decoding.batch_size):
+            chunk = prompts[start : start + decoding.batch_size]
+            encoded = []
+            for text, image in chunk:
+                if image is not None and not chat.multimodal:
+                    from ftib.core.errors import FtibError
+
+                    raise FtibError("the benchmark has images but the model is text-only")
+                enc = chat.encode(self._messages(text, image), [image] if image is not None else [],
+                                  add_generation_prompt=True)
+                enc.pop("labels")
+                encoded.append(enc)
+            batch = chat.collate(encoded, padding_side="left")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": decoding.max_new_tokens,
+                "do_sample": decoding.do_sample,
+                "pad_token_id": chat.pad_token_id,
+            }
+            if decoding.do_sample:
+                kwargs.update(temperature=decoding.temperature, top_p=decoding.top_p)
+            with torch.no_grad():
+                ids = model.generate(**batch, **kwargs)
+            new = ids[:, batch["input_ids"].shape[1] :]
+            out += [chat.decode(row).strip() for row in new]
+        return out
+
+
+def generator_from_context(ctx: Any) -> Generator:
+    """The generator an evaluator uses in a run: ``ctx.bundle`` itself when it already is
+    a :class:`Generator`, else a :class:`TransformersGenerator` over
+    :func:`ftib.models.bundle.bundle_from_context`."""
+    if isinstance(ctx.bundle, Generator):
+        return ctx.bundle
+    from ftib.models.bundle import bundle_from_context
+
+    return TransformersGenerator(bundle_from_context(ctx))

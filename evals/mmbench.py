@@ -1,0 +1,47 @@
+"""MMBench (Liu et al., 2023) with CircularEval, on the original TSV format.
+
+Every question appears once per rotation of its options (rows ``index + k*1_000_000``);
+under CircularEval a question counts only if every rotation is answered right, which
+removes the gain from guessing and from position bias. Vanilla accuracy is over the
+original rows only. Both are reported overall and per ``category`` / ``l2-category``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ftib.data.prompts import multiple_choice_prompt
+from ftib.evals.base import BenchConfig, BenchmarkEvaluator
+from ftib.evals.loaders import Item
+from ftib.evals.metrics import circular_eval
+
+
+class MMBenchEvaluator(BenchmarkEvaluator):
+    """Multiple choice over A-D; the reply is parsed to a letter."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config(BenchConfig):
+        max_new_tokens: int = 8
+
+    bench = "mmbench"
+    answer_kind = "choice"
+
+    def prompt(self, item: Item) -> str:
+        return multiple_choice_prompt(item.question, item.options, item.hint)
+
+    def metrics(self, items: Sequence[Item], records: Sequence[dict[str, Any]]):
+        res = circular_eval(
+            [it.meta["index"] for it in items], [r["correct"] for r in records],
+            {"category": [it.meta["category"] for it in items],
+             "l2-category": [it.meta["l2-category"] for it in items]},
+        )
+        unparsed = sum(r["parsed"] is None for r in records)
+        metrics = {"circular": res["circular"], "vanilla": res["vanilla"],
+                   "questions": float(res["groups"]), "rows": float(len(records)),
+                   "unparsed_ratio": unparsed / len(records) if records else 0.0}
+        for cat, v in res["per_category"]["circular"].items():
+            metrics[f"circular/{cat}"] = v
+        details = {"per_category": res["per_category"], "per_l2-category": res["per_l2-category"]}
+        return metrics, details
