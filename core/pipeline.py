@@ -273,12 +273,16 @@ class Pipeline:
 
         model_source = self.recipe.model.name_or_path
         bundle = None
+        produced: dict[str, str] = {BASE_POINT: model_source}
         bar = _progress(len(work), enabled=self.progress and self.dist.is_main)
         try:
             for kind, point, entry in work:
                 bar.set_description(f"{kind} {entry.id}" + (f" @ {point}" if kind == "eval" else ""))
                 if kind == "stage":
+                    if entry.start_from is not None and produced[entry.start_from] != model_source:
+                        model_source, bundle = produced[entry.start_from], None
                     model_source, bundle = self._run_stage(manifest, sink, entry, model_source, bundle)
+                    produced[entry.id] = model_source
                 else:
                     self._run_eval(manifest, sink, entry, point, model_source, bundle)
                 bar.update(1)

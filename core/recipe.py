@@ -10,6 +10,8 @@ Schema (``yaml.safe_load``)::
     stages:
       - name: sft             # registered stage name
         id: sft               # optional, defaults to name; unique; used by overrides
+        from: base            # optional: start from "base" or an earlier stage's checkpoint
+                              # instead of the previous stage (branches, e.g. SFT vs GRPO)
         config: {lr: 1.0e-4}
     evaluators:
       - name: pope
@@ -67,6 +69,7 @@ class StageEntry:
     name: str
     plugin: type
     config: Any
+    start_from: str | None = None  # "base" or an earlier stage id; None = the previous stage
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,8 @@ class Recipe:
             "run": cfg.to_dict(self.run),
             "model": cfg.to_dict(self.model),
             "stages": [
-                {"id": s.id, "name": s.name, "config": cfg.to_dict(s.config)} for s in self.stages
+                {"id": s.id, "name": s.name, "config": cfg.to_dict(s.config),
+                 **({"from": s.start_from} if s.start_from else {})} for s in self.stages
             ],
             "evaluators": [
                 {"id": e.id, "name": e.name, "after": list(e.after), "config": cfg.to_dict(e.config)}
@@ -244,8 +248,8 @@ def build_recipe(
         sid = str(e.get("id", name))
         where = f"stages.{sid}"
         for key in e:
-            if key not in ("name", "id", "config"):
-                raise ConfigError(f"{where}.{key}: unknown key; {did_you_mean(str(key), ['name', 'id', 'config'])}")
+            if key not in ("name", "id", "config", "from"):
+                raise ConfigError(f"{where}.{key}: unknown key; {did_you_mean(str(key), ['name', 'id', 'config', 'from'])}")
         if sid in seen or sid == BASE_POINT:
             raise ConfigError(f"{where}: stage id {sid!r} is used twice or reserved; give one an 'id'")
         seen.add(sid)
@@ -253,7 +257,15 @@ def build_recipe(
             plugin = registry.load(STAGES, name)
         except PluginError as exc:
             raise ConfigError(f"stages[{i}].name: {exc}") from exc
-        stages.append(StageEntry(sid, name, plugin, cfg.build(plugin.Config, e.get("config"), where=where)))
+        start_from = e.get("from")
+        if start_from is not None:
+            start_from = str(start_from)
+            earlier = [BASE_POINT] + [s.id for s in stages]
+            if start_from not in earlier:
+                raise ConfigError(f"{where}.from: {start_from!r} is not 'base' or an earlier stage; "
+                                  f"{did_you_mean(start_from, earlier)}")
+        stages.append(StageEntry(sid, name, plugin, cfg.build(plugin.Config, e.get("config"), where=where),
+                                 start_from))
 
     points = [BASE_POINT] + [s.id for s in stages]
     evals: list[EvalEntry] = []

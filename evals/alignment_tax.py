@@ -22,6 +22,8 @@ after SFT.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +140,25 @@ def _alignment_tax(base_model: Any, base_tokenizer: Any, adapted_model: Any, ada
     return metrics, records
 
 
+def resolve_base_model(spec: str, run_dir: Path) -> str:
+    """``stage:<id>`` -> that stage's checkpoint in this run (from ``manifest.json``)."""
+    if not spec.startswith("stage:"):
+        return spec
+    import json
+
+    from ftib.core import ConfigError
+
+    sid = spec.split(":", 1)[1]
+    manifest = json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8"))
+    rec = manifest.get("stages", {}).get(sid)
+    if rec is None or rec.get("status") != "completed" or not rec.get("checkpoint"):
+        from ftib.core.errors import did_you_mean
+
+        raise ConfigError(f"alignment_tax.base_model: stage {sid!r} has no completed checkpoint in this run; "
+                          f"{did_you_mean(sid, manifest.get('stages', {}))}")
+    return str(Path(run_dir) / rec["checkpoint"])
+
+
 class AlignmentTaxEvaluator(Evaluator):
     """NLL/KL of the run's model against its base on held-out general text."""
 
@@ -146,7 +167,8 @@ class AlignmentTaxEvaluator(Evaluator):
         """Attributes:
             data: ``ftibworld[:SIZE[:SEED]]`` (its held-out general text), a FTibWorld
                 build folder, or general-text JSON lines (``id, lang, text``).
-            base_model: the model before adaptation (directory, preset or hub name).
+            base_model: the model before adaptation (directory, preset or hub name), or
+                ``stage:<id>`` for the checkpoint an earlier stage of this run wrote.
             limit: first ``limit`` texts only.
             max_length: tokens per text.
         """
@@ -166,7 +188,8 @@ class AlignmentTaxEvaluator(Evaluator):
 
         items = load_items("alignment_tax", self.config.data, None, self.config.limit)
         adapted = bundle_from_context(ctx)
-        base = load_bundle(self.config.base_model, device=ctx.device, dtype=ctx.dtype)
+        base = load_bundle(resolve_base_model(self.config.base_model, ctx.run_dir), device=ctx.device,
+                           dtype=ctx.dtype)
         # A VLM's forward with text only is its language model's forward.
         metrics, records = alignment_tax(
             base.model, base.tokenizer, adapted.model, adapted.tokenizer,

@@ -142,26 +142,26 @@ class Rollout:
     metrics: dict[str, float]
 
 
-def read_prompts(cfg: GRPOConfig) -> list[dict[str, Any]]:
-    """Prompt records of the configured tasks: ``prompt, reference, task, target``."""
+def read_prompts(data: str, tasks: tuple[str, ...], max_prompts: int | None = None) -> list[dict[str, Any]]:
+    """Prompt records of ``tasks`` from ``data``: ``id, prompt, reference, task, target_scripts``."""
     from ftib.data.loaders import load_headlines, load_translation
     from ftib.data.prompts import headline_prompt, translation_prompt
     from ftib.data.sources import is_world_spec, resolve
 
     loaders = {"translation": (load_translation, translation_prompt), "headline": (load_headlines, headline_prompt)}
     out = []
-    for task in cfg.tasks:
-        path = resolve(cfg.data, TASK_FILES[task]) if is_world_spec(cfg.data) else Path(cfg.data) / Path(TASK_FILES[task]).name
+    for task in tasks:
+        path = resolve(data, TASK_FILES[task]) if is_world_spec(data) else Path(data) / Path(TASK_FILES[task]).name
         load, make_prompt = loaders[task]
         rows = load(path)
         src_key, ref_key, target = TASK_FIELDS[task]
-        n = len(rows) if cfg.max_prompts is None else min(cfg.max_prompts, len(rows))
+        n = len(rows) if max_prompts is None else min(max_prompts, len(rows))
         for r in rows.select(range(n)):
             prompt = r.get("prompt") or make_prompt(r[src_key])
             out.append({"id": r["id"], "prompt": prompt, "reference": r[ref_key], "task": task,
                         "target_scripts": [target]})
     if not out:
-        raise FtibError(f"no GRPO prompts found in {cfg.data} for tasks {cfg.tasks}")
+        raise FtibError(f"no prompts found in {data} for tasks {tasks}")
     return out
 
 
@@ -396,7 +396,7 @@ class GRPOStage(Stage):
     def run(self, ctx):
         cfg: GRPOConfig = self.config
         bundle = training_bundle(ctx, cfg.trainable)
-        prompts = read_prompts(cfg)
+        prompts = read_prompts(cfg.data, cfg.tasks, cfg.max_prompts)
         model, groups = select_trainable(bundle.model, cfg.trainable)
         ctx.logger.info("%d prompts (%s); trainable parameters: %d", len(prompts), ", ".join(cfg.tasks),
                         trainable_parameter_count(groups))

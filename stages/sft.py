@@ -3,7 +3,7 @@
 What it trains: the language model, in full or through LoRA adapters (``peft``; target
 modules by config), with the vision tower frozen by default (``trainable``).
 
-Data: multimodal chat records (JSON Lines ``id, task, images, messages`` in the Hugging
+Data (``source: instructions``): multimodal chat records (JSON Lines ``id, task, images, messages`` in the Hugging
 Face chat format; see ``docs/data.md``), or ``ftibworld[:SIZE[:SEED]]``
 (``sft/instructions.jsonl``: describe, count, colour, position, yes/no and multiple
 choice). Conversations go through the model's chat template (the bundle's one chat
@@ -11,6 +11,9 @@ processor); the loss covers the assistant tokens only. A record whose last turn 
 the assistant's is rejected by the loader with its file and row; conversations longer
 than ``max_length`` are dropped or truncated (``overflow``) and counted in the metrics.
 Packing is not used for SFT: conversations are padded per micro-batch.
+
+``source: translation | headline`` trains on the GRPO task files instead (prompt →
+reference as one chat turn): the SFT warm-up of the two-stage semantic-GRPO recipe.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class SFTConfig:
     """Configuration of the ``sft`` stage (see the module docstring)."""
 
     data: str = "ftibworld"
+    source: Literal["instructions", "translation", "headline"] = "instructions"
     max_records: int | None = None
     max_length: int = 512
     overflow: Literal["truncate", "drop"] = "drop"
@@ -39,6 +43,16 @@ class SFTConfig:
         from ftib.data.sources import check_spec
 
         check_spec(self.data, "data")
+
+
+def text_task_records(cfg: SFTConfig) -> list[tuple[list[dict], list, str]]:
+    """Chat records from the GRPO task files (prompt -> reference): the SFT warm-up of
+    the semantic-GRPO recipe, and the SFT arm of the alignment-tax comparison."""
+    from ftib.stages.grpo import read_prompts
+
+    prompts = read_prompts(cfg.data, (cfg.source,), cfg.max_records)
+    return [([{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["reference"]}], [],
+             f"{cfg.data} {cfg.source} (id {p['id']})") for p in prompts]
 
 
 class SFTStage(Stage):
@@ -52,11 +66,14 @@ class SFTStage(Stage):
 
         cfg: SFTConfig = self.config
         bundle = training_bundle(ctx, cfg.trainable)
-        path = resolve(cfg.data, "sft/instructions.jsonl")
-        rows = load_sft(path)
-        if cfg.max_records is not None:
-            rows = rows.select(range(min(cfg.max_records, len(rows))))
-        records = [(r["messages"], list(r["images"]), f"{path} (id {r['id']})") for r in rows]
+        if cfg.source == "instructions":
+            path = resolve(cfg.data, "sft/instructions.jsonl")
+            rows = load_sft(path)
+            if cfg.max_records is not None:
+                rows = rows.select(range(min(cfg.max_records, len(rows))))
+            records = [(r["messages"], list(r["images"]), f"{path} (id {r['id']})") for r in rows]
+        else:
+            records = text_task_records(cfg)
         model, groups = select_trainable(bundle.model, cfg.trainable)
         ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
                         ", ".join(g.name for g in groups))

@@ -107,3 +107,25 @@ def test_completed_stage_with_missing_checkpoint_runs_again(recipe_file, tmp_pat
     shutil.rmtree(run_dir / "stages/second/final")
     run(recipe_file, run_dir)
     assert len(calls(run_dir, "first")) == 1 and len(calls(run_dir, "second")) == 2
+
+
+def test_stage_can_start_from_an_earlier_point(toy_plugins, tmp_path):
+    recipe = tmp_path / "branch.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "base-model", "stages": [
+        {"name": "counter", "id": "warm", "config": {"steps": 1}},
+        {"name": "counter", "id": "arm_a", "config": {"steps": 1, "tag": "a"}},
+        {"name": "counter", "id": "arm_b", "from": "warm", "config": {"steps": 1, "tag": "b"}},
+        {"name": "counter", "id": "from_base", "from": "base", "config": {"steps": 1}},
+    ]}))
+    run_dir = tmp_path / "run"
+    Pipeline(load_recipe(recipe), run_dir, progress=False).run()
+    warm = str(run_dir / "stages/warm/final")
+    assert calls(run_dir, "arm_a")[0]["model_source"] == warm
+    assert calls(run_dir, "arm_b")[0]["model_source"] == warm
+    assert calls(run_dir, "from_base")[0]["model_source"] == "base-model"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": "m", "stages": [{"name": "counter", "from": "later"}]}))
+    from ftib.core import ConfigError
+
+    with pytest.raises(ConfigError, match="from: 'later' is not 'base' or an earlier stage"):
+        load_recipe(bad)
