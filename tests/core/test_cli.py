@@ -74,9 +74,13 @@ def test_default_recipe_runs(tmp_path):
         if "data" in (st.get("config") or {}):
             data = st["config"]["data"]
             shorten.append(f"stages.{sid}.data=" + ("[ftibworld:tiny]" if isinstance(data, list) else "ftibworld:tiny"))
+    for ev in read_yaml(packaged_recipe()).get("evaluators") or []:
+        eid = ev.get("id", ev["name"])
+        shorten += [f"evaluators.{eid}.limit=2", f"evaluators.{eid}.data=ftibworld:tiny"]
     env = {"FTIB_CACHE_DIR": str(tmp_path / "cache")}
     out = ftib("run", *shorten, "--run-dir", str(tmp_path / "run"), "--no-progress", env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["recipe_file"].endswith("tiny.yaml") and manifest["status"] == "completed"
     assert all(rec["status"] == "completed" for rec in manifest["stages"].values())
+    assert all(rec["status"] == "completed" for rec in manifest["evals"].values())

@@ -182,3 +182,11 @@ def test_sft_killed_mid_stage_resumes_to_the_same_result(tmp_path, ftib_cache):
     b = json.loads((killed / "manifest.json").read_text())["stages"]["sft"]["metrics"]
     for key in ("first_loss", "final_loss", "loss_first_10pct", "loss_last_10pct"):
         assert a[key] == b[key], (key, a[key], b[key])
+
+
+def test_sft_on_translation_pairs_learns(tmp_path):
+    """The SFT warm-up of the semantic-GRPO recipe: prompt -> reference chat turns."""
+    rec, _ = run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "source": "translation", "max_records": 64,
+                                         "train": {**TRAIN, "max_steps": 16}})
+    m = rec["metrics"]
+    assert m["data_records"] == 64.0 and m["loss_last_10pct"] < m["loss_first_10pct"] - 0.3, m
