@@ -1,0 +1,876 @@
+"""Write FTibWorld to a directory: every stage's data and FTibBench-mini.
+
+``build_world(out, size="small", seed=0)`` is deterministic: the same arguments give
+byte-identical files (PNG without metadata, JSON with fixed key order, no timestamps).
+Each part draws from its own random stream derived from ``(seed, part name)``;
+benchmarks and text test sets use streams of their own ("held-out seeds") and reject any
+scene or sentence that also occurs in the training parts.
+
+See ``docs/data.md`` for the schema of every file.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftib.core.errors import FtibError
+from ftib.core.rundir import atomic_dir, sha256_path
+from ftib.data import prompts
+from ftib.data.world import grammar as g
+from ftib.data.world import lexicon as lx
+from ftib.data.world.scene import Scene, category_statistics, png_bytes, render, sample_scene
+
+log = logging.getLogger("ftib.data.world")
+
+GENERATOR_VERSION = 1
+MANIFEST = "world.json"
+CARD = "DATASET_CARD.md"
+W = lx.BY_KEY
+ROTATION_STRIDE = 1_000_000  # MMBench CircularEval: copy k of row i has index i + k*stride
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorldSize:
+    """How many records each part gets."""
+
+    cpt_docs: int
+    captions: int
+    sft: int
+    translation: int
+    headlines: int
+    general_train: int
+    general_heldout: int
+    mmbench: int  # questions before rotation (4 rows each)
+    mme_images: int  # per subtask (2 questions each)
+    pope_images: int  # shared by the three splits
+    binaryvqa: int
+    corevqa: int
+    translation_test: int
+    headline_test: int
+
+
+SIZES: dict[str, WorldSize] = {
+    "tiny": WorldSize(cpt_docs=120, captions=120, sft=240, translation=160, headlines=80,
+                      general_train=80, general_heldout=40, mmbench=24, mme_images=8, pope_images=12,
+                      binaryvqa=40, corevqa=40, translation_test=40, headline_test=20),
+    "small": WorldSize(cpt_docs=1200, captions=1200, sft=2400, translation=1000, headlines=400,
+                       general_train=400, general_heldout=150, mmbench=100, mme_images=30, pope_images=50,
+                       binaryvqa=150, corevqa=150, translation_test=100, headline_test=50),
+    "medium": WorldSize(cpt_docs=5000, captions=5000, sft=10000, translation=4000, headlines=1600,
+                        general_train=1600, general_heldout=400, mmbench=300, mme_images=80,
+                        pope_images=150, binaryvqa=500, corevqa=500, translation_test=300,
+                        headline_test=150),
+}
+DEFAULT_SIZE = "small"
+DEFAULT_IMAGE_SIZE = 64
+
+MME_SUBTASKS = ("existence", "count", "position", "color", "numerical_calculation")
+POPE_SPLITS = ("random", "popular", "adversarial")
+
+
+def derive_seed(seed: int, name: str) -> int:
+    """An independent 64-bit seed for part ``name`` of the world built with ``seed``."""
+    return int.from_bytes(hashlib.sha256(f"ftibworld:{seed}:{name}".encode()).digest()[:8], "big")
+
+
+def _rng(seed: int, name: str) -> random.Random:
+    return random.Random(derive_seed(seed, name))
+
+
+def _jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
+# ------------------------------------------------------------------------ scene → text
+
+
+def caption(scene: Scene, rng: random.Random) -> g.Sentence:
+    """A faithful description: one sentence per (category, colour) group, up to two
+    position sentences and the total."""
+    groups: dict[tuple[str, str], int] = {}
+    for o in scene.objects:
+        groups[(o.category, o.colour)] = groups.get((o.category, o.colour), 0) + 1
+    sents = [g.exists(g.NP(W[c], W[col], count=n), rng) for (c, col), n in groups.items()]
+    uniq = scene.unique_by_category_colour()
+    for o in rng.sample(uniq, min(2, len(uniq))):
+        held = scene.positions(o)
+        if held:  # inner cells of a 4x4 grid have no position word
+            sents.append(g.located(g.NP(W[o.category], W[o.colour], definite=True), W[rng.choice(held)]))
+    if len(scene.objects) > 1:
+        sents.append(g.total(len(scene.objects), rng))
+    return g.Sentence(g.paragraph([s.bo for s in sents]), "".join(s.zh for s in sents),
+                      " ".join(s.en for s in sents))
+
+
+def _other(rng: random.Random, pool: Iterable[str], exclude: Iterable[str]) -> str:
+    ex = set(exclude)
+    choices = [p for p in pool if p not in ex]
+    return rng.choice(choices)
+
+
+def polar_question(scene: Scene, rng: random.Random, kind: str, truth: bool) -> g.QA | None:
+    """A yes/no question of ``kind`` about ``scene`` whose answer is ``truth``; None when
+    the scene cannot support it (e.g. no uniquely referable object)."""
+    cats = scene.categories()
+    all_cats = [o.key for o in lx.OBJECTS]
+    if kind == "existence":
+        if truth:
+            return g.ask_exists(W[rng.choice(sorted(cats))], True, rng)
+        if len(cats) == len(all_cats):
+            return None
+        return g.ask_exists(W[_other(rng, all_cats, cats)], False, rng)
+    if kind == "count":
+        cat = rng.choice(sorted(cats))
+        n = scene.counts()[cat]
+        if not truth:
+            n = _other(rng, range(1, 7), [n])
+        return g.ask_count_is(W[cat], n, truth, rng)
+    if kind == "color":
+        uniq = scene.unique_by_category()
+        if not uniq:
+            return None
+        o = rng.choice(uniq)
+        colour = o.colour if truth else _other(rng, [c.key for c in lx.COLOURS], [o.colour])
+        return g.ask_colour_is(g.NP(W[o.category]), W[colour], truth)
+    if kind == "position":
+        uniq = [o for o in scene.unique_by_category_colour() if scene.positions(o)]
+        if not uniq:
+            return None
+        o = rng.choice(uniq)
+        held = scene.positions(o)
+        pos = rng.choice(held) if truth else _other(rng, [p.key for p in lx.POSITIONS], held)
+        return g.ask_position_is(g.NP(W[o.category], W[o.colour]), W[pos], truth)
+    if kind == "numerical_calculation":
+        if len(cats) < 2:
+            return None
+        a, b = rng.sample(sorted(cats), 2)
+        n = scene.counts()[a] + scene.counts()[b]
+        if not truth:
+            n = _other(rng, range(2, 11), [n])
+        return g.ask_sum_is(W[a], W[b], n, truth)
+    raise ValueError(f"unknown question kind {kind!r}")
+
+
+def statement(scene: Scene, rng: random.Random, truth: bool) -> g.Sentence | None:
+    """A declarative statement about ``scene`` that is true or false (COREVQA style)."""
+    kind = rng.choice(("count", "exists", "located"))
+    cats = scene.categories()
+    if kind == "count":
+        cat = rng.choice(sorted(cats))
+        n = scene.counts()[cat]
+        if not truth:
+            n = _other(rng, range(1, 11), [n])
+        return g.exists(g.NP(W[cat], count=n), rng)
+    if kind == "exists":
+        if truth:
+            o = rng.choice(scene.objects)
+            n = sum(1 for x in scene.objects if (x.category, x.colour) == (o.category, o.colour))
+            return g.exists(g.NP(W[o.category], W[o.colour], count=n), rng)
+        present = {(o.category, o.colour) for o in scene.objects}
+        absent = [(c.key, col.key) for c in lx.OBJECTS for col in lx.COLOURS if (c.key, col.key) not in present]
+        c, col = rng.choice(absent)
+        return g.exists(g.NP(W[c], W[col], count=rng.randint(1, 3)), rng)
+    uniq = [o for o in scene.unique_by_category_colour() if scene.positions(o)]
+    if not uniq:
+        return None
+    o = rng.choice(uniq)
+    held = scene.positions(o)
+    pos = rng.choice(held) if truth else _other(rng, [p.key for p in lx.POSITIONS], held)
+    return g.located(g.NP(W[o.category], W[o.colour], definite=True), W[pos])
+
+
+def multiple_choice(scene: Scene, rng: random.Random) -> tuple[str, list[str], int, str, str] | None:
+    """(question, four options, gold option index, category, l2-category) or None."""
+    kind = rng.choice(("colour", "count", "position", "existence"))
+    if kind == "colour":
+        uniq = scene.unique_by_category()
+        if not uniq:
+            return None
+        o = rng.choice(uniq)
+        qa = g.ask_colour(g.NP(W[o.category]), W[o.colour])
+        wrong = rng.sample([c.key for c in lx.COLOURS if c.key != o.colour], 3)
+        opts = [W[k].bo for k in [o.colour] + wrong]
+        cat, l2 = "attribute_recognition", "finegrained_perception (instance-level)"
+    elif kind == "count":
+        cat_key = rng.choice(sorted(scene.categories()))
+        n = scene.counts()[cat_key]
+        qa = g.ask_count(W[cat_key], n, rng)
+        wrong = rng.sample([k for k in range(1, 7) if k != n], 3)
+        opts = [g.number(k).bo for k in [n] + wrong]
+        cat, l2 = "object_counting", "finegrained_perception (instance-level)"
+    elif kind == "position":
+        uniq = [o for o in scene.unique_by_category_colour() if scene.positions(o)]
+        if not uniq:
+            return None
+        o = rng.choice(uniq)
+        held = scene.positions(o)
+        pos = rng.choice(held)
+        qa = g.ask_position(g.NP(W[o.category], W[o.colour]), W[pos])
+        others = [p.key for p in lx.POSITIONS if p.key not in held]
+        if len(others) < 3:
+            return None
+        opts = [W[k].bo for k in [pos] + rng.sample(others, 3)]
+        cat, l2 = "object_localization", "finegrained_perception (instance-level)"
+    else:
+        cats = scene.categories()
+        absent = [o.key for o in lx.OBJECTS if o.key not in cats]
+        if len(absent) < 3:
+            return None
+        present = rng.choice(sorted(cats))
+        q = g.ask_which_object(rng)
+        qa = g.QA(q, g.Sentence(W[present].bo, W[present].zh, W[present].en), present)
+        opts = [W[k].bo for k in [present] + rng.sample(absent, 3)]
+        cat, l2 = "object_existence", "coarse_perception"
+    order = list(range(4))
+    rng.shuffle(order)
+    shuffled = [opts[i] for i in order]
+    return qa.question.bo, shuffled, order.index(0), cat, l2
+
+
+# ------------------------------------------------------------------------------ builder
+
+
+class _Writer:
+    """Collects files in memory-light fashion under a root and records their rows."""
+
+    def __init__(self, root: Path, image_size: int) -> None:
+        self.root = root
+        self.image_size = image_size
+        self.rows: dict[str, int] = {}
+
+    def image(self, rel: str, scene: Scene) -> bytes:
+        data = png_bytes(render(scene, self.image_size))
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return data
+
+    def jsonl(self, rel: str, rows: list[dict[str, Any]]) -> None:
+        self.bytes(rel, _jsonl(rows), len(rows))
+
+    def bytes(self, rel: str, data: bytes, rows: int) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        self.rows[rel] = rows
+
+
+def _scenes(rng: random.Random, n: int, *, exclude: set | None = None, n_min: int = 1, n_max: int = 6,
+            grid: int = 3, accept: Callable[[Scene], bool] | None = None) -> list[Scene]:
+    out = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 200 * n + 1000:
+            raise FtibError("FTibWorld could not sample enough distinct held-out scenes; use a larger grid")
+        s = sample_scene(rng, n_min, n_max, grid)
+        if exclude is not None and s.signature() in exclude:
+            continue
+        if accept is not None and not accept(s):
+            continue
+        out.append(s)
+    return out
+
+
+def _cpt_doc(rng: random.Random) -> tuple[str, str]:
+    kind = rng.choice(("description", "narrative", "arithmetic", "counting"))
+    if kind == "description":
+        s = caption(sample_scene(rng), rng)
+        return kind, s.bo
+    if kind == "narrative":
+        sents = [_event(rng).bo for _ in range(rng.randint(2, 4))]
+        if rng.random() < 0.5:
+            sents.append(g.also_there(rng.choice(lx.PLACES), g.NP(rng.choice(lx.OBJECTS), count=rng.randint(1, 5))).bo)
+        return kind, g.paragraph(sents)
+    if kind == "arithmetic":
+        sents = []
+        for _ in range(rng.randint(3, 5)):
+            obj = rng.choice(lx.OBJECTS)
+            a = rng.randint(1, 9)
+            if rng.random() < 0.5:
+                sents.append(g.addition(obj, a, rng.randint(1, 10 - a)).bo)
+            else:
+                a = rng.randint(2, 10)
+                sents.append(g.subtraction(obj, a, rng.randint(1, a - 1)).bo)
+        return kind, g.paragraph(sents)
+    sents = []
+    for _ in range(rng.randint(2, 4)):
+        sents.append(g.exists(g.NP(rng.choice(lx.OBJECTS), rng.choice(lx.COLOURS), count=rng.randint(1, 10)), rng).bo)
+    return kind, g.paragraph(sents)
+
+
+def _event(rng: random.Random, *, with_time: bool = True, with_place: bool = True) -> g.Sentence:
+    verb, objs = rng.choice(lx.VERBS)
+    obj = W[rng.choice(objs)]
+    np = g.NP(obj, rng.choice(lx.COLOURS) if rng.random() < 0.7 else None, count=rng.randint(1, 5))
+    return g.event(rng.choice(lx.TIMES) if with_time else None, rng.choice(lx.PEOPLE),
+                   rng.choice(lx.PLACES) if with_place else None, verb, np)
+
+
+def _translation_source(rng: random.Random) -> tuple[str, g.Sentence]:
+    kind = rng.choice(("exists", "located", "event", "addition", "subtraction", "total", "question"))
+    obj = rng.choice(lx.OBJECTS)
+    if kind == "exists":
+        return kind, g.exists(g.NP(obj, rng.choice(lx.COLOURS), count=rng.randint(1, 6)), rng)
+    if kind == "located":
+        return kind, g.located(g.NP(obj, rng.choice(lx.COLOURS), definite=True), rng.choice(lx.POSITIONS))
+    if kind == "event":
+        return kind, _event(rng, with_time=rng.random() < 0.6, with_place=rng.random() < 0.6)
+    if kind == "addition":
+        a = rng.randint(1, 9)
+        return kind, g.addition(obj, a, rng.randint(1, 10 - a))
+    if kind == "subtraction":
+        a = rng.randint(2, 10)
+        return kind, g.subtraction(obj, a, rng.randint(1, a - 1))
+    if kind == "total":
+        return kind, g.total(rng.randint(2, 10), rng)
+    return kind, g.ask_count(obj, 1, rng).question
+
+
+def _headline(rng: random.Random) -> dict[str, Any]:
+    person = rng.choice(lx.PEOPLE)
+    verb, objs = rng.choice(lx.VERBS)
+    np = g.NP(W[rng.choice(objs)], rng.choice(lx.COLOURS) if rng.random() < 0.7 else None, count=rng.randint(1, 5))
+    place = rng.choice(lx.PLACES)
+    main = g.event(rng.choice(lx.TIMES), person, place, verb, np)
+    extra = [g.also_there(place, g.NP(rng.choice(lx.OBJECTS), rng.choice(lx.COLOURS), count=rng.randint(1, 5)))
+             for _ in range(rng.randint(1, 3))]
+    at = rng.randint(0, len(extra))
+    report = extra[:at] + [main] + extra[at:]
+    head = g.event(None, person, None, verb, np)
+    return {
+        "report": g.paragraph([s.bo for s in report]),
+        "headline": head.bo,
+        "headline_zh": head.zh,
+        "headline_en": head.en,
+        "report_zh": "".join(s.zh for s in report),
+    }
+
+
+def _general_item(rng: random.Random) -> dict[str, Any]:
+    lang = rng.choice(("zh", "en"))
+    kind = rng.choice(("arithmetic", "comparison", "successor", "sentence"))
+    if kind == "arithmetic":
+        a, b = rng.randint(1, 50), rng.randint(1, 50)
+        prompt = f"{a}加{b}等于几？" if lang == "zh" else f"What is {a} plus {b}?"
+        answer = str(a + b)
+    elif kind == "comparison":
+        a, b = rng.sample(range(1, 100), 2)
+        prompt = f"{a}和{b}哪个大？" if lang == "zh" else f"Which is larger, {a} or {b}?"
+        answer = str(max(a, b))
+    elif kind == "successor":
+        a = rng.randint(1, 98)
+        prompt = f"{a}后面的数是几？" if lang == "zh" else f"What number comes after {a}?"
+        answer = str(a + 1)
+    else:
+        s = caption(sample_scene(rng), rng) if rng.random() < 0.5 else _event(rng)
+        text = s.zh if lang == "zh" else s.en
+        return {"lang": lang, "kind": kind, "prompt": "", "answer": "", "text": text}
+    sep = "" if lang == "zh" else " "
+    return {"lang": lang, "kind": kind, "prompt": prompt, "answer": answer, "text": f"{prompt}{sep}{answer}"}
+
+
+def _unique(rng: random.Random, n: int, make: Callable[[random.Random], dict[str, Any]], key: str,
+            exclude: set[str] | None = None) -> list[dict[str, Any]]:
+    seen = set(exclude or ())
+    out: list[dict[str, Any]] = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 50 * n + 1000:
+            raise FtibError(f"FTibWorld ran out of distinct {key!r} values after {len(out)} of {n}; "
+                            "use a smaller size")
+        rec = make(rng)
+        if rec[key] in seen:
+            continue
+        seen.add(rec[key])
+        out.append(rec)
+    return out
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def build_world(out: Path | str, *, size: str = DEFAULT_SIZE, seed: int = 0,
+                image_size: int = DEFAULT_IMAGE_SIZE, overwrite: bool = True) -> dict[str, Any]:
+    """Generate FTibWorld into ``out`` (atomically) and return its manifest.
+
+    Args:
+        out: output directory; replaced as a whole when it already holds a FTibWorld
+            build (``world.json``), refused when it holds anything else.
+        size: ``"tiny"``, ``"small"`` or ``"medium"`` (see :data:`SIZES`).
+        seed: the world seed; every part derives its own stream from it.
+        image_size: side of the square images in pixels (>= 32).
+        overwrite: when False an existing build is an error.
+    """
+    if size not in SIZES:
+        from ftib.core.errors import did_you_mean
+
+        raise FtibError(f"unknown FTibWorld size {size!r}; {did_you_mean(size, SIZES)}")
+    if image_size < 32:
+        raise FtibError(f"image_size must be at least 32 pixels, got {image_size}")
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise FtibError(f"{out} exists and is not a directory")
+        if any(out.iterdir()):
+            if not (out / MANIFEST).is_file():
+                raise FtibError(f"{out} is not empty and holds no FTibWorld build ({MANIFEST}); "
+                                "refusing to replace it - choose another --out")
+            if not overwrite:
+                raise FtibError(f"{out} already holds a FTibWorld build")
+    t0 = time.perf_counter()
+    sz = SIZES[size]
+    with atomic_dir(out) as tmp:
+        w = _Writer(tmp, image_size)
+        train_scenes: set = set()
+        _build_cpt(w, sz, seed)
+        _build_align(w, sz, seed, train_scenes)
+        _build_sft(w, sz, seed, train_scenes)
+        train_src = _build_grpo(w, sz, seed)
+        _build_general(w, sz, seed)
+        _build_text_tests(w, sz, seed, train_src)
+        _build_mmbench(w, sz, seed, train_scenes)
+        _build_mme(w, sz, seed, train_scenes)
+        _build_pope(w, sz, seed, train_scenes)
+        _build_binaryvqa(w, sz, seed, train_scenes)
+        _build_corevqa(w, sz, seed, train_scenes)
+        manifest = _manifest(w, size, seed, image_size)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / CARD).write_text(render_card(manifest), encoding="utf-8")
+    log.info("FTibWorld (%s, seed %d) written to %s in %.1fs", size, seed, out, time.perf_counter() - t0)
+    return manifest
+
+
+# ----------------------------------------------------------------------------- parts
+
+
+def _build_cpt(w: _Writer, sz: WorldSize, seed: int) -> None:
+    rng = _rng(seed, "train/cpt")
+    rows = []
+    for i in range(sz.cpt_docs):
+        kind, text = _cpt_doc(rng)
+        rows.append({"id": f"cpt-{i:06d}", "kind": kind, "text": text})
+    w.jsonl("cpt/corpus.jsonl", rows)
+
+
+def _build_align(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
+    rng = _rng(seed, "train/align")
+    rows = []
+    for i, scene in enumerate(_scenes(rng, sz.captions)):
+        train_scenes.add(scene.signature())
+        rel = f"images/{i:06d}.png"
+        w.image(f"align/{rel}", scene)
+        cap = caption(scene, rng)
+        rows.append({"id": f"align-{i:06d}", "image": rel, "caption": cap.bo, "caption_zh": cap.zh,
+                     "caption_en": cap.en})
+    w.jsonl("align/captions.jsonl", rows)
+
+
+def _text(t: str) -> dict[str, Any]:
+    return {"type": "text", "text": t}
+
+
+_IMAGE_PART = {"type": "image", "text": None}
+
+SFT_TASKS = ("describe", "count", "colour", "position", "yes_no", "multiple_choice", "true_false",
+             "translate", "headline")
+SFT_WEIGHTS = (0.12, 0.12, 0.12, 0.1, 0.2, 0.12, 0.08, 0.08, 0.06)
+
+
+def _sft_record(scene: Scene, rng: random.Random, task: str) -> tuple[str, str] | None:
+    """(user prompt, assistant answer) for an image task, or None if unsupported."""
+    if task == "describe":
+        return g.end(lx.DESCRIBE), caption(scene, rng).bo
+    if task == "count":
+        if rng.random() < 0.3 and len(scene.objects) > 1:
+            qa = g.ask_total(len(scene.objects), rng)
+        else:
+            cat = rng.choice(sorted(scene.categories()))
+            qa = g.ask_count(W[cat], scene.counts()[cat], rng)
+        return qa.question.bo, qa.answer.bo
+    if task == "colour":
+        uniq = scene.unique_by_category()
+        if not uniq:
+            return None
+        o = rng.choice(uniq)
+        qa = g.ask_colour(g.NP(W[o.category]), W[o.colour])
+        return qa.question.bo, qa.answer.bo
+    if task == "position":
+        uniq = [o for o in scene.unique_by_category_colour() if scene.positions(o)]
+        if not uniq:
+            return None
+        o = rng.choice(uniq)
+        qa = g.ask_position(g.NP(W[o.category], W[o.colour]), W[rng.choice(scene.positions(o))])
+        return qa.question.bo, qa.answer.bo
+    if task == "yes_no":
+        qa = polar_question(scene, rng, rng.choice(MME_SUBTASKS), rng.random() < 0.5)
+        return None if qa is None else (prompts.yes_no_prompt(qa.question.bo), qa.answer.bo)
+    if task == "multiple_choice":
+        mc = multiple_choice(scene, rng)
+        if mc is None:
+            return None
+        q, opts, gold, _, _ = mc
+        return prompts.multiple_choice_prompt(q, dict(zip(prompts.OPTION_LETTERS, opts))), \
+            prompts.OPTION_LETTERS[gold]
+    if task == "true_false":
+        truth = rng.random() < 0.5
+        st = statement(scene, rng, truth)
+        return None if st is None else (prompts.statement_prompt(st.bo), g.statement_answer(truth).bo)
+    raise ValueError(task)
+
+
+def _build_sft(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
+    rng = _rng(seed, "train/sft")
+    rows: list[dict[str, Any]] = []
+    n_img = 0
+    while len(rows) < sz.sft:
+        task = rng.choices(SFT_TASKS, weights=SFT_WEIGHTS)[0]
+        rid = f"sft-{len(rows):06d}"
+        if task == "translate":
+            _, src = _translation_source(rng)
+            user, answer, images = prompts.translation_prompt(src.bo), src.zh, []
+        elif task == "headline":
+            h = _headline(rng)
+            user, answer, images = prompts.headline_prompt(h["report"]), h["headline"], []
+        else:
+            scene = sample_scene(rng)
+            made = _sft_record(scene, rng, task)
+            if made is None:
+                continue
+            user, answer = made
+            rel = f"images/{n_img:06d}.png"
+            n_img += 1
+            train_scenes.add(scene.signature())
+            w.image(f"sft/{rel}", scene)
+            images = [rel]
+        content = ([_IMAGE_PART] if images else []) + [_text(user)]
+        rows.append({"id": rid, "task": task, "images": images, "messages": [
+            {"role": "user", "content": content},
+            {"role": "assistant", "content": [_text(answer)]},
+        ]})
+    w.jsonl("sft/instructions.jsonl", rows)
+
+
+def _translation_row(rng: random.Random) -> dict[str, Any]:
+    kind, s = _translation_source(rng)
+    return {"kind": kind, "prompt": prompts.translation_prompt(s.bo), "source": s.bo, "reference": s.zh,
+            "reference_en": s.en}
+
+
+def _headline_row(rng: random.Random) -> dict[str, Any]:
+    h = _headline(rng)
+    return {"prompt": prompts.headline_prompt(h["report"]), **h}
+
+
+def _with_ids(prefix: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"id": f"{prefix}-{i:06d}", **r} for i, r in enumerate(rows)]
+
+
+def _build_grpo(w: _Writer, sz: WorldSize, seed: int) -> dict[str, set[str]]:
+    tr = _unique(_rng(seed, "train/translation"), sz.translation, _translation_row, "source")
+    hl = _unique(_rng(seed, "train/headlines"), sz.headlines, _headline_row, "report")
+    w.jsonl("grpo/translation.jsonl", _with_ids("tr", tr))
+    w.jsonl("grpo/headlines.jsonl", _with_ids("hl", hl))
+    return {"source": {r["source"] for r in tr}, "report": {r["report"] for r in hl}}
+
+
+def _build_general(w: _Writer, sz: WorldSize, seed: int) -> None:
+    train = _unique(_rng(seed, "train/general"), sz.general_train, _general_item, "text")
+    held = _unique(_rng(seed, "heldout/general"), sz.general_heldout, _general_item, "text",
+                   exclude={r["text"] for r in train})
+    w.jsonl("general/train.jsonl", _with_ids("gen", train))
+    w.jsonl("general/heldout.jsonl", _with_ids("genh", held))
+
+
+def _build_text_tests(w: _Writer, sz: WorldSize, seed: int, train_src: dict[str, set[str]]) -> None:
+    tr = _unique(_rng(seed, "heldout/translation"), sz.translation_test, _translation_row, "source",
+                 exclude=train_src["source"])
+    hl = _unique(_rng(seed, "heldout/headlines"), sz.headline_test, _headline_row, "report",
+                 exclude=train_src["report"])
+    w.jsonl("bench/translation/test.jsonl", _with_ids("trt", tr))
+    w.jsonl("bench/headline/test.jsonl", _with_ids("hlt", hl))
+
+
+MMBENCH_FILE = "bench/mmbench/FTibWorld_MMBench_DEV_BO.tsv"
+MMBENCH_COLUMNS = ("index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category",
+                   "split", "image")
+
+
+def _tsv(header: tuple[str, ...], rows: list[list[Any]]) -> bytes:
+    buf = io.StringIO()
+    wr = csv.writer(buf, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    wr.writerow(header)
+    wr.writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
+def _build_mmbench(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
+    rng = _rng(seed, "heldout/mmbench")
+    rows: list[list[Any]] = []
+    base: list[tuple[int, str, str, list[str], int, str, str, str]] = []
+    while len(base) < sz.mmbench:
+        scene = _scenes(rng, 1, exclude=train_scenes)[0]
+        mc = multiple_choice(scene, rng)
+        if mc is None:
+            continue
+        q, opts, gold, cat, l2 = mc
+        hint = caption(scene, rng).bo.split(" ")[0] if (cat == "object_localization" and rng.random() < 0.3) else ""
+        image = _b64(png_bytes(render(scene, w.image_size)))
+        base.append((len(base), q, hint, opts, gold, cat, l2, image))
+    for k in range(4):  # the original (k=0) and its three circular rotations
+        for idx, q, hint, opts, gold, cat, l2, image in base:
+            rot = opts[k:] + opts[:k]
+            answer = prompts.OPTION_LETTERS[(gold - k) % 4]
+            rows.append([idx + k * ROTATION_STRIDE, q, hint, *rot, answer, cat, l2, "dev", image])
+    w.bytes(MMBENCH_FILE, _tsv(MMBENCH_COLUMNS, rows), len(rows))
+
+
+def _build_mme(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
+    for sub in MME_SUBTASKS:
+        rng = _rng(seed, f"heldout/mme/{sub}")
+        n = 0
+        while n < sz.mme_images:
+            scene = _scenes(rng, 1, exclude=train_scenes, n_min=2)[0]
+            yes = polar_question(scene, rng, sub, True)
+            no = polar_question(scene, rng, sub, False)
+            if yes is None or no is None:
+                continue
+            stem = f"{sub}_{n:04d}"
+            w.image(f"bench/mme/{sub}/images/{stem}.png", scene)
+            pair = [(yes, "Yes"), (no, "No")]
+            rng.shuffle(pair)
+            lines = "".join(f"{prompts.yes_no_prompt(qa.question.bo)}\t{ans}\n" for qa, ans in pair)
+            w.bytes(f"bench/mme/{sub}/questions_answers_YN/{stem}.txt", lines.encode("utf-8"), 2)
+            n += 1
+
+
+def _pope_negatives(scene: Scene, split: str, k: int, rng: random.Random) -> list[str]:
+    present = scene.categories()
+    absent = [o.key for o in lx.OBJECTS if o.key not in present]
+    if split == "random":
+        return rng.sample(absent, k)
+    freq, co = category_statistics()
+    if split == "popular":
+        score = {a: freq[a] for a in absent}
+    else:  # adversarial: absent categories that co-occur most with those present
+        score = {a: sum(co[(p, a)] for p in present) for a in absent}
+    return sorted(absent, key=lambda a: (-score[a], a))[:k]
+
+
+def _build_pope(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
+    rng = _rng(seed, "heldout/pope")
+    scenes = _scenes(rng, sz.pope_images, exclude=train_scenes, n_min=2,
+                     accept=lambda s: len(s.categories()) >= 2)
+    names = []
+    for i, scene in enumerate(scenes):
+        name = f"ftibworld_pope_{i:06d}.png"
+        w.image(f"bench/pope/images/{name}", scene)
+        names.append(name)
+    for split in POPE_SPLITS:
+        srng = _rng(seed, f"heldout/pope/{split}")
+        rows = []
+        for scene, name in zip(scenes, names):
+            present = sorted(scene.categories())
+            k = min(3, len(present), len(lx.OBJECTS) - len(present))
+            pos = srng.sample(present, k)
+            neg = _pope_negatives(scene, split, k, srng)
+            for cat, label in [(c, "yes") for c in pos] + [(c, "no") for c in neg]:
+                qa = g.ask_exists(W[cat], label == "yes", srng)
+                rows.append({"question_id": len(rows) + 1, "image": name, "text": qa.question.bo, "label": label})
+        # POPE's files are JSON lines despite the .json extension.
+        w.bytes(f"bench/pope/ftibworld_pope_{split}.json", _jsonl(rows), len(rows))
+
+
+def _build_binaryvqa(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
+    rng = _rng(seed, "heldout/binaryvqa")
+    rows: list[list[Any]] = []
+    while len(rows) < sz.binaryvqa:
+        scene = _scenes(rng, 1, exclude=train_scenes)[0]
+        truth = rng.random() < 0.65  # unbalanced, like the original
+        qa = polar_question(scene, rng, rng.choice(MME_SUBTASKS), truth)
+        if qa is None:
+            continue
+        qid = len(rows)
+        name = f"{qid:06d}.png"
+        w.image(f"bench/binaryvqa/images/{name}", scene)
+        rows.append([qid, name, qa.question.bo, "yes" if truth else "no"])
+    buf = io.StringIO()
+    wr = csv.writer(buf, lineterminator="\n")
+    wr.writerow(["question_id", "image", "question", "answer"])
+    wr.writerows(rows)
+    w.bytes("bench/binaryvqa/questions.csv", buf.getvalue().encode("utf-8"), len(rows))
+
+
+def _build_corevqa(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
+    rng = _rng(seed, "heldout/corevqa")
+    rows: list[list[Any]] = []
+    while len(rows) < sz.corevqa:
+        # Crowded scenes: a 4x4 grid with 8-14 objects.
+        scene = _scenes(rng, 1, exclude=train_scenes, n_min=8, n_max=14, grid=4,
+                        accept=lambda s: max(s.counts().values()) <= 10)[0]
+        truth = len(rows) % 2 == 0  # balanced
+        st = statement(scene, rng, truth)
+        if st is None:
+            continue
+        qid = len(rows)
+        name = f"corevqa_{qid:06d}.png"
+        w.image(f"bench/corevqa/images/{name}", scene)
+        rows.append([qid, name, st.bo, "True" if truth else "False"])
+    buf = io.StringIO()
+    wr = csv.writer(buf, lineterminator="\n")
+    wr.writerow(["id", "image", "statement", "answer"])
+    wr.writerows(rows)
+    w.bytes("bench/corevqa/COREVQA.csv", buf.getvalue().encode("utf-8"), len(rows))
+
+
+# ------------------------------------------------------------------------- manifest
+
+
+def _manifest(w: _Writer, size: str, seed: int, image_size: int) -> dict[str, Any]:
+    files = {}
+    for rel in sorted(w.rows):
+        if "/questions_answers_YN/" in rel:
+            continue  # hashed with their folder below
+        files[rel] = {"sha256": sha256_path(w.root / rel), "rows": w.rows[rel]}
+    dirs = {}
+    for d in sorted({p.parent for p in w.root.rglob("*.png")} |
+                    {p.parent.parent for p in w.root.rglob("questions_answers_YN/*.txt")}):
+        rel = d.relative_to(w.root).as_posix()
+        dirs[rel] = {"sha256": sha256_path(d), "files": sum(1 for p in d.rglob("*") if p.is_file())}
+    return {
+        "name": "FTibWorld",
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "size": size,
+        "image_size": image_size,
+        "counts": dataclasses.asdict(SIZES[size]),
+        "part_seeds": {name: derive_seed(seed, name) for name in (
+            "train/cpt", "train/align", "train/sft", "train/translation", "train/headlines", "train/general",
+            "heldout/general", "heldout/translation", "heldout/headlines", "heldout/mmbench",
+            *(f"heldout/mme/{s}" for s in MME_SUBTASKS), "heldout/pope", "heldout/binaryvqa",
+            "heldout/corevqa")},
+        "files": files,
+        "dirs": dirs,
+    }
+
+
+def render_card(manifest: dict[str, Any]) -> str:
+    """DATASET_CARD.md: what was generated, how, its schema pointers, seeds and hashes."""
+    lines = [
+        "# FTibWorld dataset card",
+        "",
+        "A generated Tibetan world (images drawn with Pillow, text from an authored lexicon and",
+        "grammar with Chinese and English counterparts) and FTibBench-mini. Nothing here was",
+        "downloaded or copied; see `docs/data.md` in the ftib repository for every file's schema.",
+        "",
+        "## Build",
+        "",
+        f"- command: `ftib data build --size {manifest['size']} --seed {manifest['seed']}"
+        f" --image-size {manifest['image_size']}`",
+        f"- generator version: {manifest['generator_version']}",
+        f"- seed: {manifest['seed']} (each part derives its own stream; benchmarks and test sets use",
+        "  held-out streams and exclude every scene and sentence of the training parts)",
+        f"- image size: {manifest['image_size']} x {manifest['image_size']} RGB PNG",
+        "",
+        "## Files",
+        "",
+        "| file | rows | sha256 |",
+        "|---|---:|---|",
+    ]
+    for rel, info in manifest["files"].items():
+        lines.append(f"| `{rel}` | {info['rows']} | `{info['sha256']}` |")
+    lines += ["", "## Image and question folders", "", "| folder | files | sha256 |", "|---|---:|---|"]
+    for rel, info in manifest["dirs"].items():
+        lines.append(f"| `{rel}/` | {info['files']} | `{info['sha256']}` |")
+    lines += [
+        "",
+        "## Schema (summary)",
+        "",
+        "- `cpt/corpus.jsonl`: `id, kind, text` - Tibetan documents (description, narrative,",
+        "  arithmetic, counting).",
+        "- `align/captions.jsonl`: `id, image, caption, caption_zh, caption_en`; `image` is relative",
+        "  to `align/`.",
+        "- `sft/instructions.jsonl`: `id, task, images, messages`; messages are chat turns whose",
+        "  `content` is a list of `{type: image|text, text}` parts; `images` relative to `sft/`.",
+        "- `grpo/translation.jsonl`, `bench/translation/test.jsonl`: `id, kind, prompt, source,",
+        "  reference, reference_en` (Tibetan -> Chinese).",
+        "- `grpo/headlines.jsonl`, `bench/headline/test.jsonl`: `id, prompt, report, headline,",
+        "  headline_zh, headline_en, report_zh`.",
+        "- `general/{train,heldout}.jsonl`: `id, lang, kind, prompt, answer, text` (Chinese/English).",
+        f"- `{MMBENCH_FILE}`: MMBench TSV `{', '.join(MMBENCH_COLUMNS)}`; rows",
+        f"  `index + k*{ROTATION_STRIDE}` (k = 1..3) are the circular rotations of row `index`.",
+        "- `bench/mme/<subtask>/`: `images/<stem>.png` and `questions_answers_YN/<stem>.txt`, two",
+        "  lines `question<TAB>Yes|No` per image (one Yes, one No).",
+        "- `bench/pope/ftibworld_pope_{random,popular,adversarial}.json`: JSON lines",
+        "  `question_id, image, text, label` (yes/no, balanced), images in `bench/pope/images/`.",
+        "- `bench/binaryvqa/questions.csv`: `question_id, image, question, answer` (yes/no, unbalanced).",
+        "- `bench/corevqa/COREVQA.csv`: `id, image, statement, answer` (True/False) on crowded scenes.",
+        "",
+        "## Answers in Tibetan",
+        "",
+        f"Yes forms: {', '.join(lx.YES_FORMS)}; no forms: {', '.join(lx.NO_FORMS)}. Gold labels in",
+        "the benchmark files keep the original benchmarks' English labels.",
+        "",
+        "## Part seeds",
+        "",
+    ]
+    for name, s in manifest["part_seeds"].items():
+        lines.append(f"- `{name}`: {s}")
+    return "\n".join(lines) + "\n"
+
+
+def text_corpus(seed: int = 0, n: int = 2000) -> list[str]:
+    """Text of the world in all three languages without writing files or drawing images:
+    what a tokenizer for FTibWorld is trained on. Covers every lexicon entry, every
+    prompt instruction and the answer forms."""
+    rng = _rng(seed, "tokenizer/corpus")
+    out: list[str] = []
+    for word in lx.BY_KEY.values():
+        out += [word.bo, word.zh, word.en, word.en_plural]
+    for _ in range(n):
+        _, doc = _cpt_doc(rng)
+        out.append(doc)
+        cap = caption(sample_scene(rng), rng)
+        out += [cap.zh, cap.en]
+        row = _translation_row(rng)
+        out += [row["prompt"], row["reference"], row["reference_en"]]
+        if rng.random() < 0.3:
+            h = _headline_row(rng)
+            out += [h["prompt"], h["headline"], h["report_zh"], h["headline_en"]]
+        out.append(_general_item(rng)["text"])
+        scene = sample_scene(rng)
+        task = rng.choice(SFT_TASKS[:7])
+        made = _sft_record(scene, rng, task)
+        if made is not None:
+            out += list(made)
+    return out
+
+
+def ensure_world(out: Path | str, *, size: str = DEFAULT_SIZE, seed: int = 0,
+                 image_size: int = DEFAULT_IMAGE_SIZE) -> dict[str, Any]:
+    """Return the manifest of the FTibWorld build in ``out``, building it first when it
+    is missing or was built with other arguments or another generator version."""
+    path = Path(out) / MANIFEST
+    if path.is_file():
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            manifest = {}
+        wanted = {"size": size, "seed": seed, "image_size": image_size, "generator_version": GENERATOR_VERSION}
+        if all(manifest.get(k) == v for k, v in wanted.items()):
+            return manifest
+    return build_world(out, size=size, seed=seed, image_size=image_size)

@@ -1,0 +1,250 @@
+"""Tiny presets: real Qwen3-VL / Qwen3 classes with small configs, built without downloads.
+
+A preset is a frozen :class:`PresetConfig`. :func:`build_preset` trains the tokenizer on
+FTibWorld text, builds the model with weights drawn from ``torch.manual_seed(seed)``
+and writes model, tokenizer (with ftib's chat template) and image processor with
+``save_pretrained`` into a directory. The result loads through
+:func:`ftib.models.load_bundle` like any Hugging Face checkpoint. Building is
+deterministic: the same config gives the same files (weights bit-for-bit).
+
+:func:`preset_dir` caches builds under ``$FTIB_CACHE_DIR/presets/<name>-<hash>``
+(default ``~/.cache/ftib``), the hash covering the config and the generator versions,
+so ``load_bundle("tiny-qwen3-vl")`` builds once and then loads from disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftib.core.errors import FtibError, did_you_mean
+from ftib.core.rundir import atomic_dir
+
+log = logging.getLogger("ftib.models")
+
+PRESET_FORMAT_VERSION = 1
+CACHE_ENV = "FTIB_CACHE_DIR"
+PRESET_FILE = "ftib_preset.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PresetConfig:
+    """Everything that defines a tiny preset.
+
+    Text model: ``hidden_size``, ``intermediate_size``, ``num_layers``, ``num_heads``,
+    ``num_kv_heads``, ``head_dim`` (``hidden_size // num_heads`` when 0). Vision tower
+    (``vision=True`` only): ``vision_*`` sizes, ``patch_size``, ``merge_size``,
+    ``temporal_patch_size``; images are resized to ``image_size`` x ``image_size``
+    (so each image costs ``(image_size / patch_size / merge_size)**2`` LM tokens).
+    Tokenizer: byte-level BPE with ``vocab_size`` merges-vocabulary entries trained on
+    ``tokenizer_docs`` FTibWorld documents from ``tokenizer_seed``.
+    """
+
+    name: str
+    vision: bool
+    seed: int = 0
+    vocab_size: int = 2048
+    tokenizer_docs: int = 1500
+    tokenizer_seed: int = 0
+    hidden_size: int = 96
+    intermediate_size: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 0
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+    vision_depth: int = 2
+    vision_hidden_size: int = 64
+    vision_intermediate_size: int = 128
+    vision_heads: int = 4
+    patch_size: int = 8
+    merge_size: int = 2
+    temporal_patch_size: int = 2
+    image_size: int = 64
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    def fingerprint(self) -> str:
+        """Hash of the config and of the tokenizer's training text, so that a change to the
+        FTibWorld grammar never reuses a stale cached build."""
+        blob = json.dumps({"config": dataclasses.asdict(self), "format": PRESET_FORMAT_VERSION,
+                           "corpus": _corpus_digest(self.tokenizer_seed, self.tokenizer_docs)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def check(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise FtibError(f"preset {self.name}: hidden_size {self.hidden_size} is not divisible by "
+                            f"num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise FtibError(f"preset {self.name}: num_heads must be a multiple of num_kv_heads")
+        if self.vision:
+            if self.image_size % (self.patch_size * self.merge_size):
+                raise FtibError(f"preset {self.name}: image_size {self.image_size} must be a multiple of "
+                                f"patch_size*merge_size = {self.patch_size * self.merge_size}")
+            if self.vision_hidden_size % self.vision_heads:
+                raise FtibError(f"preset {self.name}: vision_hidden_size must be divisible by vision_heads")
+            if self.resolved_head_dim % 2 or self.resolved_head_dim < 6:
+                raise FtibError(f"preset {self.name}: head_dim must be even and >= 6 for M-RoPE")
+
+
+@functools.lru_cache(maxsize=8)
+def _corpus_digest(seed: int, docs: int) -> str:
+    from ftib.data.world.build import text_corpus
+
+    h = hashlib.sha256()
+    for text in text_corpus(seed, docs):
+        h.update(text.encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+PRESETS: dict[str, PresetConfig] = {
+    "tiny-qwen3-vl": PresetConfig(name="tiny-qwen3-vl", vision=True),
+    "tiny-qwen3": PresetConfig(name="tiny-qwen3", vision=False),
+}
+
+
+def is_preset(name: str) -> bool:
+    return name in PRESETS
+
+
+def get_preset(name: str, **overrides: Any) -> PresetConfig:
+    """The preset ``name`` with fields replaced by ``overrides`` (unknown ones are errors)."""
+    if name not in PRESETS:
+        raise FtibError(f"unknown model preset {name!r}; {did_you_mean(name, PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(PresetConfig)}
+    for key in overrides:
+        if key not in fields or key in ("name", "vision"):
+            raise FtibError(f"preset {name}: unknown or fixed field {key!r}; "
+                            f"{did_you_mean(key, fields - {'name', 'vision'})}")
+    cfg = dataclasses.replace(PRESETS[name], **overrides)
+    cfg.check()
+    return cfg
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ftib")
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Split head_dim/2 rotary frequencies over (t, h, w) like Qwen3-VL's 24/20/20 of 64."""
+    half = head_dim // 2
+    hw = max(1, half * 20 // 64)
+    return [half - 2 * hw, hw, hw]
+
+
+def model_config(cfg: PresetConfig, tokenizer: Any):
+    """The transformers config of preset ``cfg`` for ``tokenizer``'s vocabulary."""
+    from transformers import Qwen3Config, Qwen3VLConfig
+
+    vocab = len(tokenizer)
+    text = dict(
+        vocab_size=vocab,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.resolved_head_dim,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if not cfg.vision:
+        return Qwen3Config(**text, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+                           tie_word_embeddings=cfg.tie_word_embeddings, eos_token_id=tokenizer.eos_token_id,
+                           bos_token_id=None)
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg.rope_theta,
+                               "mrope_section": _mrope_section(cfg.resolved_head_dim), "mrope_interleaved": True}
+    grid = cfg.image_size // cfg.patch_size
+    vision = dict(
+        depth=cfg.vision_depth,
+        hidden_size=cfg.vision_hidden_size,
+        intermediate_size=cfg.vision_intermediate_size,
+        num_heads=cfg.vision_heads,
+        patch_size=cfg.patch_size,
+        spatial_merge_size=cfg.merge_size,
+        temporal_patch_size=cfg.temporal_patch_size,
+        out_hidden_size=cfg.hidden_size,
+        num_position_embeddings=grid * grid,
+        deepstack_visual_indexes=[cfg.vision_depth - 1] if cfg.num_layers > 1 else [],
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    conf = Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=cfg.tie_word_embeddings,
+    )
+    conf.eos_token_id = tokenizer.eos_token_id
+    conf.pad_token_id = tokenizer.pad_token_id
+    return conf
+
+
+def image_processor_for(cfg: PresetConfig):
+    """A Pillow-backed Qwen2-VL image processor resizing to ``image_size`` squared."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    pixels = cfg.image_size * cfg.image_size
+    return Qwen2VLImageProcessorPil(
+        patch_size=cfg.patch_size,
+        merge_size=cfg.merge_size,
+        temporal_patch_size=cfg.temporal_patch_size,
+        size={"shortest_edge": pixels, "longest_edge": pixels},
+    )
+
+
+def build_preset(cfg: PresetConfig, out: Path | str) -> Path:
+    """Build preset ``cfg`` and write it to ``out`` (replaced atomically)."""
+    import torch
+    from transformers import Qwen3ForCausalLM, Qwen3VLForConditionalGeneration
+    from transformers import GenerationConfig
+
+    from ftib.data.world.build import text_corpus
+    from ftib.models.chat import CHAT_TEMPLATE
+    from ftib.models.tokenizer import train_bpe_tokenizer
+
+    cfg.check()
+    out = Path(out)
+    tokenizer = train_bpe_tokenizer(text_corpus(cfg.tokenizer_seed, cfg.tokenizer_docs), cfg.vocab_size)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    conf = model_config(cfg, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        cls = Qwen3VLForConditionalGeneration if cfg.vision else Qwen3ForCausalLM
+        model = cls(conf).float()
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if cfg.vision:
+            image_processor_for(cfg).save_pretrained(tmp)
+        (tmp / PRESET_FILE).write_text(json.dumps({"preset": dataclasses.asdict(cfg),
+                                                   "fingerprint": cfg.fingerprint()}, indent=2) + "\n")
+    n = sum(p.numel() for p in model.parameters())
+    log.info("built preset %s (%d parameters) in %s", cfg.name, n, out)
+    return out
+
+
+def preset_dir(name: str, *, cache_dir: Path | str | None = None, **overrides: Any) -> Path:
+    """Directory of preset ``name`` in the cache, building it on first use."""
+    cfg = get_preset(name, **overrides)
+    root = Path(cache_dir) if cache_dir else cache_root()
+    path = root / "presets" / f"{cfg.name}-{cfg.fingerprint()}"
+    if not (path / PRESET_FILE).is_file():
+        log.info("building preset %s into %s", name, path)
+        build_preset(cfg, path)
+    return path
