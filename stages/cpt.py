@@ -109,15 +109,42 @@ def read_documents(paths: tuple[Path, ...], limit: int | None = None) -> list[st
     return docs
 
 
-def tokenize_documents(tokenizer: Any, docs: list[str]) -> list[list[int]]:
-    """Normalise and tokenise through ``datasets.map(batched=True)``."""
+def tokenize_documents(tokenizer: Any, docs: list[str], *, native: bool | None = None) -> list[list[int]]:
+    """Normalise and tokenise through ``datasets.map(batched=True)``.
+
+    By default (``native=None``) the fused C++ tokenizer (:mod:`ftib.kernels.tokenizer`:
+    Tibetan normalisation, split and BPE in one pass, same ids as ``tokenizers`` on the
+    normalised text) is used when it implements the tokenizer's ``tokenizer.json``;
+    otherwise the ``tokenizers`` backend is. The choice is logged. ``native=True``
+    raises when the native path cannot serve the tokenizer; ``native=False`` never uses it.
+    """
+    import logging
+
     import datasets
 
     from ftib.kernels.tibetan import normalize
 
+    log = logging.getLogger(__name__)
+    fast = None
+    if native is not False:
+        from ftib.kernels.tokenizer import UnsupportedTokenizerError, fast_tokenizer_for
+
+        try:
+            fast = fast_tokenizer_for(tokenizer, normalize_tibetan=True)
+        except (UnsupportedTokenizerError, ImportError) as exc:
+            if native:
+                raise
+            log.info("CPT tokenisation: Hugging Face tokenizers (native tokenizer unavailable: %s)", exc)
+        else:
+            log.info("CPT tokenisation: native fused tokenizer (ftib.kernels.tokenizer)")
+    else:
+        log.info("CPT tokenisation: Hugging Face tokenizers (native=False)")
+
     ds = datasets.Dataset.from_dict({"text": docs})
 
     def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        if fast is not None:
+            return {"ids": fast.encode_batch(batch["text"], add_special_tokens=False)}
         texts = [normalize(t) for t in batch["text"]]
         return {"ids": tokenizer(texts, add_special_tokens=False)["input_ids"]}
 

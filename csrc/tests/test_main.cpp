@@ -7,6 +7,11 @@
 #include "ftib/build_info.h"
 #include "ftib/utf8.h"
 
+// Defined in test_grpo_kernels.cpp; returns its number of failed checks.
+int run_grpo_kernel_tests();
+// Defined in test_tokenizer.cpp (issue 5); returns its number of failed checks.
+int run_tokenizer_tests();
+
 static int g_failures = 0;
 #define CHECK(cond)                                                        \
   do {                                                                     \
@@ -57,6 +62,8 @@ int main() {
   test_utf8_roundtrip();
   test_utf8_rejects_invalid();
   test_build_info();
+  g_failures += run_grpo_kernel_tests();
+  g_failures += run_tokenizer_tests();
   if (g_failures == 0) std::printf("all C++ tests passed\n");
   return g_failures;
 }

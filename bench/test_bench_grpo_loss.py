@@ -1,0 +1,165 @@
+"""Fused linear GRPO loss vs the eager full-logits loss vs Liger's LigerFusedLinearGRPOLoss.
+
+Time of one step (mode ``full``: forward + backward; ``no_grad``: forward only) with
+pytest-benchmark, and peak memory of one step measured in a fresh subprocess (peak RSS,
+Linux VmHWM after resetting it; on CUDA torch.cuda.max_memory_allocated), stored in
+``extra_info`` (``peak_extra_mib`` = peak minus the RSS with the inputs allocated).
+
+    pytest bench/test_bench_grpo_loss.py --benchmark-only --benchmark-group-by=param:size,param:mode
+    pytest bench/test_bench_grpo_loss.py --benchmark-only -m slow   # the large Qwen-vocabulary cases
+
+Config of every case: 16 sequences (B*G), no padding, loss_type ``bnpo``, beta 0.04 with
+reference log-probs, old log-probs (num_iterations > 1), clip 0.2/0.28, float32, hidden
+and lm_head both trainable. Liger runs eagerly on CPU (``compiled=False``: its
+torch.compile path was 2-6x slower on this CPU) and compiled on CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftib.bench._kernel_bench import extra_info, measure_peak, peak_in_subprocess, sync
+from ftib.kernels.grpo_loss import fused_linear_grpo_loss
+from ftib.kernels.reference import grpo_loss as ref
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+FUSED = "triton" if DEVICE.type == "cuda" else "torch"
+SEQS = 16
+# name -> (V, H, tokens). The first is a quick sanity size; the rest use Qwen's vocabulary.
+SIZES = {
+    "v32k-h512-t1024": (32768, 512, 1024),
+    "v152k-h1024-t2048": (151936, 1024, 2048),
+    "v152k-h2048-t2048": (151936, 2048, 2048),
+    "v152k-h1024-t8192": (151936, 1024, 8192),
+    "v152k-h2048-t8192": (151936, 2048, 8192),
+}
+SLOW = {"v152k-h2048-t2048", "v152k-h1024-t8192", "v152k-h2048-t8192"}
+ROUNDS = {"v32k-h512-t1024": 5}
+IMPLS = ["fused", "eager", "liger"]
+CONFIG = dict(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, loss_type="bnpo")
+
+
+def liger_available() -> bool:
+    try:
+        from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss  # noqa: F401
+    except Exception:  # liger-kernel is optional; any import failure means "not usable"
+        return False
+    return True
+
+
+def make_inputs(size: str, dtype=torch.float32):
+    V, H, tokens = SIZES[size]
+    T = tokens // SEQS
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(SEQS, T, H, generator=g).to(dtype).to(DEVICE).requires_grad_()
+    weight = (torch.randn(V, H, generator=g) * H**-0.5).to(dtype).to(DEVICE).requires_grad_()
+    ids = torch.randint(0, V, (SEQS, T), generator=g).to(DEVICE)
+    mask = torch.ones(SEQS, T, device=DEVICE)
+    adv = torch.randn(SEQS, generator=g).to(DEVICE)
+    # Old/reference log-probs near log(1/V), the scale of a real policy's; their exact
+    # values only change which branch of min/clip each token takes.
+    base = -torch.log(torch.tensor(float(V)))
+    old = (base + 0.3 * torch.randn(SEQS, T, generator=g)).to(DEVICE)
+    ref_lp = (base + 0.5 * torch.randn(SEQS, T, generator=g)).to(DEVICE)
+    return dict(hidden=hidden, weight=weight, ids=ids, mask=mask, adv=adv, old=old, ref=ref_lp)
+
+
+def make_step(impl: str, x: dict, mode: str):
+    """A zero-argument callable running one step; returns the loss."""
+    args = (x["hidden"], x["weight"], x["ids"], x["mask"], x["adv"])
+    if impl == "fused":
+        def loss_fn():
+            return fused_linear_grpo_loss(*args, old_logps=x["old"], ref_logps=x["ref"],
+                                          impl=FUSED, **CONFIG).loss
+    elif impl == "eager":
+        def loss_fn():
+            return ref.fused_linear_grpo_loss(*args, old_logps=x["old"], ref_logps=x["ref"], **CONFIG)[0]
+    else:
+        from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+
+        module = LigerFusedLinearGRPOLoss(
+            beta=CONFIG["beta"], compiled=DEVICE.type == "cuda", use_ref_model=True, chunk_size=1,
+            epsilon_low=CONFIG["epsilon_low"], epsilon_high=CONFIG["epsilon_high"],
+            loss_type=CONFIG["loss_type"],
+        )
+
+        def loss_fn():
+            return module(*args, ref_per_token_logps=x["ref"], old_per_token_logps=x["old"])[0]
+
+    def step():
+        if mode == "no_grad":
+            with torch.no_grad():
+                loss = loss_fn()
+        else:
+            x["hidden"].grad = None
+            x["weight"].grad = None
+            loss = loss_fn()
+            loss.backward()
+        sync(DEVICE)
+        return loss
+
+    return step
+
+
+def _measure_here(args: dict) -> dict:
+    x = make_inputs(args["size"])
+    step = make_step(args["impl"], x, args["mode"])
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        peak = torch.cuda.max_memory_allocated()
+        return {"peak_extra_mib": (peak - before) / 2**20, "peak_total_mib": peak / 2**20}
+    return measure_peak(step)
+
+
+def _eager_fits(size: str) -> bool:
+    """Eager keeps ~4 (tokens, V) float32 buffers alive in its backward."""
+    V, H, tokens = SIZES[size]
+    need = 4 * tokens * V * 4 + 3 * V * H * 4
+    if DEVICE.type == "cuda":
+        return need < torch.cuda.get_device_properties(DEVICE).total_memory * 0.85
+    avail = next(int(l.split()[1]) * 1024 for l in Path("/proc/meminfo").read_text().splitlines()
+                 if l.startswith("MemAvailable"))
+    return need < avail * 0.85
+
+
+def _size_params():
+    return [pytest.param(s, marks=[pytest.mark.slow] if s in SLOW else []) for s in SIZES]
+
+
+@pytest.mark.parametrize("size", _size_params())
+@pytest.mark.parametrize("mode", ["full", "no_grad"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_grpo_loss(benchmark, impl, mode, size):
+    if impl == "liger" and not liger_available():
+        pytest.skip("liger-kernel is not installed or does not import here")
+    if impl == "eager" and not _eager_fits(size):
+        pytest.skip(f"eager full logits for {size} do not fit in this machine's memory")
+    if mode == "no_grad" and size in SLOW:
+        pytest.skip("no_grad mode is timed on the default sizes only")
+    V, H, tokens = SIZES[size]
+    x = make_inputs(size)
+    if size == "v32k-h512-t1024" and mode == "full":
+        # The three implementations agree before they are timed (bnpo, beta > 0).
+        want = make_step("eager", x, "no_grad")()
+        got = make_step(impl, x, "no_grad")()
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    memory = peak_in_subprocess(Path(__file__), {"impl": impl, "mode": mode, "size": size})
+    extra_info(benchmark, impl=FUSED if impl == "fused" else impl, mode=mode, device=DEVICE,
+               dtype=torch.float32, shapes={"V": V, "H": H, "tokens": tokens, "seqs": SEQS},
+               config=CONFIG, **memory)
+    step = make_step(impl, x, mode)
+    # Large cases: no warm-up round (a step takes tens of seconds on CPU; the memory
+    # subprocess already ran one step of this case).
+    benchmark.pedantic(step, rounds=ROUNDS.get(size, 2), warmup_rounds=1 if size in ROUNDS else 0,
+                       iterations=1)
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--measure-memory":
+    print(json.dumps(_measure_here(json.loads(sys.argv[2]))))

@@ -1,0 +1,152 @@
+"""Generate csrc/include/ftib/unicode_tables.h from Python's ``unicodedata``.
+
+The fused tokenizer (csrc/lib/tokenizer.cpp) splits text with a hand-written scanner for
+Qwen's pattern, which needs ``\\p{L}``, ``\\p{N}`` and ``\\s``, and normalises Tibetan,
+which needs the canonical combining class and canonical decomposition of U+0F00..U+0FFF.
+
+Run from the repository root after changing Python (the Unicode version is written into
+the header and checked by tests/kernels/test_fast_tokenizer.py)::
+
+    python csrc/tools/gen_unicode_tables.py
+
+``\\s`` is the Unicode ``White_Space`` property (what Oniguruma, Rust's ``regex`` and
+``fancy-regex`` use); ``unicodedata`` does not expose it, so the list from PropList.txt
+is written out below (unchanged since Unicode 6.3, when U+180E left it).
+"""
+
+from __future__ import annotations
+
+import sys
+import unicodedata
+from pathlib import Path
+
+WHITE_SPACE = [(0x09, 0x0D), (0x20, 0x20), (0x85, 0x85), (0xA0, 0xA0), (0x1680, 0x1680),
+               (0x2000, 0x200A), (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F),
+               (0x3000, 0x3000)]
+
+
+def ranges(pred) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for cp in range(sys.maxunicode + 1):
+        if pred(cp):
+            if out and out[-1][1] == cp - 1:
+                out[-1] = (out[-1][0], cp)
+            else:
+                out.append((cp, cp))
+    return out
+
+
+def fmt_ranges(name: str, rs: list[tuple[int, int]]) -> str:
+    body = ",\n".join(
+        "  " + ", ".join(f"{{0x{a:04X}, 0x{b:04X}}}" for a, b in rs[i:i + 6])
+        for i in range(0, len(rs), 6)
+    )
+    return f"inline constexpr CpRange {name}[] = {{\n{body}\n}};\n"
+
+
+def nfc_tables() -> list[str]:
+    """Tables of Unicode NFC (a tokenizer.json ``NFC`` normalizer, e.g. Qwen's).
+
+    Hangul syllables are composed/decomposed algorithmically in C++ and left out here.
+    """
+    ccc = ranges(lambda cp: unicodedata.combining(chr(cp)) != 0)
+    ccc_rows: list[tuple[int, int, int]] = []
+    for lo, hi in ccc:  # split ranges into runs of equal class
+        start = lo
+        for cp in range(lo, hi + 2):
+            if cp > hi or unicodedata.combining(chr(cp)) != unicodedata.combining(chr(start)):
+                ccc_rows.append((start, cp - 1, unicodedata.combining(chr(start))))
+                start = cp
+    decomp: list[tuple[int, list[int]]] = []
+    compose: list[tuple[int, int, int]] = []
+    for cp in range(sys.maxunicode + 1):
+        if 0xAC00 <= cp <= 0xD7A3 or 0xD800 <= cp <= 0xDFFF:
+            continue
+        raw = unicodedata.decomposition(chr(cp))
+        if not raw or raw.startswith("<"):
+            continue
+        nfd = unicodedata.normalize("NFD", chr(cp))
+        decomp.append((cp, [ord(c) for c in nfd]))
+        parts = [int(x, 16) for x in raw.split()]
+        if len(parts) == 2 and unicodedata.normalize("NFC", chr(parts[0]) + chr(parts[1])) == chr(cp):
+            compose.append((parts[0], parts[1], cp))
+    compose.sort()
+    data: list[int] = []
+    index: list[tuple[int, int, int]] = []
+    for cp, to in decomp:
+        index.append((cp, len(data), len(to)))
+        data += to
+    out = ["// NFC: canonical combining classes (non-zero), full canonical decompositions,",
+           "// primary composites (first, second -> composite), all but Hangul syllables.",
+           "struct CccRange {", "  char32_t lo, hi;", "  std::uint8_t ccc;", "};",
+           "inline constexpr CccRange kCcc[] = {"]
+    out += [f"  {{0x{a:04X}, 0x{b:04X}, {c}}}," for a, b, c in ccc_rows]
+    out += ["};", "struct DecompIndex {", "  char32_t cp;", "  std::uint32_t off, len;", "};",
+            "inline constexpr DecompIndex kDecompIndex[] = {"]
+    out += [f"  {{0x{a:04X}, {b}, {c}}}," for a, b, c in index]
+    out += ["};", "inline constexpr char32_t kDecompData[] = {"]
+    out += ["  " + ", ".join(f"0x{c:04X}" for c in data[i:i + 10]) + "," for i in range(0, len(data), 10)]
+    out += ["};", "struct Composition {", "  char32_t first, second, composite;", "};",
+            "inline constexpr Composition kCompose[] = {"]
+    out += [f"  {{0x{a:04X}, 0x{b:04X}, 0x{c:04X}}}," for a, b, c in compose]
+    out += ["};", ""]
+    return out
+
+
+def main() -> None:
+    letter = ranges(lambda cp: unicodedata.category(chr(cp)).startswith("L"))
+    number = ranges(lambda cp: unicodedata.category(chr(cp)).startswith("N"))
+    decomp: list[tuple[int, list[int]]] = []
+    for cp in range(0x0F00, 0x1000):
+        nfd = unicodedata.normalize("NFD", chr(cp))
+        if nfd != chr(cp):
+            # Tibetan composites are all excluded from composition, so NFC of any Tibetan
+            # run equals its NFD; the native normaliser relies on that.
+            assert unicodedata.normalize("NFC", nfd) == nfd, hex(cp)
+            assert all(0x0F00 <= ord(c) <= 0x0FFF for c in nfd), hex(cp)
+            decomp.append((cp, [ord(c) for c in nfd]))
+    ccc = [unicodedata.combining(chr(cp)) for cp in range(0x0F00, 0x1000)]
+    lines = [
+        "// Generated by csrc/tools/gen_unicode_tables.py -- do not edit.",
+        f"// Unicode version {unicodedata.unidata_version} (Python {sys.version.split()[0]} unicodedata).",
+        "#pragma once",
+        "",
+        "#include <cstdint>",
+        "",
+        "namespace ftib::unicode {",
+        "",
+        "struct CpRange {",
+        "  char32_t lo, hi;",
+        "};",
+        "",
+        f'inline constexpr const char *kUnicodeVersion = "{unicodedata.unidata_version}";',
+        "",
+        "// General category L (Lu, Ll, Lt, Lm, Lo).",
+        fmt_ranges("kLetter", letter),
+        "// General category N (Nd, Nl, No).",
+        fmt_ranges("kNumber", number),
+        "// White_Space property (regex \\s).",
+        fmt_ranges("kWhiteSpace", WHITE_SPACE),
+        "// Canonical combining class of U+0F00..U+0FFF.",
+        "inline constexpr std::uint8_t kTibetanCcc[256] = {",
+    ]
+    for i in range(0, 256, 16):
+        lines.append("  " + ", ".join(str(c) for c in ccc[i:i + 16]) + ",")
+    lines += ["};", "", "// Full canonical decomposition (NFD) of the Tibetan characters that have one.",
+              "struct TibetanDecomposition {", "  char32_t cp;", "  char32_t to[4];", "  std::uint8_t len;", "};",
+              "inline constexpr TibetanDecomposition kTibetanDecompositions[] = {"]
+    for cp, to in decomp:
+        assert len(to) <= 4
+        padded = to + [0] * (4 - len(to))
+        lines.append(f"  {{0x{cp:04X}, {{{', '.join(f'0x{c:04X}' for c in padded)}}}, {len(to)}}},")
+    lines += ["};", ""]
+    lines += nfc_tables()
+    lines += ["}  // namespace ftib::unicode", ""]
+    out = Path(__file__).resolve().parents[1] / "include" / "ftib" / "unicode_tables.h"
+    out.write_text("\n".join(lines), encoding="utf-8")
+    print(f"wrote {out}: {len(letter)} letter ranges, {len(number)} number ranges, "
+          f"{len(decomp)} Tibetan decompositions, Unicode {unicodedata.unidata_version}")
+
+
+if __name__ == "__main__":
+    main()
