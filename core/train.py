@@ -25,10 +25,28 @@ Resume: a step checkpoint holds the trainable parameters, optimiser, scheduler, 
 states (python, numpy, torch, CUDA) and the data position (epoch, offset). Data order is
 a pure function of (seed, epoch), so a resumed run sees exactly the batches an
 uninterrupted one would, and on CPU produces the same losses bit for bit.
+
+Distributed (``train.distributed: ddp | fsdp2`` under ``torchrun``, see
+:mod:`ftib.core.distributed` and ``docs/distributed.md``): ``batch_size`` stays the
+per-rank micro-batch, so one optimiser step sees the **global batch**
+``batch_size * grad_accum * world_size`` samples. Each micro-batch position draws
+``batch_size * world_size`` indices from the same seeded permutation and rank ``r``
+takes the ``r``-th contiguous slice, so the samples of a step are exactly those of a
+single process with ``batch_size * world_size``. The normaliser is summed over ranks
+before any backward, and each rank's loss is multiplied by ``world_size`` to undo the
+gradient averaging, so the step's gradient is the same token mean as in one process.
+Loss, tokens and samples are summed over ranks, task metrics and times averaged, peak
+memory maximised; only rank 0 writes metrics, the final model and (with ``ddp``) step
+checkpoints, which are the plain trainable state dict and therefore resume on any world
+size (the data position is global). With ``fsdp2`` a step checkpoint stores the
+trainable parameters and optimiser state with ``torch.distributed.checkpoint`` (one
+shard per rank under ``dcp/``), which reloads on any world size, a single process
+included; :func:`consolidate_checkpoint` writes it as one ``torch.save`` file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -45,6 +63,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from ftib.core import distributed as D
 from ftib.core.errors import FtibError, RunDirError
 from ftib.core.interfaces import RunContext
 from ftib.core.rundir import atomic_dir, atomic_write_json
@@ -79,6 +98,11 @@ class TrainConfig:
         keep_checkpoints: how many step checkpoints to keep.
         log_every: log metrics every N steps.
         tensorboard: also write TensorBoard events under ``work_dir/tb``.
+        distributed: data parallelism under ``torchrun``: ``ddp`` (replicated model,
+            gradients all-reduced) or ``fsdp2`` (``fully_shard``: parameters, gradients
+            and optimiser state sharded). ``batch_size`` is per rank; the global batch
+            is ``batch_size * grad_accum * world_size``. With one process both run as
+            ``none``; ``none`` under a multi-process launch is an error.
     """
 
     max_steps: int = 100
@@ -98,6 +122,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 1
     tensorboard: bool = False
+    distributed: Literal["none", "ddp", "fsdp2"] = "none"
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum"):
@@ -160,6 +185,10 @@ class TrainTask(Protocol):
 
     def save_model(self, out_dir: Path) -> None:
         """Write a transformers/peft-loadable checkpoint of the model to ``out_dir``."""
+
+    # Optional: ``supports_fsdp2 = False`` on a task whose loss does not run the model
+    # through ``model(...)`` (FSDP2 unshards parameters in the root module's forward
+    # hook); ``train.distributed: fsdp2`` is then refused instead of failing mid-step.
 
 
 @dataclass
@@ -263,7 +292,9 @@ class Trainer:
     Args:
         task: what to train (see :class:`TrainTask`).
         cfg: the loop's settings.
-        ctx: the stage's run context (device, seed, metrics, resume point).
+        ctx: the stage's run context (device, seed, metrics, resume point, and
+            ``ctx.dist``: with ``world_size > 1`` the process group is initialised here
+            if the caller has not done so).
         progress: show a progress bar.
 
     Step checkpoints carry ``ctx.run_id``; resuming from one written under another id
@@ -276,27 +307,36 @@ class Trainer:
         self.device = ctx.torch_device()
         self.autocast_dtype = _autocast_dtype(cfg, self.device)
         self.steps_dir = ctx.work_dir / "steps"
+        self.world, self.rank = ctx.dist.world_size, ctx.dist.rank
+        self.mode = self._distributed_mode()
 
         groups = task.param_groups()
         trainable = {id(p) for g in groups for p in g.params}
         if not trainable:
             raise FtibError("the stage selected no trainable parameters")
-        self.named_trainable = {
-            n: p for n, p in task.model.named_parameters() if id(p) in trainable
-        }
         stray = [n for n, p in task.model.named_parameters() if p.requires_grad and id(p) not in trainable]
         if stray:
             raise FtibError(f"parameters require grad but are in no group: {stray[:5]}")
+        names = {id(p): n for n, p in task.model.named_parameters()}
+        group_names = [[names[id(p)] for p in g.params] for g in groups]
+        if self.mode != "none":
+            D.seed_rank(ctx.seed, self.rank)
+            D.broadcast_parameters(p for n, p in task.model.named_parameters() if id(p) in trainable)
+        if self.mode == "fsdp2":
+            self._shard(task, trainable)
+        # fully_shard replaces parameters by sharded ones: look them up again by name.
+        params = dict(task.model.named_parameters())
+        self.named_trainable = {n: params[n] for gn in group_names for n in gn}
         self.optimizer = torch.optim.AdamW(
             [
                 {
-                    "params": g.params,
+                    "params": [params[n] for n in gn],
                     "lr": cfg.lr * g.lr_scale,
                     "weight_decay": cfg.weight_decay if g.weight_decay is None else g.weight_decay,
                     "name": g.name,
                 }
-                for g in groups
-                if g.params
+                for g, gn in zip(groups, group_names)
+                if gn
             ],
             lr=cfg.lr,
             betas=cfg.betas,
@@ -315,6 +355,39 @@ class Trainer:
             enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.tb = self._tensorboard() if cfg.tensorboard and ctx.dist.is_main else None
 
+    # -- distributed -----------------------------------------------------------------
+    def _distributed_mode(self) -> str:
+        cfg, ctx = self.cfg, self.ctx
+        if self.world <= 1:
+            if cfg.distributed != "none":
+                log.info("train.distributed=%s with a single process: training unsharded", cfg.distributed)
+            return "none"
+        if cfg.distributed == "none":
+            raise FtibError(
+                f"this process is rank {self.rank} of {self.world} (torchrun) but train.distributed "
+                f"is 'none'; set train.distributed to ddp or fsdp2, or launch one process"
+            )
+        D.setup(ctx.dist, ctx.device)
+        if D.world_size() != self.world:
+            raise FtibError(f"the process group has {D.world_size()} ranks but WORLD_SIZE is {self.world}")
+        return cfg.distributed
+
+    def _shard(self, task: TrainTask, trainable: set[int]) -> None:
+        if not getattr(task, "supports_fsdp2", True):
+            raise FtibError(
+                f"train.distributed: fsdp2 is not supported by {type(task).__name__} (its loss does not "
+                f"run the model through model(...)); use ddp"
+            )
+        hooked = [n for n, p in task.model.named_parameters()
+                  if id(p) in trainable and getattr(p, "_backward_hooks", None)]
+        if hooked:
+            raise FtibError(
+                f"train.distributed: fsdp2 cannot shard {hooked[:3]}: they carry gradient hooks that "
+                f"act on whole tensors (e.g. trainable.mode: new_embeddings); use ddp"
+            )
+        units = D.shard_model(task.model, self.device, param_dtype=self.autocast_dtype)
+        log.info("fsdp2: %d block units + root over %d ranks", len(units), self.world)
+
     def _tensorboard(self) -> Any:
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -327,22 +400,45 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------
     def _save_step(self, step: int, cursor: _DataCursor, losses: list[float]) -> Path:
         final = self.steps_dir / STEP_DIR_FORMAT.format(step)
-        with atomic_dir(final) as d:
-            torch.save({n: p.detach().cpu() for n, p in self.named_trainable.items()}, d / "trainable.pt")
-            torch.save(self.optimizer.state_dict(), d / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), d / "scheduler.pt")
-            if self.scaler is not None:
-                torch.save(self.scaler.state_dict(), d / "scaler.pt")
-            torch.save(_rng_state(), d / "rng.pt")
-            atomic_write_json(d / "trainer_state.json", {
-                "run_key": self.run_key,
-                "step": step,
-                "data": cursor.state(),
-                "losses": losses,
-                "config": json.loads(json.dumps(dataclasses.asdict(self.cfg))),
-            })
-        self._prune()
+        main = self.ctx.dist.is_main
+        with contextlib.ExitStack() as stack:
+            d = stack.enter_context(atomic_dir(final)) if main else None
+            if self.mode != "none":
+                d = Path(D.broadcast_object(str(d) if d is not None else None))
+                torch.save(_rng_state(), d / f"rng-rank{self.rank}.pt")
+                if self.mode == "fsdp2":
+                    import torch.distributed.checkpoint as dcp
+
+                    dcp.save(self._dcp_state(), checkpoint_id=d / "dcp")
+                D.barrier()
+            if main:
+                if self.mode != "fsdp2":
+                    torch.save({n: p.detach().cpu() for n, p in self.named_trainable.items()}, d / "trainable.pt")
+                    torch.save(self.optimizer.state_dict(), d / "optimizer.pt")
+                torch.save(self.scheduler.state_dict(), d / "scheduler.pt")
+                if self.scaler is not None:
+                    torch.save(self.scaler.state_dict(), d / "scaler.pt")
+                torch.save(_rng_state(), d / "rng.pt")
+                atomic_write_json(d / "trainer_state.json", {
+                    "run_key": self.run_key,
+                    "step": step,
+                    "data": cursor.state(),
+                    "losses": losses,
+                    "world_size": self.world,
+                    "distributed": self.mode,
+                    "global_batch": self.cfg.batch_size * self.cfg.grad_accum * self.world,
+                    "config": json.loads(json.dumps(dataclasses.asdict(self.cfg))),
+                })
+        if main:
+            self._prune()
+        D.barrier()
         return final
+
+    def _dcp_state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return {"model": {n: p.detach() for n, p in self.named_trainable.items()},
+                "optim": get_optimizer_state_dict(self.task.model, self.optimizer)}
 
     def _prune(self) -> None:
         done = sorted(d for d in self.steps_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -360,29 +456,84 @@ class Trainer:
                 f"step checkpoint {path} was written by another run or stage "
                 f"(key {state.get('run_key')!r}, expected {self.run_key!r}); refusing to resume from it"
             )
-        weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
-        missing = set(self.named_trainable) - set(weights)
-        if missing:
-            raise RunDirError(f"step checkpoint {path} lacks parameters {sorted(missing)[:5]}")
-        with torch.no_grad():
-            for n, p in self.named_trainable.items():
-                p.copy_(weights[n].to(p.device))
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+        if (path / "dcp").is_dir():
+            self._load_dcp(path / "dcp")
+        else:
+            if self.mode == "fsdp2":
+                raise RunDirError(
+                    f"step checkpoint {path} holds full (ddp/single-process) tensors; resuming it under "
+                    f"fsdp2 is not supported: resume with train.distributed: ddp"
+                )
+            weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
+            missing = set(self.named_trainable) - set(weights)
+            if missing:
+                raise RunDirError(f"step checkpoint {path} lacks parameters {sorted(missing)[:5]}")
+            with torch.no_grad():
+                for n, p in self.named_trainable.items():
+                    p.copy_(weights[n].to(p.device))
+            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         if self.scaler is not None and (path / "scaler.pt").exists():
             self.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
-        _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+        saved_world = int(state.get("world_size", 1))
+        own = path / f"rng-rank{self.rank}.pt"
+        if saved_world == self.world and own.exists():
+            _set_rng_state(torch.load(own, weights_only=False))
+        elif self.rank == 0:
+            _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+        else:  # a rank the checkpoint did not have: a fresh stream of its own
+            D.seed_rank(self.ctx.seed + int(state["step"]) + 1, self.rank)
+        global_batch = self.cfg.batch_size * self.cfg.grad_accum * self.world
+        if "global_batch" in state and state["global_batch"] != global_batch:
+            log.warning("resuming with a global batch of %d samples; the checkpoint was trained with %d "
+                        "(world size %d -> %d)", global_batch, state["global_batch"], saved_world, self.world)
         return int(state["step"]), state["data"], list(state["losses"])
 
+    def _load_dcp(self, path: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        state = self._dcp_state()
+        missing = set(self.named_trainable) - {k.split(".", 1)[1] for k in _dcp_keys(path) if k.startswith("model.")}
+        if missing:
+            raise RunDirError(f"step checkpoint {path.parent} lacks parameters {sorted(missing)[:5]}")
+        dcp.load(state, checkpoint_id=path)
+        set_optimizer_state_dict(self.task.model, self.optimizer, optim_state_dict=state["optim"])
+
     # -- the loop ------------------------------------------------------------------
+    def _sync(self) -> None:
+        # Phase timings need the GPU's queue drained; on the CPU this is free.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _micro_batches(self, samples: Sequence[Any], cursor: _DataCursor) -> list[tuple[Any, bool]]:
+        """This rank's ``grad_accum`` micro-batches, each with whether it is real.
+
+        A rank whose slice of the short last micro-batch of an epoch is empty runs the
+        first sample of the global micro-batch with weight 0, so that every rank runs
+        the same forward/backward collectives (FSDP2) and contributes nothing.
+        """
+        out = []
+        for _ in range(self.cfg.grad_accum):
+            idx = cursor.next_indices()
+            if self.mode != "none":
+                mine = D.shard_slice(idx, self.rank, self.world)
+                if not mine:
+                    out.append((self.task.collate([samples[idx[0]]]), False))
+                    continue
+                idx = mine
+            out.append((self.task.collate([samples[i] for i in idx]), True))
+        return out
+
     def train(self) -> TrainResult:
         cfg, task, ctx = self.cfg, self.task, self.ctx
         samples = task.train_samples()
-        cursor = _DataCursor(len(samples), cfg.batch_size, ctx.seed)
+        per_step = cfg.batch_size * self.world  # one micro-batch position over all ranks
+        cursor = _DataCursor(len(samples), per_step, ctx.seed)
         start, losses, resumed = 0, [], None
         if ctx.resume_from is not None:
             last, data_pos, losses = self._load_step(Path(ctx.resume_from))
-            cursor = _DataCursor(len(samples), cfg.batch_size, ctx.seed, **data_pos)
+            cursor = _DataCursor(len(samples), per_step, ctx.seed, **data_pos)
             start, resumed = last + 1, last
             log.info("resuming at step %d of %d from %s", start, cfg.max_steps, ctx.resume_from)
         task.model.train()
@@ -393,34 +544,59 @@ class Trainer:
             bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
         totals = {"tokens": 0, "samples": 0, "seconds": 0.0}
         last_good: Path | None = Path(ctx.resume_from) if ctx.resume_from else None
+        params = list(self.named_trainable.values())
         try:
             for step in range(start, cfg.max_steps):
                 t0 = time.perf_counter()
-                batches = [task.collate([samples[i] for i in cursor.next_indices()]) for _ in range(cfg.grad_accum)]
+                batches = self._micro_batches(samples, cursor)
                 t_data = time.perf_counter() - t0
-                total = sum(int(task.loss_normaliser(b)) for b in batches)
+                total = sum(int(task.loss_normaliser(b)) for b, real in batches if real)
+                if self.mode != "none":
+                    total = int(D.all_reduce_sum(total, self.device))
                 if total <= 0:
                     raise FtibError(f"step {step}: the micro-batches hold no loss tokens")
                 step_loss, tokens, nsamples, extra = 0.0, 0, 0, {}
-                for b in batches:
+                t_fwd = t_bwd = 0.0
+                for i, (b, real) in enumerate(batches):
+                    if self.mode == "fsdp2":
+                        # Reduce-scatter once per step, after the last micro-batch.
+                        task.model.set_requires_gradient_sync(i == len(batches) - 1)
+                    t1 = time.perf_counter()
                     with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                         enabled=self.autocast_dtype is not None):
                         out = task.compute_loss(b)
                     scaled = out.loss.float() / total
+                    if not real:
+                        scaled = scaled * 0.0
+                    # DDP/FSDP average gradients over ranks; scale back up to a global sum.
+                    backprop = scaled * self.world if self.mode != "none" else scaled
+                    self._sync()
+                    t2 = time.perf_counter()
                     if self.scaler is not None:
-                        self.scaler.scale(scaled).backward()
+                        self.scaler.scale(backprop).backward()
                     else:
-                        scaled.backward()
+                        backprop.backward()
+                    self._sync()
+                    t3 = time.perf_counter()
+                    t_fwd, t_bwd = t_fwd + (t2 - t1), t_bwd + (t3 - t2)
                     step_loss += float(scaled.detach())
-                    tokens += out.tokens
-                    nsamples += out.samples
+                    if real:
+                        tokens += out.tokens
+                        nsamples += out.samples
                     for k, v in out.metrics.items():
                         extra[k] = extra.get(k, 0.0) + float(v) / cfg.grad_accum
+                t4 = time.perf_counter()
+                if self.mode == "ddp":
+                    D.all_reduce_gradients(params)
                 if self.scaler is not None:
                     self.scaler.unscale_(self.optimizer)
-                params = list(self.named_trainable.values())
                 max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                if self.mode == "none":
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                else:
+                    grad_norm = D.clip_grad_norm(params, max_norm)
+                    step_loss, tokens, nsamples, extra, t_data, t_fwd, t_bwd = self._reduce(
+                        step_loss, tokens, nsamples, extra, t_data, t_fwd, t_bwd)
                 if not math.isfinite(step_loss) or (self.scaler is None and not math.isfinite(grad_norm)):
                     where = f"last good checkpoint: {last_good}" if last_good else "no step checkpoint was written yet"
                     raise TrainingDiverged(
@@ -436,19 +612,26 @@ class Trainer:
                     self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                dt = time.perf_counter() - t0
+                self._sync()
+                t_end = time.perf_counter()
+                dt = t_end - t0
                 losses.append(step_loss)
                 totals["tokens"] += tokens
                 totals["samples"] += nsamples
                 totals["seconds"] += dt
                 if step % cfg.log_every == 0 or step == cfg.max_steps - 1:
+                    peak = peak_memory_bytes(self.device)
+                    if self.mode != "none":
+                        peak = max(D.all_gather_object(peak))
                     row = {"loss": step_loss, "lr": lr, "grad_norm": grad_norm,
                            "tokens_per_s": tokens / dt, "samples_per_s": nsamples / dt,
                            "step_time_s": dt, "data_time_s": t_data,
-                           "peak_mem_bytes": peak_memory_bytes(self.device), **extra}
-                    ctx.metrics.log(step, row)
+                           "time/forward_s": t_fwd, "time/backward_s": t_bwd, "time/optimizer_s": t_end - t4,
+                           "peak_mem_bytes": peak, **extra}
+                    if self.world > 1:
+                        row["world_size"] = self.world
+                    if ctx.dist.is_main:
+                        ctx.metrics.log(step, row)
                     if self.tb is not None:
                         for k, v in row.items():
                             self.tb.add_scalar(k, v, step)
@@ -476,11 +659,55 @@ class Trainer:
             metrics["tokens_per_s"] = totals["tokens"] / totals["seconds"]
             metrics["samples_per_s"] = totals["samples"] / totals["seconds"]
         metrics["peak_mem_bytes"] = float(peak_memory_bytes(self.device))
+        # Global counts (a DTensor's numel is its full size): for FLOP estimates.
+        metrics["model_params"] = float(sum(p.numel() for p in task.model.parameters()))
+        metrics["trainable_params"] = float(sum(p.numel() for p in self.named_trainable.values()))
+        if self.world > 1:
+            metrics["world_size"] = float(self.world)
         return TrainResult(steps=cfg.max_steps, losses=losses, metrics=metrics, resumed_from=resumed)
 
+    def _reduce(self, loss: float, tokens: int, samples: int, extra: dict[str, float], *times: float) -> tuple:
+        """Sum loss/tokens/samples over ranks; average task metrics and phase times."""
+        rows = D.all_gather_object((loss, tokens, samples, extra, times))
+        n = len(rows)
+        keys = sorted({k for r in rows for k in r[3]})
+        mean_extra = {k: sum(r[3].get(k, 0.0) for r in rows) / n for k in keys}
+        mean_times = tuple(sum(r[4][i] for r in rows) / n for i in range(len(times)))
+        # Sum in rank order so that every rank gets the identical float.
+        return (math.fsum(r[0] for r in rows), sum(r[1] for r in rows), sum(r[2] for r in rows),
+                mean_extra, *mean_times)
+
     def save_final(self, name: str = "final") -> Path:
-        """Write the model (``task.save_model``) atomically to ``work_dir/name``."""
+        """Write the model (``task.save_model``) atomically to ``work_dir/name`` (rank 0).
+
+        Under FSDP2 the parameters are first gathered to full tensors on every rank
+        (collective), so the directory is a plain transformers checkpoint; the model is
+        not trained further through FSDP after this call.
+        """
         final = self.ctx.work_dir / name
-        with atomic_dir(final) as d:
-            self.task.save_model(d)
+        if self.mode == "fsdp2":
+            D.unshard_in_place(self.task.model)
+        if self.ctx.dist.is_main:
+            with atomic_dir(final) as d:
+                self.task.save_model(d)
+        D.barrier()
         return final
+
+
+def _dcp_keys(path: Path) -> set[str]:
+    import torch.distributed.checkpoint as dcp
+
+    return set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+
+
+def consolidate_checkpoint(step_dir: Path, out_file: Path | None = None) -> Path:
+    """Write an FSDP2 step checkpoint (``step_dir/dcp``) as one ``torch.save`` file of full
+    tensors (``{"model": {name: tensor}, "optim": ...}``); no process group needed."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    step_dir = Path(step_dir)
+    if not (step_dir / "dcp").is_dir():
+        raise RunDirError(f"{step_dir} is not an FSDP2 step checkpoint (no dcp/ folder)")
+    out = Path(out_file) if out_file else step_dir / "consolidated.pt"
+    dcp_to_torch_save(step_dir / "dcp", out)
+    return out

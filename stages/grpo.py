@@ -268,6 +268,10 @@ def completion_hidden(model: torch.nn.Module, input_ids: torch.Tensor, attention
 class _GRPOTask:
     """The loop's view of GRPO: a micro-batch is a list of prompts; ``collate`` rolls out."""
 
+    # The loss runs the decoder and lm_head weight directly (not ``model(...)``), which
+    # FSDP2's root hooks cannot see; distributed GRPO uses ddp (rollouts per rank).
+    supports_fsdp2 = False
+
     def __init__(self, stage_cfg: GRPOConfig, model, groups: list[ParamGroup], chat, prompts, rewards: _Rewards,
                  ref_model, save, logger) -> None:
         self.cfg, self.model, self._groups, self.chat = stage_cfg, model, groups, chat
