@@ -162,7 +162,7 @@ setup(
             "eval = ftib.evals.cli:register",
             "reward-encoder = ftib.stages.reward_encoder:register",
             "tokenizer = ftib.models.tokenizer_cli:register",
-            "profile = ftib.bench.profile:register",
+            "profile = ftib.bench.stage_profiler:register",
         ],
     },
     zip_safe=False,

@@ -83,7 +83,7 @@ def measure_peak(run) -> dict[str, float]:
 def peak_in_subprocess(script: Path, args: dict, timeout: float = 1800) -> dict:
     """Run ``python script --measure-memory '<json args>'``; it prints measure_peak's dict."""
     proc = subprocess.run(
-        # -P: the script's folder must not shadow the standard library (bench/profile.py).
+        # -P: the script's folder must not shadow the standard library (a module named like a standard one).
         [sys.executable, "-P", str(script), "--measure-memory", json.dumps(args)],
         capture_output=True, text=True, timeout=timeout, env=dict(os.environ),
     )

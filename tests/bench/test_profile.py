@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from ftib.bench.profile import plot
+from ftib.bench.stage_profiler import plot
 
 
 def test_loop_logs_phase_times_that_fit_in_the_step(tmp_path):
@@ -67,6 +67,6 @@ def test_plot_splits_grpo_rollout(tmp_path):
 @pytest.mark.parametrize("name,expected", [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
                                            ("NVIDIA A100-SXM4-80GB", 312.0), ("Some CPU", None)])
 def test_peak_table(name, expected):
-    from ftib.bench.profile import _peak_tflops
+    from ftib.bench.stage_profiler import _peak_tflops
 
     assert _peak_tflops(name) == expected
