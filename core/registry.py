@@ -78,12 +78,13 @@ class Registry:
 
     def _scan(self) -> dict[str, dict[str, PluginSpec]]:
         found: dict[str, dict[str, PluginSpec]] = {g: {} for g in GROUPS}
-        seen_dists: set[tuple[str, str]] = set()
+        seen_dists: set[str] = set()
         for dist in metadata.distributions():
             dist_name = dist.metadata["Name"] or "<unnamed>"
-            # The same distribution can be visible twice on sys.path (e.g. an egg-info
-            # next to the sources); count each (name, location) once.
-            key = (_normalise(dist_name), str(getattr(dist, "_path", "")))
+            # The same distribution can be visible twice on sys.path (e.g. a stale
+            # egg-info next to the sources); like importlib.metadata.entry_points, the
+            # first one on sys.path wins.
+            key = _normalise(dist_name)
             if key in seen_dists:
                 continue
             seen_dists.add(key)

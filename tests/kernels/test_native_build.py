@@ -51,7 +51,12 @@ def test_ctest_passes(tmp_path):
 def test_wheel_is_a_complete_namespace_package(tmp_path):
     """A non-editable wheel holds every subpackage, the native module and the recipes,
     and no top-level ftib/__init__.py; installed alone it imports and finds its recipe."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    # Build from a copy: an in-tree build would leave an egg-info in the checkout, which
+    # then shadows the installed metadata (entry points) whenever cwd is the checkout.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "runs", ".pytest_cache", "__pycache__", "*.so", ".benchmarks"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path / "dist"), "-q"], check=True, capture_output=True)
     wheel = next((tmp_path / "dist").glob("ftib-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
