@@ -195,3 +195,12 @@ class Manifest:
     def update(self, section: str, key: str, **values: Any) -> None:
         self.entry(section, key).update(values)
         self.save()
+
+
+CACHE_ENV = "FTIB_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where built assets are cached (presets, FTibWorld builds, reward encoders):
+    ``$FTIB_CACHE_DIR``, default ``~/.cache/ftib``. The one home of this setting."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ftib")

@@ -10,7 +10,6 @@ inside it (e.g. ``sft/instructions.jsonl``).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from ftib.core.errors import ConfigError
@@ -18,7 +17,6 @@ from ftib.core.errors import ConfigError
 log = logging.getLogger("ftib.data")
 
 WORLD_PREFIX = "ftibworld"
-CACHE_ENV = "FTIB_CACHE_DIR"
 
 
 def is_world_spec(spec: str) -> bool:
@@ -53,14 +51,15 @@ def check_spec(spec: str, what: str = "data") -> None:
 
 
 def world_root(spec: str) -> Path:
-    """The directory of the FTibWorld build named by ``spec``, built on first use."""
-    from ftib.data.world.build import MANIFEST, build_world
+    """The directory of the FTibWorld build named by ``spec``, built on first use (and
+    rebuilt when the cached one came from other arguments or another generator version)."""
+    from ftib.data.world.build import ensure_world
 
     size, seed = parse_world_spec(spec)
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ftib") / "world" / f"{size}-seed{seed}"
-    if not (root / MANIFEST).is_file():
-        log.info("building FTibWorld (%s, seed %d) into %s", size, seed, root)
-        build_world(root, size=size, seed=seed)
+    from ftib.core.rundir import cache_dir
+
+    root = cache_dir() / "world" / f"{size}-seed{seed}"
+    ensure_world(root, size=size, seed=seed)
     return root
 
 

@@ -19,7 +19,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ from ftib.core.rundir import atomic_dir
 log = logging.getLogger("ftib.models")
 
 PRESET_FORMAT_VERSION = 1
-CACHE_ENV = "FTIB_CACHE_DIR"
 PRESET_FILE = "ftib_preset.json"
 
 
@@ -133,7 +131,9 @@ def get_preset(name: str, **overrides: Any) -> PresetConfig:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ftib")
+    from ftib.core.rundir import cache_dir
+
+    return cache_dir()
 
 
 def _mrope_section(head_dim: int) -> list[int]:

@@ -35,6 +35,7 @@ language, and the time of generation, rewards, reference log-probs and loss+back
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
@@ -44,7 +45,7 @@ from typing import Any, Literal
 
 import torch
 
-from ftib.core import ConfigError, FtibError, Stage, StageResult, build_config
+from ftib.core import FtibError, Stage, StageResult, build_config
 from ftib.core.registry import REWARDS, Registry
 from ftib.core.train import LossOutput, ParamGroup, TrainConfig, Trainer
 from ftib.stages.common import TrainableConfig, save_model_dir, select_trainable, trainable_parameter_count, training_bundle
@@ -206,24 +207,29 @@ def ftibworld_encoder(world: str, seed: int = 0) -> Path:
     """The semantic-reward encoder for a FTibWorld build (``ftibworld[:SIZE[:SEED]]``):
     a small bi-encoder trained on its Tibetan–Chinese translation pairs and Tibetan /
     Chinese headline pairs on first use (``ftib reward-encoder``), then cached."""
-    import os
-
     from ftib.data.sources import resolve
     from ftib.stages.reward_encoder import EncoderTrainConfig, train_encoder
 
-    cache = Path(os.environ.get("FTIB_CACHE_DIR") or Path.home() / ".cache" / "ftib")
-    out = cache / "encoders" / world.replace(":", "-")
-    if (out / "modules.json").is_file():
-        return out
+    from ftib.core.rundir import cache_dir
+
+    cache = cache_dir()
     pairs = []
+    digest = hashlib.sha256()
     for rel, a, b in (("grpo/translation.jsonl", "source", "reference"),
                       ("grpo/headlines.jsonl", "headline", "headline_zh")):
         for line in resolve(world, rel).read_text(encoding="utf-8").splitlines():
             rec = json.loads(line)
             if rec.get(a) and rec.get(b):
                 pairs.append((rec[a], rec[b]))
-    train_encoder(pairs, out, EncoderTrainConfig(vocab_size=2000, hidden_size=96, layers=2, heads=4, max_length=48,
-                                                 epochs=8, batch_size=32, lr=2e-3, seed=seed), progress=False)
+                digest.update(f"{rec[a]}\t{rec[b]}\n".encode())
+    cfg = EncoderTrainConfig(vocab_size=2000, hidden_size=96, layers=2, heads=4, max_length=48,
+                             epochs=8, batch_size=32, lr=2e-3, seed=seed)
+    digest.update(repr(cfg).encode())
+    # Keyed by the pairs and the training settings, so a changed world retrains it.
+    out = cache / "encoders" / f"{world.replace(':', '-')}-{digest.hexdigest()[:12]}"
+    if (out / "modules.json").is_file():
+        return out
+    train_encoder(pairs, out, cfg, progress=False)
     return out
 
 
