@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -367,7 +368,7 @@ class Pipeline:
             if not ckpt.exists():
                 raise RunDirError(f"stage {stage.id!r} returned checkpoint {ckpt}, which does not exist")
         manifest.update("stages", stage.id, status="completed", checkpoint=ckpt_rel,
-                        metrics=_jsonable(result.metrics),
+                        metrics=jsonable(result.metrics),
                         artifacts={k: str(v) for k, v in result.artifacts.items()},
                         seconds=round(time.time() - started, 3), error=None)
         if ckpt_rel is None:
@@ -401,36 +402,48 @@ class Pipeline:
         manifest.update("evals", key, name=ev.name, status="running")
         try:
             result = ev.plugin(ev.config).evaluate(ctx)
-            if not isinstance(result, EvalResult):
-                raise TypeError(f"evaluator {ev.name!r} returned {type(result).__name__}, not EvalResult")
-            lines = []
-            for i, r in enumerate(result.records):
-                missing = [k for k in EvalResult.REQUIRED_RECORD_KEYS if k not in r]
-                if missing:
-                    raise ValueError(f"evaluator {ev.name!r}: record {i} lacks keys {missing}")
-                lines.append(json.dumps(_jsonable(dict(r)), ensure_ascii=False))
+            lines = record_lines(result, ev.name)
         except BaseException as exc:
             manifest.update("evals", key, status="failed", error=f"{type(exc).__name__}: {exc}")
             raise
         atomic_write_text(work_dir / "records.jsonl", "".join(line + "\n" for line in lines))
-        atomic_write_json(work_dir / "metrics.json", {"metrics": _jsonable(result.metrics),
-                                                      "details": _jsonable(result.details)})
-        manifest.update("evals", key, status="completed", metrics=_jsonable(result.metrics),
+        atomic_write_json(work_dir / "metrics.json", {"metrics": jsonable(result.metrics),
+                                                      "details": jsonable(result.details)})
+        manifest.update("evals", key, status="completed", metrics=jsonable(result.metrics),
                         seconds=round(time.time() - started, 3), error=None)
 
 
-def _jsonable(obj: Any) -> Any:
-    """Convert tensors/numpy scalars/paths into plain JSON values."""
+def record_lines(result: Any, name: str) -> list[str]:
+    """Check an evaluator's result against the contract and return its records as JSON
+    lines (``records.jsonl``). Raises PluginError naming the evaluator."""
+    from ftib.core.errors import PluginError
+
+    if not isinstance(result, EvalResult):
+        raise PluginError(f"evaluator {name!r} returned {type(result).__name__}, not EvalResult")
+    lines = []
+    for i, r in enumerate(result.records):
+        missing = [k for k in EvalResult.REQUIRED_RECORD_KEYS if k not in r]
+        if missing:
+            raise PluginError(f"evaluator {name!r}: record {i} lacks keys {missing}")
+        lines.append(json.dumps(jsonable(dict(r)), ensure_ascii=False))
+    return lines
+
+
+def jsonable(obj: Any) -> Any:
+    """Convert tensors/numpy scalars/paths into plain JSON values (NaN -> None, since
+    JSON has no NaN)."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
-        return obj.item()
+        return jsonable(obj.item())
     if hasattr(obj, "tolist"):
-        return obj.tolist()
+        return jsonable(obj.tolist())
     return obj
 
 

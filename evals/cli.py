@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -22,27 +20,16 @@ from typing import Any
 import yaml
 
 from ftib.core import config as cfg
-from ftib.core.errors import ConfigError, FtibError
-from ftib.core.interfaces import EvalResult, RunContext
+from ftib.core.errors import ConfigError
+from ftib.core.interfaces import RunContext
 from ftib.core.registry import EVALUATORS, Registry
+from ftib.core.pipeline import jsonable, record_lines
 from ftib.core.rundir import MetricsSink, atomic_write_json, atomic_write_text
 
 log = logging.getLogger("ftib.evals")
 
 # Command-line options that fill config keys of the same name where an evaluator has one.
 _SHARED = ("limit", "batch_size", "encoder", "base_model", "judge_model", "max_new_tokens")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
 
 
 def build_configs(args: argparse.Namespace, registry: Registry) -> dict[str, tuple[type, Any]]:
@@ -103,16 +90,9 @@ def run_eval(args: argparse.Namespace) -> Path:
                          logger=logging.getLogger(f"ftib.eval.{bench}"))
         started = time.time()
         result = cls(conf).evaluate(ctx)
-        if not isinstance(result, EvalResult):
-            raise FtibError(f"evaluator {bench!r} returned {type(result).__name__}, not EvalResult")
-        lines = []
-        for i, r in enumerate(result.records):
-            missing = [k for k in EvalResult.REQUIRED_RECORD_KEYS if k not in r]
-            if missing:
-                raise FtibError(f"evaluator {bench!r}: record {i} lacks keys {missing}")
-            lines.append(json.dumps(_jsonable(dict(r)), ensure_ascii=False))
+        lines = record_lines(result, bench)
         atomic_write_text(eval_dir / f"{bench}.records.jsonl", "".join(x + "\n" for x in lines))
-        atomic_write_json(eval_dir / f"{bench}.json", _jsonable({
+        atomic_write_json(eval_dir / f"{bench}.json", jsonable({
             "evaluator": bench, "model": str(args.model), "config": cfg.to_dict(conf),
             "metrics": result.metrics, "details": result.details,
             "seconds": round(time.time() - started, 3),

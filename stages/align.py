@@ -16,10 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ftib.core import Stage, StageResult
-from ftib.core.train import TrainConfig, Trainer
-from ftib.stages.common import (ChatTask, TrainableConfig, save_model_dir, select_trainable,
-                                trainable_parameter_count, training_bundle)
+from ftib.core import Stage
+from ftib.core.train import TrainConfig
+from ftib.stages.common import TrainableConfig, train_chat_stage, training_bundle
 
 
 def describe_prompt() -> str:
@@ -71,16 +70,5 @@ class AlignStage(Stage):
               {"role": "assistant", "content": r["caption"]}], [r["image"]], f"{path} (id {r['id']})")
             for r in rows
         ]
-        model, groups = select_trainable(bundle.model, cfg.trainable)
-        ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
-                        ", ".join(g.name for g in groups))
-
-        def save(out_dir):
-            save_model_dir(model, out_dir, processor=bundle.chat, save_adapter=cfg.trainable.lora.save_adapter)
-
-        task = ChatTask(model, groups, bundle.chat, records, max_length=cfg.max_length, overflow=cfg.overflow,
-                        save=save, logger=ctx.logger)
-        trainer = Trainer(task, cfg.train, ctx)
-        result = trainer.train()
-        metrics = {**result.metrics, **{f"data_{k}": float(v) for k, v in task.stats.items()}}
-        return StageResult(checkpoint=trainer.save_final(), metrics=metrics)
+        return train_chat_stage(ctx, bundle, records, trainable=cfg.trainable, train=cfg.train,
+                                max_length=cfg.max_length, overflow=cfg.overflow)

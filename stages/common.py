@@ -240,7 +240,39 @@ class ChatSample:
     tensors: dict[str, torch.Tensor]
 
 
-class ChatTask:
+class LabelledLMTask:
+    """Shared part of the loop's view of a causal-LM stage whose batches carry ``labels``
+    (``-100`` = no loss): the summed next-token cross-entropy and its token count.
+    Subclasses set ``model``, ``_groups``, ``_save`` and provide ``train_samples`` and
+    ``collate``."""
+
+    model: torch.nn.Module
+
+    def param_groups(self) -> list[ParamGroup]:
+        return self._groups
+
+    def loss_normaliser(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"][:, 1:] != -100).sum())
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> Any:
+        from ftib.core.train import LossOutput
+
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        out = self.model(**batch, use_cache=False)
+        logits = out.logits[:, :-1].float()
+        target = labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        return LossOutput(loss=loss, tokens=int(batch["attention_mask"].sum()), samples=labels.shape[0])
+
+    def save_model(self, out_dir: Path) -> None:
+        self._save(out_dir)
+
+
+class ChatTask(LabelledLMTask):
     """The loop's view of a chat-formatted stage (Align, SFT): loss on assistant tokens.
 
     Every record is encoded once up front (so a bad image or an over-long record fails
@@ -289,31 +321,31 @@ class ChatTask:
             raise FtibError(f"no usable training conversations ({self.stats})")
         logger.info("conversations: %s", self.stats)
 
-    def param_groups(self) -> list[ParamGroup]:
-        return self._groups
-
     def train_samples(self) -> list[ChatSample]:
         return self.samples
 
     def collate(self, items: list[ChatSample]) -> dict[str, torch.Tensor]:
         return self.chat.collate([s.tensors for s in items])
 
-    def loss_normaliser(self, batch: dict[str, torch.Tensor]) -> int:
-        return int((batch["labels"][:, 1:] != -100).sum())
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> Any:
-        from ftib.core.train import LossOutput
+def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list[Any], str]], *,
+                     trainable: TrainableConfig, train: Any, max_length: int,
+                     overflow: Literal["truncate", "drop"]) -> Any:
+    """Train ``bundle`` on chat ``records`` (Align, SFT): select the trainable set, run
+    the shared loop, write the final checkpoint; data counts go into the metrics."""
+    from ftib.core import StageResult
+    from ftib.core.train import Trainer
 
-        device = next(self.model.parameters()).device
-        batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        out = self.model(**batch, use_cache=False)
-        logits = out.logits[:, :-1].float()
-        target = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
-        )
-        return LossOutput(loss=loss, tokens=int(batch["attention_mask"].sum()), samples=labels.shape[0])
+    model, groups = select_trainable(bundle.model, trainable)
+    ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
+                    ", ".join(g.name for g in groups))
 
-    def save_model(self, out_dir: Path) -> None:
-        self._save(out_dir)
+    def save(out_dir: Path) -> None:
+        save_model_dir(model, out_dir, processor=bundle.chat, save_adapter=trainable.lora.save_adapter)
+
+    task = ChatTask(model, groups, bundle.chat, records, max_length=max_length, overflow=overflow,
+                    save=save, logger=ctx.logger)
+    trainer = Trainer(task, train, ctx)
+    result = trainer.train()
+    metrics = {**result.metrics, **{f"data_{k}": float(v) for k, v in task.stats.items()}}
+    return StageResult(checkpoint=trainer.save_final(), metrics=metrics)

@@ -34,8 +34,8 @@ from typing import Any, Literal
 import torch
 
 from ftib.core import ConfigError, FtibError, Stage, StageResult
-from ftib.core.train import LossOutput, TrainConfig, Trainer
-from ftib.stages.common import (TrainableConfig, save_model_dir, select_trainable, trainable_parameter_count,
+from ftib.core.train import TrainConfig, Trainer
+from ftib.stages.common import (LabelledLMTask, TrainableConfig, save_model_dir, select_trainable, trainable_parameter_count,
                                 training_bundle)
 
 
@@ -153,16 +153,13 @@ def tokenize_documents(tokenizer: Any, docs: list[str], *, native: bool | None =
     return ds["ids"]
 
 
-class _CPTTask:
+class _CPTTask(LabelledLMTask):
     """The loop's view of CPT: rows of a packed (or padded) token table."""
 
     def __init__(self, model: torch.nn.Module, groups: list, rows: list[dict[str, torch.Tensor]], pad_id: int,
                  packing: bool, save: Any) -> None:
         self.model, self._groups, self.rows, self.pad_id = model, groups, rows, pad_id
         self.packing, self._save = packing, save
-
-    def param_groups(self) -> list:
-        return self._groups
 
     def train_samples(self) -> list[dict[str, torch.Tensor]]:
         return self.rows
@@ -173,24 +170,6 @@ class _CPTTask:
         from ftib.data.packing import pad_batch
 
         return pad_batch([it["input_ids"].tolist() for it in items], pad_id=self.pad_id)
-
-    def loss_normaliser(self, batch: dict[str, torch.Tensor]) -> int:
-        return int((batch["labels"][:, 1:] != -100).sum())
-
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
-        device = next(self.model.parameters()).device
-        batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        out = self.model(**batch, use_cache=False)
-        logits = out.logits[:, :-1].float()
-        target = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
-        )
-        return LossOutput(loss=loss, tokens=int(batch["attention_mask"].sum()), samples=labels.shape[0])
-
-    def save_model(self, out_dir: Path) -> None:
-        self._save(out_dir)
 
 
 class CPTStage(Stage):
