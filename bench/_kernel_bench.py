@@ -90,3 +90,18 @@ def peak_in_subprocess(script: Path, args: dict, timeout: float = 1800) -> dict:
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout)[-500:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def timed(benchmark, stat: str = "mean") -> float | None:
+    """A timing statistic of the finished benchmark, or None when timing is disabled
+    (``--benchmark-disable``: the CI smoke run executes each case once, untimed)."""
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:
+        return None
+    return getattr(stats.stats, stat)
+
+
+def per_second(amount: float, benchmark, stat: str = "mean") -> float | None:
+    """``amount`` divided by the benchmark's time, or None when timing is disabled."""
+    t = timed(benchmark, stat)
+    return None if t is None else amount / t

@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 
-from ftib.bench._kernel_bench import extra_info
+from ftib.bench._kernel_bench import extra_info, per_second
 
 BLOCK = 128
 BATCH = 8
@@ -79,7 +79,7 @@ def test_cpt_packing(benchmark, setup, impl):
     extra_info(benchmark, impl=impl, mode="forward+backward", device=torch.device("cpu"), dtype=torch.float32,
                shapes={"documents": len(docs), "block": BLOCK, "batch": BATCH},
                real_tokens=real_tokens, token_slots=slots,
-               real_tokens_per_s=real_tokens / benchmark.stats.stats.mean)
+               real_tokens_per_s=per_second(real_tokens, benchmark))
 
 
 @pytest.fixture(scope="module")
@@ -117,4 +117,4 @@ def test_cpt_syllables_per_second(benchmark, setup, extended, impl):
     extra_info(benchmark, impl=impl, mode="forward+backward", device=torch.device("cpu"), dtype=torch.float32,
                shapes={"documents": len(docs), "block": BLOCK, "batch": BATCH},
                syllables=n_syll, real_tokens=real_tokens, tokens_per_syllable=real_tokens / n_syll,
-               syllables_per_s=n_syll / benchmark.stats.stats.mean)
+               syllables_per_s=per_second(n_syll, benchmark))

@@ -28,7 +28,7 @@ os.environ.setdefault("RAYON_NUM_THREADS", "2")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from ftib.bench._kernel_bench import extra_info  # noqa: E402
+from ftib.bench._kernel_bench import extra_info, per_second  # noqa: E402
 
 tiktoken = pytest.importorskip("tiktoken")
 tokenizers = pytest.importorskip("tokenizers")
@@ -133,12 +133,15 @@ def test_tokenizer(benchmark, setup, vocab, impl, lang, threads):
     assert got == want, f"{impl} ids differ from tokenizers"
     nbytes = sum(len(t.encode("utf-8")) for t in texts)
     benchmark.pedantic(fn, rounds=5, warmup_rounds=1, iterations=1)
-    med = benchmark.stats.stats.median
     extra_info(benchmark, impl=impl, mode="encode", device=torch.device("cpu"), dtype=torch.int32,
                shapes={"texts": len(texts), "bytes": nbytes}, vocab=vocab, lang=lang, threads=threads,
-               text_source=source, MB_per_s=round(nbytes / 1e6 / med, 2),
-               MB_per_s_best=round(nbytes / 1e6 / benchmark.stats.stats.min, 2),
+               text_source=source, MB_per_s=_round(per_second(nbytes / 1e6, benchmark, "median")),
+               MB_per_s_best=_round(per_second(nbytes / 1e6, benchmark, "min")),
                cpu_count=len(os.sched_getaffinity(0)), loadavg=os.getloadavg()[0])
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
 
 
 def table(path: str) -> str:
