@@ -2,8 +2,17 @@
 
 Time of one step (mode ``full``: forward + backward; ``no_grad``: forward only) with
 pytest-benchmark, and peak memory of one step measured in a fresh subprocess (peak RSS,
-Linux VmHWM after resetting it; on CUDA torch.cuda.max_memory_allocated), stored in
-``extra_info`` (``peak_extra_mib`` = peak minus the RSS with the inputs allocated).
+Linux VmHWM after resetting it; on CUDA torch.cuda.max_memory_allocated). On CPU the
+subprocess first runs one step of the same implementation and mode on tiny inputs, so
+one-time process costs are not counted as the step's memory (the first call of any
+torch.library custom op imports torch._dynamo, ~72 MiB of RSS; MKL and Liger have their
+own first-call initialisation). Two numbers per case, both in ``extra_info``:
+
+- ``peak_extra_mib``: peak minus the memory with the inputs allocated;
+- ``workspace_mib``: ``peak_extra_mib`` minus ``grads_mib``, the size of the gradients the
+  step must return (dL/dW + dL/dhidden, float32 here: 602 MiB at V = 151,936, H = 1,024,
+  tokens = 2,048), which is the same for every implementation. In ``no_grad`` mode
+  ``grads_mib`` is 0 and the two numbers are equal.
 
     pytest bench/test_bench_grpo_loss.py --benchmark-only --benchmark-group-by=param:size,param:mode
     pytest bench/test_bench_grpo_loss.py --benchmark-only -m slow   # the large Qwen-vocabulary cases
@@ -52,8 +61,19 @@ def liger_available() -> bool:
     return True
 
 
-def make_inputs(size: str, dtype=torch.float32):
-    V, H, tokens = SIZES[size]
+MEMORY_NOTE = (
+    "peak_extra_mib: peak RSS (CUDA: max allocated) of one step minus the memory with the "
+    "inputs allocated (CPU: after a warm-up step on tiny inputs); workspace_mib: peak_extra_mib "
+    "minus grads_mib, the size of the gradients the step returns (dL/dW + dL/dhidden), "
+    "equal for every implementation"
+)
+# Warm-up size of the memory subprocess (V, H, tokens): one step at it runs the first-call
+# initialisation of the implementation before the measured step.
+WARMUP = (1024, 64, 64)
+
+
+def make_inputs(size: str | tuple[int, int, int], dtype=torch.float32):
+    V, H, tokens = SIZES[size] if isinstance(size, str) else size
     T = tokens // SEQS
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(SEQS, T, H, generator=g).to(dtype).to(DEVICE).requires_grad_()
@@ -106,16 +126,34 @@ def make_step(impl: str, x: dict, mode: str):
     return step
 
 
+def grads_mib(size: str, mode: str, dtype=torch.float32) -> float:
+    """Size of the gradients one step returns (dL/dW and dL/dhidden), MiB."""
+    if mode == "no_grad":
+        return 0.0
+    V, H, tokens = SIZES[size]
+    return (V * H + tokens * H) * torch.empty((), dtype=dtype).element_size() / 2**20
+
+
 def _measure_here(args: dict) -> dict:
+    # CPU only: on CUDA the peak counts device allocations, which one-time host-side
+    # initialisation does not touch, and a warm-up would compile Liger twice.
+    warmup = args.get("warmup", DEVICE.type == "cpu")
+    if warmup:
+        make_step(args["impl"], make_inputs(WARMUP), args["mode"])()
     x = make_inputs(args["size"])
     step = make_step(args["impl"], x, args["mode"])
     if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         step()
         peak = torch.cuda.max_memory_allocated()
-        return {"peak_extra_mib": (peak - before) / 2**20, "peak_total_mib": peak / 2**20}
-    return measure_peak(step)
+        out = {"peak_extra_mib": (peak - before) / 2**20, "peak_total_mib": peak / 2**20}
+    else:
+        out = measure_peak(step)
+    grads = grads_mib(args["size"], args["mode"])
+    out.update(grads_mib=grads, workspace_mib=out["peak_extra_mib"] - grads, warmup=warmup)
+    return out
 
 
 def _eager_fits(size: str) -> bool:
@@ -153,7 +191,7 @@ def test_grpo_loss(benchmark, impl, mode, size):
     memory = peak_in_subprocess(Path(__file__), {"impl": impl, "mode": mode, "size": size})
     extra_info(benchmark, impl=FUSED if impl == "fused" else impl, mode=mode, device=DEVICE,
                dtype=torch.float32, shapes={"V": V, "H": H, "tokens": tokens, "seqs": SEQS},
-               config=CONFIG, **memory)
+               config=CONFIG, memory_note=MEMORY_NOTE, **memory)
     step = make_step(impl, x, mode)
     # Large cases: no warm-up round (a step takes tens of seconds on CPU; the memory
     # subprocess already ran one step of this case).

@@ -18,10 +18,12 @@ computes the log-sum-exp, the chosen-token logit and (optionally) the entropy; t
 per-token loss terms and dL/dlogp follow on (chunk,) vectors; a second row pass turns the
 logits buffer in place into dL/dlogits = g / temperature * (onehot - softmax); two GEMMs
 give dL/dhidden for the chunk and accumulate dL/dweight (float32). Peak extra memory is
-one (chunk, V) buffer. The gradients are produced during the forward when an input needs
-them: the chunk's logits are at hand then, so the backward only scales the stored
-gradients by the incoming scalar gradient instead of recomputing every logit a second
-time (that would be a fourth GEMM, +33% time). This is exact because the loss is a scalar.
+one (chunk, V) buffer besides the gradients themselves. The gradients are produced during
+the forward when an input needs them: the chunk's logits are at hand then, so the
+backward only scales the stored gradients by the incoming scalar gradient instead of
+recomputing every logit a second time (that would be a fourth GEMM, +33% time). This is
+exact because the loss is a scalar. The backward returns the stored buffers themselves
+(no copy, no zero-filled gradients for the op's other outputs; see _grpo_setup_context).
 
 ``impl="triton"`` (CUDA) runs the two row passes as Triton kernels that stream over the
 vocabulary in BLOCK_V tiles with an online log-sum-exp (Milakov & Gimelshein 2018);
@@ -232,7 +234,11 @@ def _fused_forward(
     loss = torch.zeros((), dtype=f32, device=dev)
     sums = torch.zeros(5, dtype=f32, device=dev)  # kl, low, high, region, entropy
     need_grad = need_dh or need_dw or need_db
-    dh_s = torch.empty(n, H, dtype=hidden.dtype, device=dev) if need_dh else None
+    # dL/dhidden is written chunk by chunk straight into the op's float32 output
+    # (no second (tokens, H) buffer); padded rows stay 0.
+    dh = None
+    if need_dh:
+        dh = (torch.empty if all_active else torch.zeros)(B * T, H, dtype=f32, device=dev)
     dw = torch.zeros(V, H, dtype=f32, device=dev) if need_dw else None
     db = torch.zeros(V, dtype=f32, device=dev) if need_db else None
     w_lp = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
@@ -267,7 +273,12 @@ def _fused_forward(
         g = (ws[sl] * dpg).contiguous()
         dz = grad_rows(z, y, lse, g, temperature)
         if need_dh:
-            dh_s[c0:c1] = dz.to(w_lp.dtype) @ w_lp
+            if all_active and w_lp.dtype == f32:
+                torch.mm(dz, w_lp, out=dh[c0:c1])
+            elif all_active:
+                dh[c0:c1].copy_(dz.to(w_lp.dtype) @ w_lp)
+            else:
+                dh.index_copy_(0, active[c0:c1], (dz.to(w_lp.dtype) @ w_lp).to(f32))
         if need_dw:
             dw.addmm_(dz.t().to(f32), h.to(f32))
         if need_db:
@@ -283,12 +294,7 @@ def _fused_forward(
     def empty():
         return hidden.new_empty(0, dtype=f32)
 
-    if need_dh:
-        dh = torch.zeros(B * T, H, dtype=f32, device=dev)
-        dh.index_copy_(0, active, dh_s.to(f32))
-        dh = dh.view(B, T, H)
-    else:
-        dh = empty()
+    dh = dh.view(B, T, H) if need_dh else empty()
     return (
         loss, metrics, logps.view(B, T), dh,
         dw if need_dw else empty(), db if need_db else empty(),
@@ -358,6 +364,11 @@ def _grpo_setup_context(ctx, inputs, output):
     ctx.need = inputs[16:19]
     ctx.consumed = False
     ctx.mark_non_differentiable(metrics, logps, dh, dw, db)
+    # The outputs other than the loss never receive a gradient. By default autograd
+    # would materialise zeros for them before calling the backward, among them a
+    # zero (V, H) float32 tensor as large as dL/dW itself (594 MiB at V = 151,936,
+    # H = 1,024), allocated and zeroed right before the backward.
+    ctx.set_materialize_grads(False)
 
 
 def _grpo_backward(ctx, g_loss, *unused):
@@ -367,10 +378,12 @@ def _grpo_backward(ctx, g_loss, *unused):
     if ctx.consumed:
         raise RuntimeError(f"{_OP}: backward ran twice; this op supports a single backward")
     ctx.consumed = True
+    grads = [None] * 21
+    if g_loss is None:  # no gradient reached the loss (grads are not materialised)
+        return tuple(grads)
     dh, dw, db = ctx.saved_tensors
     need_dh, need_dw, need_db = ctx.need
     h_t, w_t, b_t = ctx.dtypes
-    grads = [None] * 21
     for i, (buf, needed, dtype, name) in enumerate(
         ((dh, need_dh, h_t, "hidden"), (dw, need_dw, w_t, "weight"), (db, need_db, b_t, "bias"))
     ):

@@ -223,3 +223,23 @@ def test_second_backward_raises_instead_of_double_scaling():
     out.loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         out.loss.backward()
+
+
+def test_backward_allocates_no_gradient_sized_buffer():
+    # The gradients are made in the forward; the backward scales them in place and hands
+    # them to .grad as they are. Regressions this catches: autograd materialising zero
+    # gradients for the op's unused outputs (a zero (V, H) tensor as large as dL/dW) and
+    # AccumulateGrad cloning dL/dW because something still references it.
+    from torch.profiler import ProfilerActivity, profile
+
+    c = _case(3, 5, 64, 4001, torch.float32, "cpu", seed=7, full=False)
+    h, w = c["leaves"]
+    out = fused_linear_grpo_loss(h, w, c["ids"], c["mask"], c["adv"], loss_type="bnpo", impl="torch")
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out.loss.backward()
+    allocated = sum(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
+    smallest_grad = h.numel() * h.element_size()
+    assert allocated < smallest_grad, (
+        f"backward allocated {allocated} bytes; a gradient-sized buffer is {smallest_grad}"
+    )
+    assert w.grad is not None and h.grad is not None
