@@ -69,6 +69,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     manifest = pipeline.run()
     if pipeline.dist.is_main:  # under torchrun, one summary
         _print_summary(manifest, run_dir)
+        if manifest.get("evals"):
+            # The report lives with the evaluators (a plugin package); the kernel only
+            # asks for it by name, so a build without ftib.evals still runs.
+            try:
+                from ftib.evals.report import write_run_report
+            except ImportError:  # pragma: no cover - ftib.evals ships with ftib
+                log.warning("ftib.evals is not importable; no report.md written")
+            else:
+                written = write_run_report(run_dir)
+                print(f"report: {written['markdown']}")
     return 0
 
 

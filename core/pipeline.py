@@ -294,6 +294,7 @@ class Pipeline:
         log.info("run directory %s (device %s, dtype %s)", self.run_dir, self.device, self.dtype)
         manifest = self._open_manifest()
         sink = MetricsSink(self.run_dir / METRICS, enabled=self.dist.is_main)
+        invoked = time.time()
 
         work = [("eval", BASE_POINT, e) for e in self.recipe.evaluators if BASE_POINT in e.after]
         for stage in self.recipe.stages:
@@ -318,6 +319,9 @@ class Pipeline:
         finally:
             bar.close()
         manifest.data["status"] = "completed"
+        # Wall time of the invocation that completed the run (a resumed run counts only
+        # the part it ran).
+        manifest.data["last_invocation_seconds"] = round(time.time() - invoked, 1)
         manifest.save()
         return manifest.data
 

@@ -54,13 +54,36 @@ class RunSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class KernelsSpec:
+    """Optional fused-kernel libraries applied to the model each time it loads.
+
+    Attributes:
+        liger: liger-kernel's Triton kernels on the model instance (fused linear
+            cross-entropy, RMSNorm, SwiGLU where the model type has them); needs the
+            ``gpu`` extra and a CUDA device, and raises otherwise.
+    """
+
+    liger: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """The model the first stage starts from (hub name, local directory or preset)."""
+    """The model the first stage starts from (hub name, local directory or preset).
+
+    ``revision``, ``attn_implementation`` (``sdpa`` when unset; ``flash_attention_2``
+    needs flash-attn and CUDA) and ``trust_remote_code`` go to ``from_pretrained``;
+    ``kernels`` selects optional kernel libraries. They apply to every load of the
+    model in the run (each stage's checkpoint, the evaluators). ``preset_overrides``
+    changes a preset's sizes (``{hidden_size: 128, image_size: 48}``; see
+    :class:`ftib.models.presets.PresetConfig`) and is only valid with a preset name.
+    """
 
     name_or_path: str
     revision: str | None = None
     attn_implementation: str | None = None
     trust_remote_code: bool = False
+    kernels: KernelsSpec = KernelsSpec()
+    preset_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

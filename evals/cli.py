@@ -104,12 +104,12 @@ def run_eval(args: argparse.Namespace) -> Path:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ftib.evals.report import collect_eval_dir, collect_run, write_report
+    from ftib.evals.report import collect_eval_dir, write_report, write_run_report
 
     if args.report:
         src = Path(args.report)
         if (src / "manifest.json").is_file():
-            written = write_report(collect_run(src), src, title=f"FTibBench results: {src.name}")
+            written = write_run_report(src)
         else:
             written = write_report(collect_eval_dir(src), src)
         for path in written.values():

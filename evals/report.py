@@ -18,7 +18,8 @@ from typing import Any
 from ftib.core.errors import FtibError
 from ftib.core.rundir import atomic_write_text
 
-__all__ = ["PRIMARY", "collect_eval_dir", "collect_run", "markdown", "plot_stages", "write_report"]
+__all__ = ["CHANCE", "PRIMARY", "collect_eval_dir", "collect_run", "markdown", "plot_stages", "plot_training",
+           "run_markdown", "write_report", "write_run_report"]
 
 #: The headline metric of each built-in evaluator and whether higher is better.
 PRIMARY: dict[str, tuple[str, bool]] = {
@@ -44,6 +45,27 @@ SECONDARY: dict[str, tuple[str, ...]] = {
 }
 
 Results = dict[str, dict[str, dict[str, Any]]]
+
+#: Score of a model answering at random (uniformly over the valid answers) for the
+#: metrics the learning check compares against: yes/no and true/false benchmarks 0.5;
+#: MMBench 4-option questions 0.25 per row, all four rotations right (CircularEval)
+#: 0.25**4; MME per subtask acc 50 + acc+ 25 = 75, so perception is 75 x its subtasks.
+CHANCE: dict[tuple[str, str], float] = {
+    ("pope", "accuracy"): 0.5,
+    ("binary_vqa", "accuracy"): 0.5,
+    ("binary_vqa", "balanced_accuracy"): 0.5,
+    ("corevqa", "accuracy"): 0.5,
+    ("mmbench", "circular"): 0.25 ** 4,
+    ("mmbench", "vanilla"): 0.25,
+}
+#: The multimodal benchmarks and the metrics the learning check reports.
+LEARNING_METRICS: dict[str, tuple[str, ...]] = {
+    "pope": ("random/accuracy", "popular/accuracy", "adversarial/accuracy", "yes_ratio"),
+    "mmbench": ("circular", "vanilla"),
+    "mme": ("perception",),
+    "binary_vqa": ("accuracy", "balanced_accuracy"),
+    "corevqa": ("accuracy",),
+}
 
 
 def collect_run(run_dir: Path) -> Results:
@@ -161,5 +183,196 @@ def write_report(results: Results, out_dir: Path, title: str = "FTibBench result
     if len(results) > 1:
         written["plot"] = plot_stages(results, out_dir / "scores_by_stage.png")
         text += "\n![scores by stage](scores_by_stage.png)\n"
+    atomic_write_text(written["markdown"], text)
+    return written
+
+
+# ------------------------------------------------------------------ run reports
+
+
+def _chance(name: str, key: str, metrics: Mapping[str, Any]) -> float | None:
+    base = key.split("/")[-1]
+    if name == "mme" and key == "perception":
+        n = sum(1 for k in metrics if k.endswith("/score") and k.split("/")[0] not in _mme_cognition())
+        return 75.0 * n if n else None
+    if name == "pope" and base == "accuracy":
+        return 0.5
+    return CHANCE.get((name, key))
+
+
+def _mme_cognition() -> tuple[str, ...]:
+    from ftib.evals.metrics import MME_COGNITION
+
+    return MME_COGNITION
+
+
+def _manifest(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        raise FtibError(f"{run_dir} has no manifest.json (not an ftib run directory)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _training_rows(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per-step rows of ``metrics.jsonl`` grouped by stage (a corrupt line is an error)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows: dict[str, list[dict[str, Any]]] = {}
+    if not path.is_file():
+        return rows
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FtibError(f"{path}:{i}: not JSON ({exc.msg})") from exc
+        if "stage" in rec and "step" in rec:
+            rows.setdefault(rec["stage"], []).append(rec)
+    return rows
+
+
+def _stage_table(manifest: Mapping[str, Any]) -> list[str]:
+    lines = ["| stage | seconds | steps | loss (first 10% → last 10%) | other |", "|---|---:|---:|---|---|"]
+    for sid, rec in manifest.get("stages", {}).items():
+        m = rec.get("metrics") or {}
+        loss = (f"{_fmt(m.get('loss_first_10pct'))} → {_fmt(m.get('loss_last_10pct'))}"
+                if "loss_first_10pct" in m else "–")
+        other = []
+        if "reward_first_20pct" in m:
+            other.append(f"reward (first 20% → last 20%) {_fmt(m['reward_first_20pct'])} → "
+                         f"{_fmt(m.get('reward_last_20pct'))}")
+        for k in ("tokens_per_s", "trainable_params"):
+            if k in m:
+                other.append(f"{k.replace('_', ' ')} {_fmt(m[k])}")
+        lines.append(f"| {sid} | {_fmt(rec.get('seconds'))} | {_fmt(m.get('steps'))} | {loss} | "
+                     f"{'; '.join(other) or '–'} |")
+    return lines
+
+
+def _learning_table(results: Results) -> list[str]:
+    """Each multimodal benchmark's metrics at every evaluated point next to chance."""
+    points = list(results)
+    rows = []
+    for p in points:
+        for b, res in results[p].items():
+            if res["name"] in LEARNING_METRICS:
+                rows.append(b)
+    benches = list(dict.fromkeys(rows))
+    if not benches:
+        return []
+    lines = ["| benchmark | metric | chance | " + " | ".join(points) + " |",
+             "|---|---|---:|" + "---:|" * len(points)]
+    for b in benches:
+        name = next(results[p][b]["name"] for p in points if b in results[p])
+        m0 = next(results[p][b]["metrics"] for p in points if b in results[p])
+        for key in LEARNING_METRICS[name]:
+            if key not in m0:
+                continue
+            chance = _chance(name, key, m0)
+            cells = [_fmt(results[p].get(b, {}).get("metrics", {}).get(key)) for p in points]
+            lines.append(f"| {b} | {key} | {'–' if chance is None else _fmt(chance)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _tax_table(manifest: Mapping[str, Any], results: Results) -> list[str]:
+    """Translation quality and alignment tax side by side for every point that has an
+    ``alignment_tax`` result (the seed's SFT-vs-GRPO comparison)."""
+    taxed = [p for p in results if any(r["name"] == "alignment_tax" for r in results[p].values())]
+    if not taxed:
+        return []
+    lines = ["| point | stage seconds | similarity ↑ | BLEU ↑ | chrF ↑ | NLL increase mean ↓ | "
+             "NLL increase p90 ↓ | KL mean ↓ |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in taxed:
+        tr = next((r["metrics"] for r in results[p].values() if r["name"] == "translation"), {})
+        tax = next(r["metrics"] for r in results[p].values() if r["name"] == "alignment_tax")
+        secs = manifest.get("stages", {}).get(p, {}).get("seconds")
+        lines.append(f"| {p} | {_fmt(secs)} | {_fmt(tr.get('similarity'))} | {_fmt(tr.get('bleu'))} | "
+                     f"{_fmt(tr.get('chrf'))} | {_fmt(tax.get('nll_increase_mean'))} | "
+                     f"{_fmt(tax.get('nll_increase_p90'))} | {_fmt(tax.get('kl_mean'))} |")
+    base = next((e.get("config", {}).get("base_model") for e in manifest.get("config", {}).get("evaluators", [])
+                 if e.get("name") == "alignment_tax"), None)
+    if base:
+        lines += ["", f"The alignment tax is measured against `{base}`."]
+    return lines
+
+
+def run_markdown(run_dir: Path) -> str:
+    """The report of a pipeline run: stages, benchmark scores, the learning check against
+    chance, the alignment-tax comparison when present, and the machine it ran on."""
+    run_dir = Path(run_dir)
+    manifest = _manifest(run_dir)
+    results = collect_run(run_dir)
+    title = f"ftib run report: {run_dir.name}"
+    lines = [f"# {title}", ""]
+    recipe = manifest.get("recipe_file")
+    platform = manifest.get("platform", {})
+    native = manifest.get("native") or {}
+    versions = manifest.get("versions", {})
+    lines += [f"- recipe: `{recipe}`" if recipe else "- recipe: (built in code)",
+              f"- status: {manifest.get('status', '?')}; last invocation "
+              f"{_fmt(manifest.get('last_invocation_seconds'))} s wall",
+              f"- machine: {platform.get('system', '?')}, {native.get('hardware_threads', '?')} hardware threads; "
+              f"torch {versions.get('torch', '?')}, transformers {versions.get('transformers', '?')}",
+              f"- git commit: {manifest.get('git_commit') or '?'}", "", "## Stages", ""]
+    lines += _stage_table(manifest)
+    learning = _learning_table(results)
+    if learning:
+        lines += ["", "## Learning on FTibBench-mini", "",
+                  "Scores at each evaluated point next to a random guesser's (chance). `base` is the "
+                  "untrained model; an unparsed answer counts as wrong.", ""] + learning
+    tax = _tax_table(manifest, results)
+    if tax:
+        lines += ["", "## Alignment tax", ""] + tax
+    if results:
+        body = markdown(results, "Benchmarks").split("\n", 1)[1]
+        lines += ["", "## Benchmarks", body.rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_training(run_dir: Path, out: Path) -> Path | None:
+    """Loss of every stage per step (and GRPO's mean reward) from ``metrics.jsonl``."""
+    rows = _training_rows(run_dir)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    panels = [(stage, "loss") for stage in rows] + [
+        (stage, "reward_mean") for stage, rs in rows.items() if any("reward_mean" in r for r in rs)]
+    cols = min(len(panels), 4)
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), squeeze=False)
+    for ax, (stage, key) in zip(axes.flat, panels):
+        pts = [(r["step"], r[key]) for r in rows[stage] if isinstance(r.get(key), (int, float))]
+        if pts:
+            ax.plot(*zip(*pts), lw=1)
+        ax.set_title(f"{stage}: {key}", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_run_report(run_dir: Path) -> dict[str, Path]:
+    """Write ``report.md``, ``scores_by_stage.png`` (several evaluated points) and
+    ``training_curves.png`` into the run directory; returns what was written."""
+    run_dir = Path(run_dir)
+    text = run_markdown(run_dir)
+    written: dict[str, Path] = {"markdown": run_dir / "report.md"}
+    results = collect_run(run_dir)
+    if len(results) > 1:
+        written["plot"] = plot_stages(results, run_dir / "scores_by_stage.png")
+        text += "\n![scores by stage](scores_by_stage.png)\n"
+    curves = plot_training(run_dir, run_dir / "training_curves.png")
+    if curves is not None:
+        written["training_plot"] = curves
+        text += "\n![training curves](training_curves.png)\n"
     atomic_write_text(written["markdown"], text)
     return written

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ftib.core.config import path_field
 from ftib.core.interfaces import EvalResult, Evaluator, RunContext
 from ftib.evals.generate import Decoding, Generator, generator_from_context
 from ftib.evals.loaders import Item, check_data, load_items
@@ -29,8 +28,9 @@ class TextTaskConfig:
         limit: first ``limit`` items only.
         max_new_tokens: reply length cap.
         batch_size: prompts per ``generate`` call.
-        encoder: local sentence-transformers model directory for semantic similarity;
-            ``None`` skips it.
+        encoder: sentence-transformers model for semantic similarity: a local
+            directory, or ``ftibworld-encoder`` (the FTibWorld reward encoder of the
+            GRPO stage, trained on first use and cached); ``None`` skips it.
         do_sample, temperature, top_p: sampling instead of greedy decoding (off by default).
     """
 
@@ -38,7 +38,7 @@ class TextTaskConfig:
     limit: int | None = None
     max_new_tokens: int = 64
     batch_size: int = 8
-    encoder: Path | None = path_field(kind="dir", default=None)
+    encoder: str | None = None
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -47,6 +47,12 @@ class TextTaskConfig:
         check_data(self.data)
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
+        from ftib.stages.reward_encoder import FTIBWORLD_ENCODER
+
+        if self.encoder is not None and not str(self.encoder).startswith(FTIBWORLD_ENCODER) \
+                and not Path(self.encoder).is_dir():
+            raise ValueError(f"encoder: {self.encoder!r} is neither {FTIBWORLD_ENCODER!r} nor a local "
+                             "sentence-transformers model directory")
 
 
 class TextTaskEvaluator(Evaluator):
@@ -96,8 +102,9 @@ class TextTaskEvaluator(Evaluator):
         if self.config.encoder is None:
             return None
         from ftib.evals.similarity import Encoder
+        from ftib.stages.reward_encoder import resolve_encoder
 
-        return Encoder(self.config.encoder, device=device)
+        return Encoder(resolve_encoder(self.config.encoder, self.config.data), device=device)
 
     def run(self, generator: Generator, encoder: Any = None, items: Sequence[Item] | None = None) -> EvalResult:
         items = self.load() if items is None else list(items)

@@ -4,12 +4,23 @@ One code path serves hub names, local directories and the tiny presets: a preset
 name is first turned into its cached directory (built on first use), then everything
 loads through the ``transformers`` Auto classes. Image processors load with the Pillow
 backend (``backend="pil"``) so nothing needs torchvision.
+
+Optional accelerators are chosen by the recipe's ``model`` section and never fall back
+silently: ``attn_implementation: flash_attention_2`` needs the ``flash-attn`` package
+and a CUDA device; ``kernels: {liger: true}`` applies liger-kernel's Triton kernels to the
+loaded model instance (:func:`apply_liger`). A request that cannot be met raises
+:class:`~ftib.core.errors.FtibError` before any weights are used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import inspect
 import logging
+import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +32,10 @@ from ftib.models.presets import PRESETS, is_preset, preset_dir
 log = logging.getLogger("ftib.models")
 
 DTYPES = ("float32", "bfloat16", "float16")
+KERNEL_OPTIONS = ("liger",)
+GPU_EXTRA = "pip install 'ftib[gpu]'"
+# attn_implementation -> the package it needs (transformers' names).
+_FLASH_PACKAGES = {"flash_attention_2": ("flash_attn", "flash-attn")}
 
 
 @dataclass
@@ -81,6 +96,7 @@ def load_bundle(
     dtype: str | None = None,
     cache_dir: str | Path | None = None,
     preset_overrides: dict[str, Any] | None = None,
+    kernels: Mapping[str, Any] | None = None,
 ) -> ModelBundle:
     """Load model + tokenizer + image processor.
 
@@ -93,6 +109,13 @@ def load_bundle(
         dtype: ``float32``/``bfloat16``/``float16``; default: the checkpoint's dtype.
         cache_dir: where presets are built and cached (default ``$FTIB_CACHE_DIR``).
         preset_overrides: preset fields to change (sizes ...); only for preset names.
+        kernels: optional fused-kernel libraries, ``{"liger": True}`` applies
+            :func:`apply_liger` after the model is on ``device`` (recorded in
+            ``bundle.extra["kernels"]``).
+
+    Raises:
+        FtibError: the model cannot be loaded, or an accelerator request cannot be met
+            (package missing, device not CUDA, model type not supported).
     """
     import torch
     from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM,
@@ -114,6 +137,13 @@ def load_bundle(
         location = str(p) if path else source
     if dtype is not None and dtype not in DTYPES:
         raise FtibError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    kernels = dict(kernels or {})
+    unknown = sorted(set(kernels) - set(KERNEL_OPTIONS))
+    if unknown:
+        raise FtibError(f"model.kernels: unknown option(s) {unknown}; known: {', '.join(KERNEL_OPTIONS)}")
+    _check_attn_implementation(attn_implementation, device)
+    if kernels.get("liger"):
+        _import_liger()  # fail on a missing package before the weights load
     common: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if revision is not None:
         common["revision"] = revision
@@ -130,14 +160,141 @@ def load_bundle(
         kwargs["dtype"] = getattr(torch, dtype)
     multimodal = _is_multimodal(config)
     auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
-    model = auto.from_pretrained(location, **kwargs)
+    try:
+        model = auto.from_pretrained(location, **kwargs)
+    except (ImportError, ValueError) as exc:
+        if attn_implementation is None:
+            raise
+        raise FtibError(f"model.attn_implementation: {attn_implementation!r} cannot be used for "
+                        f"{source!r}: {exc}") from exc
     tokenizer = AutoTokenizer.from_pretrained(location, **common)
     image_processor = AutoImageProcessor.from_pretrained(location, backend="pil", **common) if multimodal else None
     if device is not None:
         model.to(device)
     model.eval()
+    extra: dict[str, Any] = {}
+    if kernels.get("liger"):
+        extra["kernels"] = {"liger": list(apply_liger(model))}
     return ModelBundle(model=model, tokenizer=tokenizer, image_processor=image_processor,
-                       chat=ChatProcessor(tokenizer, image_processor), source=source, path=path)
+                       chat=ChatProcessor(tokenizer, image_processor), source=source, path=path, extra=extra)
+
+
+def _is_cuda(device: Any) -> bool:
+    return device is not None and str(device).split(":")[0] == "cuda"
+
+
+def _check_attn_implementation(attn_implementation: str | None, device: str | None) -> None:
+    """FlashAttention needs its package and a CUDA device; say so before loading."""
+    if attn_implementation not in _FLASH_PACKAGES:
+        return  # sdpa/eager/None run anywhere; transformers rejects unknown names
+    module, package = _FLASH_PACKAGES[attn_implementation]
+    if importlib.util.find_spec(module) is None:
+        raise FtibError(
+            f"model.attn_implementation: {attn_implementation} needs the {package} package, which is "
+            f"not installed ({GPU_EXTRA} on a CUDA machine); use 'sdpa' (the default) otherwise"
+        )
+    if not _is_cuda(device):
+        raise FtibError(f"model.attn_implementation: {attn_implementation} runs on CUDA only; "
+                        f"the model is loaded on {device or 'cpu'} (set run.device: cuda, or use 'sdpa')")
+
+
+def _import_liger() -> Any:
+    try:
+        from liger_kernel.transformers import monkey_patch
+    except ImportError as exc:
+        raise FtibError(
+            f"model.kernels.liger: true needs the liger-kernel package (and Triton), which cannot be "
+            f"imported ({exc}); install the `gpu` extra: {GPU_EXTRA}"
+        ) from exc
+    return monkey_patch
+
+
+# liger-kernel's switches that act on the model instance; ``rope`` is left off because
+# liger applies it by rebinding ``apply_rotary_pos_emb`` in the transformers module, which
+# would change every model of that type in the process (the GRPO reference model, a
+# second bundle), not just this one.
+_LIGER_DEFAULTS = {"fused_linear_cross_entropy": True, "cross_entropy": False, "rope": False}
+_LIGER_PATCHES = ("fused_linear_cross_entropy", "rms_norm", "swiglu", "geglu", "layer_norm", "rope")
+
+
+def apply_liger(model: Any, **switches: bool) -> tuple[str, ...]:
+    """Apply liger-kernel's Triton kernels to ``model`` (this instance only).
+
+    Uses liger's per-model-type function (``apply_liger_kernel_to_qwen3``,
+    ``apply_liger_kernel_to_qwen3_vl`` ...) with ``model=``: the forward becomes liger's
+    fused linear cross-entropy forward (``model(..., labels=...)`` in training returns the
+    loss without materialising logits; see ``LabelledLMTask.compute_loss``), and RMSNorm
+    and SwiGLU modules get liger's kernels, with liger's defaults per model type.
+    Module-level names that liger rebinds as a side effect are restored, so other
+    models in the process keep the stock implementation.
+
+    Args:
+        model: a loaded transformers model, on its final device.
+        switches: override liger's switches (``rms_norm=False`` ...); for tests.
+
+    Returns:
+        The names of the patches applied (also stored on the model, see :func:`liger_patches`).
+
+    Raises:
+        FtibError: liger-kernel does not import; the model is not on CUDA (unless
+            ``TRITON_INTERPRET=1``, Triton's CPU interpreter); liger has no kernels for
+            the model type.
+    """
+    monkey_patch = _import_liger()
+    device = next(model.parameters()).device
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise FtibError(
+            f"model.kernels.liger: liger-kernel's Triton kernels need a CUDA device; the model is on "
+            f"{device} (set run.device: cuda, or TRITON_INTERPRET=1 to run them in Triton's CPU "
+            f"interpreter, for tests only)"
+        )
+    model_type = getattr(model.config, "model_type", None)
+    table = monkey_patch.MODEL_TYPE_TO_APPLY_LIGER_FN
+    fn = table.get(model_type)
+    if fn is None:
+        raise FtibError(f"model.kernels.liger: liger-kernel {_version('liger-kernel')} has no kernels for "
+                        f"model type {model_type!r} ({type(model).__name__})")
+    params = inspect.signature(fn).parameters
+    chosen = {**{k: v for k, v in _LIGER_DEFAULTS.items() if k in params}, **switches}
+    bad = sorted(set(chosen) - set(params) - {"model"})
+    if bad:
+        raise FtibError(f"apply_liger: {fn.__name__} has no switch {bad}")
+    module = sys.modules[type(model).__module__]
+    before = dict(vars(module))
+    try:
+        fn(model=model, **chosen)
+    except Exception as exc:  # e.g. a transformers class this liger release expects is gone
+        raise FtibError(
+            f"model.kernels.liger: liger-kernel {_version('liger-kernel')} cannot patch {type(model).__name__} "
+            f"under transformers {_version('transformers')}: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:  # liger also rebinds module-level classes/functions: undo that
+        for name in set(vars(module)) - set(before):
+            delattr(module, name)
+        for name, value in before.items():
+            if vars(module).get(name) is not value:
+                setattr(module, name, value)
+    applied = tuple(p for p in _LIGER_PATCHES
+                    if p in params and chosen.get(p, params[p].default) is True)
+    model.ftib_liger_patches = applied
+    log.info("liger-kernel %s applied to %s (%s): %s", _version("liger-kernel"), type(model).__name__,
+             model_type, ", ".join(applied))
+    return applied
+
+
+def liger_patches(model: Any) -> tuple[str, ...]:
+    """The liger-kernel patches applied to ``model`` (looked up through peft wrappers);
+    empty when none were."""
+    return tuple(getattr(model, "ftib_liger_patches", ()) or ())
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "(unknown version)"
 
 
 def bundle_from_context(ctx: Any) -> ModelBundle:
@@ -146,5 +303,14 @@ def bundle_from_context(ctx: Any) -> ModelBundle:
     ``ctx.device`` in ``ctx.dtype``."""
     if ctx.bundle is not None:
         return ctx.bundle
+    return load_bundle(ctx.model_source, device=ctx.device, dtype=ctx.dtype, **load_options(ctx))
+
+
+def load_options(ctx: Any) -> dict[str, Any]:
+    """:func:`load_bundle` keyword arguments from the recipe's ``model`` section for
+    loading ``ctx.model_source`` (preset overrides only apply to a preset: a checkpoint
+    already has its sizes)."""
     opts = {k: v for k, v in dict(ctx.model_options or {}).items() if k != "name_or_path"}
-    return load_bundle(ctx.model_source, device=ctx.device, dtype=ctx.dtype, **opts)
+    if not is_preset(str(ctx.model_source)):
+        opts.pop("preset_overrides", None)
+    return opts

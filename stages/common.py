@@ -194,6 +194,14 @@ def trainable_parameter_count(groups: Iterable[ParamGroup]) -> int:
     return sum(p.numel() for g in groups for p in g.params)
 
 
+def kernel_metrics(model: torch.nn.Module) -> dict[str, float]:
+    """``{"liger/<patch>": 1.0}`` for each liger-kernel patch on ``model`` (a stage's
+    metrics, hence the manifest, record which kernels the stage trained with)."""
+    from ftib.models.bundle import liger_patches
+
+    return {f"liger/{name}": 1.0 for name in liger_patches(model)}
+
+
 def save_model_dir(model: torch.nn.Module, out_dir: Path, *, processor: Any = None, tokenizer: Any = None,
                    save_adapter: bool = False) -> None:
     """Save a transformers-loadable checkpoint. A LoRA model is merged into a copy of its
@@ -222,15 +230,14 @@ def training_bundle(ctx: Any, trainable: TrainableConfig) -> Any:
     compute); when only adapters or the vision parts train (``lora``/``none``), the frozen
     base loads in ``ctx.dtype`` to save memory.
     """
-    from ftib.models.bundle import load_bundle
+    from ftib.models.bundle import load_bundle, load_options
 
     if ctx.bundle is not None:
         bundle = ctx.bundle
         bundle.model.to(ctx.device)
         return bundle
     dtype = ctx.dtype if trainable.mode in ("lora", "none") else "float32"
-    opts = {k: v for k, v in dict(ctx.model_options or {}).items() if k != "name_or_path"}
-    return load_bundle(ctx.model_source, device=ctx.device, dtype=dtype, **opts)
+    return load_bundle(ctx.model_source, device=ctx.device, dtype=dtype, **load_options(ctx))
 
 
 @dataclass
@@ -255,18 +262,31 @@ class LabelledLMTask:
         return int((batch["labels"][:, 1:] != -100).sum())
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> Any:
+        """Summed next-token cross-entropy over the labelled tokens of ``batch``.
+
+        With liger-kernel's fused linear cross-entropy on the model
+        (``model.kernels.liger``) the model computes it from the hidden states in chunks
+        (``labels`` passed in, ``num_items_in_batch=1`` selects liger's sum reduction),
+        never materialising ``(tokens, vocab)`` logits; otherwise from the logits here.
+        Both shift the labels the same way (token t predicts label t+1).
+        """
         from ftib.core.train import LossOutput
+        from ftib.models.bundle import liger_patches
 
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
+        tokens = int(batch["attention_mask"].sum())
+        if "fused_linear_cross_entropy" in liger_patches(self.model):
+            out = self.model(**batch, labels=labels, use_cache=False, skip_logits=True, num_items_in_batch=1)
+            return LossOutput(loss=out.loss, tokens=tokens, samples=labels.shape[0])
         out = self.model(**batch, use_cache=False)
         logits = out.logits[:, :-1].float()
         target = labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
         )
-        return LossOutput(loss=loss, tokens=int(batch["attention_mask"].sum()), samples=labels.shape[0])
+        return LossOutput(loss=loss, tokens=tokens, samples=labels.shape[0])
 
     def save_model(self, out_dir: Path) -> None:
         self._save(out_dir)
@@ -347,5 +367,5 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
                     save=save, logger=ctx.logger)
     trainer = Trainer(task, train, ctx)
     result = trainer.train()
-    metrics = {**result.metrics, **{f"data_{k}": float(v) for k, v in task.stats.items()}}
+    metrics = {**result.metrics, **{f"data_{k}": float(v) for k, v in task.stats.items()}, **kernel_metrics(model)}
     return StageResult(checkpoint=trainer.save_final(), metrics=metrics)

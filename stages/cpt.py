@@ -14,8 +14,10 @@ Algorithmic choices, in order:
    (the mark-reordering rules that ``tokenizer.json`` cannot express).
 3. *Tokenisation* through ``datasets.map(batched=True)``; an EOS token ends every document.
 4. *Packing* (default) into ``block_size`` blocks with per-document positions and labels
-   that never cross a document (:mod:`ftib.data.packing`); or, with ``packing: false``,
-   one document per row, truncated to ``block_size`` and padded to the batch's longest.
+   that never cross a document (:mod:`ftib.data.packing`; a document longer than a block
+   continues in the next one, counted as ``data_split_documents``); or, with
+   ``packing: false``, one document per row, truncated to ``block_size`` (counted as
+   ``data_truncated``) and padded to the batch's longest.
 5. *Trainable set* from ``trainable.mode`` (``new_embeddings | embeddings | lora | full``),
    see :mod:`ftib.stages.common`; the shared loop (:mod:`ftib.core.train`) does the rest.
 
@@ -35,8 +37,8 @@ import torch
 
 from ftib.core import ConfigError, FtibError, Stage, StageResult
 from ftib.core.train import TrainConfig, Trainer
-from ftib.stages.common import (LabelledLMTask, TrainableConfig, save_model_dir, select_trainable, trainable_parameter_count,
-                                training_bundle)
+from ftib.stages.common import (LabelledLMTask, TrainableConfig, kernel_metrics, save_model_dir, select_trainable,
+                                trainable_parameter_count, training_bundle)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,15 +49,24 @@ class ExtendSpec:
         add: new tokens to learn (at most).
         min_frequency: a merge must occur at least this often.
         init: initialisation of the new embedding rows.
+        pad_to_multiple_of: grow the embedding matrices to a multiple of this many rows
+            (rows past the tokenizer are never input; as output rows they only learn to
+            stay unlikely), as Qwen's own 151,936 rows are. Matrix products with an odd
+            vocabulary size are markedly slower: a CPT step of a tiny Qwen3 on the CPU
+            took 12 % longer with 154,757 rows than with 154,880. ``None`` = exactly the
+            tokenizer's size.
     """
 
     add: int = 2000
     min_frequency: int = 2
     init: Literal["mean", "random"] = "mean"
+    pad_to_multiple_of: int | None = 128
 
     def __post_init__(self) -> None:
         if self.add < 1:
             raise ValueError(f"extend.add must be >= 1, got {self.add}")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"extend.pad_to_multiple_of must be >= 1 or null, got {self.pad_to_multiple_of}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,17 +208,25 @@ class CPTStage(Stage):
         if eos is None:
             raise FtibError("the tokenizer has no EOS token; CPT ends every document with one")
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        data_stats: dict[str, float] = {"data_empty_documents": float(sum(not d for d in ids))}
         if cfg.packing:
             packed, stats = pack_documents(ids, cfg.block_size, eos_id=eos, pad_id=pad_id)
             rows = [{k: v[i] for k, v in packed.items()} for i in range(stats.blocks)]
             ctx.logger.info("packed %d documents (%d tokens) into %d blocks of %d (fill %.1f%%, %d split)",
                             stats.documents, stats.tokens, stats.blocks, cfg.block_size, 100 * stats.fill,
                             stats.split_documents)
+            data_stats.update(data_split_documents=float(stats.split_documents), data_tokens=float(stats.tokens),
+                              data_fill=stats.fill)
         else:
-            truncated = sum(len(d) + 1 > cfg.block_size for d in ids)
-            rows = [{"input_ids": torch.tensor((d + [eos])[: cfg.block_size])} for d in ids if d]
+            kept = [(d + [eos]) for d in ids if d]
+            rows = [{"input_ids": torch.tensor(d[: cfg.block_size])} for d in kept]
+            truncated = sum(len(d) > cfg.block_size for d in kept)
+            data_stats.update(data_truncated=float(truncated),
+                              data_tokens=float(sum(min(len(d), cfg.block_size) for d in kept)))
             ctx.logger.info("%d documents, one per row (%d truncated to %d tokens)",
                             len(rows), truncated, cfg.block_size)
+        if not rows:
+            raise FtibError(f"no CPT training rows: every document tokenised to nothing ({data_stats})")
         model, groups = select_trainable(model, cfg.trainable, new_token_start=new_token_start)
         ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
                         ", ".join(f"{g.name}={sum(p.numel() for p in g.params)}" for g in groups))
@@ -222,6 +241,8 @@ class CPTStage(Stage):
         final = trainer.save_final()
         metrics = dict(result.metrics)
         metrics["documents"] = float(len(docs))
+        metrics.update(data_stats)
+        metrics.update(kernel_metrics(model))
         if new_token_start is not None:
             metrics["added_tokens"] = float(len(tokenizer) - new_token_start)
         return StageResult(checkpoint=final, metrics=metrics)
@@ -243,6 +264,7 @@ def _extend_vocabulary(model: torch.nn.Module, tokenizer: Any, docs: list[str], 
     extended = PreTrainedTokenizerFast.from_pretrained(out)
     if getattr(tokenizer, "chat_template", None) and not getattr(extended, "chat_template", None):
         extended.chat_template = tokenizer.chat_template
-    extend_embeddings(model, tokenizer, extended, init=spec.init, seed=ctx.seed)
+    extend_embeddings(model, tokenizer, extended, init=spec.init, seed=ctx.seed,
+                      pad_to_multiple_of=spec.pad_to_multiple_of)
     ctx.logger.info("tokenizer extended by %d tokens (ids from %d)", result.added_tokens, result.first_new_id)
     return extended, result.first_new_id

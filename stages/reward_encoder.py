@@ -41,6 +41,26 @@ from ftib.core.rundir import atomic_dir, atomic_write_json
 log = logging.getLogger("ftib.reward_encoder")
 
 
+#: Encoder spec that names the FTibWorld reward encoder: ``ftibworld-encoder`` (the
+#: world of the stage's or evaluator's own data) or ``ftibworld-encoder:SIZE[:SEED]``.
+FTIBWORLD_ENCODER = "ftibworld-encoder"
+
+
+def resolve_encoder(spec: str | Path, data: str = "ftibworld", seed: int = 0) -> str:
+    """A sentence-transformers model name or directory for ``spec``: the FTibWorld
+    encoder names are trained on first use and cached (:func:`ftibworld_encoder`); any
+    other spec (hub name, local directory) is returned unchanged."""
+    spec = str(spec)
+    if not spec.startswith(FTIBWORLD_ENCODER):
+        return spec
+    world = "ftibworld" + spec[len(FTIBWORLD_ENCODER):]
+    if spec == FTIBWORLD_ENCODER and str(data).startswith("ftibworld"):
+        world = str(data)
+    from ftib.stages.grpo import ftibworld_encoder
+
+    return str(ftibworld_encoder(world, seed=seed))
+
+
 @dataclass(frozen=True, kw_only=True)
 class EncoderTrainConfig:
     vocab_size: int = 4000

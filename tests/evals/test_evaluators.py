@@ -150,7 +150,7 @@ def test_evaluate_through_the_plugin_contract(world, scripted, ctx_factory):
 
 def test_translation_and_headline(world, scripted, encoder_path, encoder):
     ev = build("translation", data=str(world), encoder=str(encoder_path))
-    assert ev.config.encoder == encoder_path
+    assert ev.config.encoder == str(encoder_path)
     items = ev.load()
     refs = {ev.prompt(it): it.gold for it in items}
     echo = ev.run(scripted(lambda t, i: refs[t] + "\nextra line"), encoder=encoder, items=items)

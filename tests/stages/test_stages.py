@@ -77,8 +77,19 @@ def test_sft_lora_changes_only_adapted_layers(tmp_path, base_state):
                                                 "save_adapter": True}},
         "train": {**TRAIN, "max_steps": 6, "lr": 1.0e-2}})
     diff = changed(base_state, state(ckpt))
-    assert diff and all(k.endswith(("q_proj.weight", "v_proj.weight")) and ".visual." not in k for k in diff), diff
+    adapted = {k for k in base_state if k.endswith(("q_proj.weight", "v_proj.weight")) and ".visual." not in k}
+    assert diff == adapted, diff ^ adapted  # every adapted layer of the language model, nothing else
     assert (ckpt / "adapter" / "adapter_config.json").is_file()
+
+
+def test_cpt_full_trains_the_language_model_of_the_vlm_and_loss_falls(tmp_path, base_state):
+    rec, ckpt = run_stage(tmp_path, "cpt", {"data": ["ftibworld:tiny"], "block_size": 64, "max_documents": 256,
+                                            "train": {**TRAIN, "max_steps": 20}})
+    m = rec["metrics"]
+    assert m["loss_last_10pct"] < m["loss_first_10pct"] - 0.5, m
+    diff = changed(base_state, state(ckpt))
+    assert diff == {k for k in base_state if ".visual." not in k}  # vision tower and merger frozen
+    assert m["data_tokens"] > 0 and m["data_fill"] > 0.9 and "data_truncated" not in m
 
 
 def test_cpt_with_extension_trains_only_new_rows(tmp_path):
@@ -103,14 +114,27 @@ def test_cpt_with_extension_trains_only_new_rows(tmp_path):
 
 
 def test_cpt_packing_vs_padding_and_bad_config(tmp_path):
-    rec, _ = run_stage(tmp_path, "cpt", {"data": ["ftibworld:tiny"], "block_size": 64, "packing": False,
-                                         "train": {**TRAIN, "max_steps": 4}})
+    from ftib.data.sources import resolve
+    from ftib.models.bundle import load_bundle
+    from ftib.stages.cpt import read_documents, tokenize_documents
+
+    rec, _ = run_stage(tmp_path, "cpt", {"data": ["ftibworld:tiny"], "block_size": 24, "packing": False,
+                                         "max_documents": 64, "train": {**TRAIN, "max_steps": 4}})
     assert rec["status"] == "completed"
+    # Over-long documents are truncated and counted (each ends with EOS before the cut).
+    ids = tokenize_documents(load_bundle("tiny-qwen3-vl").tokenizer,
+                             read_documents((resolve("ftibworld:tiny", "cpt/corpus.jsonl"),), 64))
+    assert rec["metrics"]["data_truncated"] == sum(len(d) + 1 > 24 for d in ids) > 0
+    assert rec["metrics"]["data_tokens"] == sum(min(len(d) + 1, 24) for d in ids)
     with pytest.raises(ConfigError, match=r"stages\.cpt.*new_embeddings needs `extend`"):
         run_stage(tmp_path, "cpt", {"data": ["ftibworld:tiny"], "trainable": {"mode": "new_embeddings"},
                                     "train": {"max_steps": 1}}, run_dir=tmp_path / "r2")
     with pytest.raises(ConfigError, match=r"data\[0\]: '/no/such.txt' does not exist"):
         load_recipe_from(tmp_path, {"name": "cpt", "config": {"data": ["/no/such.txt"]}})
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(FtibError, match=r"empty\.txt holds no documents"):
+        run_stage(tmp_path, "cpt", {"data": [str(empty)], "train": {"max_steps": 1}}, run_dir=tmp_path / "r3")
 
 
 def load_recipe_from(tmp_path, stage):
@@ -139,6 +163,9 @@ def test_bad_sft_inputs_fail_clearly(tmp_path):
         {"role": "user", "content": "ཁ་དོག་གང་ཡིན།"}]}])
     with pytest.raises(FtibError, match=r"sft\.jsonl.*row 1.*last turn must be the assistant"):
         run_stage(tmp_path, "sft", {"data": str(path), "train": {"max_steps": 1}}, run_dir=tmp_path / "r2")
+    empty = _sft_dir(tmp_path, [])
+    with pytest.raises(FtibError, match=r"sft\.jsonl.*empty"):
+        run_stage(tmp_path, "sft", {"data": str(empty), "train": {"max_steps": 1}}, run_dir=tmp_path / "r0")
     with pytest.raises(FtibError, match="no usable training conversations.*'dropped': 8"):
         run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "max_records": 8, "max_length": 8,
                                     "train": {"max_steps": 1}}, run_dir=tmp_path / "r3")
@@ -152,6 +179,7 @@ def test_packaged_recipes_validate():
     big = load_recipe(packaged_recipe("ftibvlm-qwen3-vl-8b.yaml"))
     assert big.model.name_or_path == "Qwen/Qwen3-VL-8B-Instruct" and big.run.dtype == "bfloat16"
     assert [s.name for s in big.stages] == ["cpt", "align", "sft"]
+    assert big.model.attn_implementation == "sdpa" and big.model.kernels.liger is False
 
 
 def test_sft_killed_mid_stage_resumes_to_the_same_result(tmp_path, ftib_cache):

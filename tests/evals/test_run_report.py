@@ -1,0 +1,91 @@
+"""``report.md`` + plots of a pipeline run (:func:`ftib.evals.report.write_run_report`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ftib.core.errors import FtibError
+from ftib.evals.report import run_markdown, write_run_report
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    pope = {"accuracy": 0.5, "f1": 0.4, "random/accuracy": 0.5, "popular/accuracy": 0.5,
+            "adversarial/accuracy": 0.5, "yes_ratio": 0.5}
+    manifest = {
+        "status": "completed", "last_invocation_seconds": 321.0, "recipe_file": "configs/tiny.yaml",
+        "platform": {"system": "Linux-test"}, "native": {"hardware_threads": 2},
+        "versions": {"torch": "2.13.0", "transformers": "5.x"}, "git_commit": "abc",
+        "config": {"evaluators": [{"name": "alignment_tax", "config": {"base_model": "stage:warmup"}}]},
+        "stages": {
+            "sft": {"status": "completed", "seconds": 10.0,
+                    "metrics": {"steps": 4, "loss_first_10pct": 3.0, "loss_last_10pct": 1.0}},
+            "grpo": {"status": "completed", "seconds": 20.0,
+                     "metrics": {"steps": 2, "reward_first_20pct": 0.5, "reward_last_20pct": 0.9}},
+        },
+        "evals": {
+            "base/pope": {"status": "completed", "name": "pope", "metrics": {**pope, "accuracy": 0.0}},
+            "sft/pope": {"status": "completed", "name": "pope",
+                         "metrics": {**pope, "random/accuracy": 0.875, "popular/accuracy": 0.8125}},
+            "sft/mme": {"status": "completed", "name": "mme",
+                        "metrics": {"perception": 400.0, "total": 450.0, "existence/score": 150.0,
+                                    "count/score": 100.0, "position/score": 75.0, "color/score": 75.0,
+                                    "numerical_calculation/score": 50.0}},
+            "grpo/translation": {"status": "completed", "name": "translation",
+                                 "metrics": {"chrf": 30.0, "bleu": 10.0, "similarity": 0.7}},
+            "grpo/alignment_tax": {"status": "completed", "name": "alignment_tax",
+                                   "metrics": {"nll_increase_mean": 0.1, "nll_increase_p90": 0.4, "kl_mean": 0.05}},
+            "grpo/headline": {"status": "failed", "name": "headline", "metrics": {}},
+        },
+    }
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    rows = [{"stage": "sft", "step": i, "loss": 3.0 - i * 0.5} for i in range(4)]
+    rows += [{"stage": "grpo", "step": i, "loss": 0.0, "reward_mean": 0.5 + 0.4 * i} for i in range(2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_run_report_sections_and_plots(tmp_path):
+    run = _run_dir(tmp_path)
+    written = write_run_report(run)
+    assert set(written) == {"markdown", "plot", "training_plot"}
+    for path in written.values():
+        assert path.is_file() and path.stat().st_size > 0
+    text = (run / "report.md").read_text()
+    assert "321 s wall" in text and "2 hardware threads" in text
+    assert "| sft | 10 | 4 | 3 → 1 |" in text
+    assert "reward (first 20% → last 20%) 0.5 → 0.9" in text
+    # learning check: every POPE split with chance 0.5; MME perception chance = 75 x 4
+    # perception subtasks (numerical_calculation is cognition)
+    assert "| pope | random/accuracy | 0.5 | 0.5 | 0.875 | – |" in text
+    assert "| mme | perception | 300 | – | 400 | – |" in text
+    assert "| grpo | 20 | 0.7 | 10 | 30 | 0.1 | 0.4 | 0.05 |" in text
+    assert "measured against `stage:warmup`" in text
+    assert "headline" not in text.split("## Benchmarks")[1].split("## base")[0]  # failed evals are left out
+    assert "![training curves](training_curves.png)" in text
+
+
+def test_run_report_errors_name_the_problem(tmp_path):
+    with pytest.raises(FtibError, match="no manifest.json"):
+        run_markdown(tmp_path)
+    run = _run_dir(tmp_path)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write("{not json\n")
+    with pytest.raises(FtibError, match=r"metrics.jsonl:7: not JSON"):
+        write_run_report(run)
+    assert not (run / "report.md").exists()  # nothing half-written
+
+
+def test_text_task_encoder_must_exist(tmp_path):
+    from ftib.core.errors import ConfigError
+    from ftib.core.registry import EVALUATORS, Registry
+    from ftib.core.config import build
+
+    cls = Registry().load(EVALUATORS, "translation")
+    with pytest.raises(ConfigError, match="neither 'ftibworld-encoder' nor a local"):
+        build(cls.Config, {"encoder": str(tmp_path / "missing")})
+    assert build(cls.Config, {"encoder": "ftibworld-encoder"}).encoder == "ftibworld-encoder"
