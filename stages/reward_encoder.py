@@ -24,6 +24,7 @@ string fields of the first record), or a TSV with a header row.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import csv
 import json
 import logging
@@ -56,8 +57,6 @@ def resolve_encoder(spec: str | Path, data: str = "ftibworld", seed: int = 0) ->
     world = "ftibworld" + spec[len(FTIBWORLD_ENCODER):]
     if spec == FTIBWORLD_ENCODER and str(data).startswith("ftibworld"):
         world = str(data)
-    from ftib.stages.grpo import ftibworld_encoder
-
     return str(ftibworld_encoder(world, seed=seed))
 
 
@@ -250,3 +249,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     report = train_encoder(read_pairs(args.pairs, fields), args.out, cfg, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
     return 0
+
+
+def ftibworld_encoder(world: str, seed: int = 0) -> Path:
+    """The semantic-reward encoder for a FTibWorld build (``ftibworld[:SIZE[:SEED]]``):
+    a small bi-encoder trained on its Tibetan–Chinese translation pairs and Tibetan /
+    Chinese headline pairs on first use (``ftib reward-encoder``), then cached."""
+    from ftib.core.rundir import cache_dir
+    from ftib.data.sources import resolve
+
+    cache = cache_dir()
+    pairs = []
+    digest = hashlib.sha256()
+    for rel, a, b in (("grpo/translation.jsonl", "source", "reference"),
+                      ("grpo/headlines.jsonl", "headline", "headline_zh")):
+        for line in resolve(world, rel).read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if rec.get(a) and rec.get(b):
+                pairs.append((rec[a], rec[b]))
+                digest.update(f"{rec[a]}\t{rec[b]}\n".encode())
+    cfg = EncoderTrainConfig(vocab_size=2000, hidden_size=96, layers=2, heads=4, max_length=48,
+                             epochs=8, batch_size=32, lr=2e-3, seed=seed)
+    digest.update(repr(cfg).encode())
+    # Keyed by the pairs and the training settings, so a changed world retrains it.
+    out = cache / "encoders" / f"{world.replace(':', '-')}-{digest.hexdigest()[:12]}"
+    if (out / "modules.json").is_file():
+        return out
+    train_encoder(pairs, out, cfg, progress=False)
+    return out

@@ -178,6 +178,8 @@ class SemanticReward(Reward):
         def __post_init__(self) -> None:
             if self.threshold is not None and not 0.0 <= self.threshold < 1.0:
                 raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
+            # A local encoder is checked when the config is built, before any work starts.
+            check_encoder_dir(self.model)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -228,6 +230,25 @@ class SemanticReward(Reward):
         return scores.masked_fill(empty, 0.0).float().cpu()
 
 
+def check_encoder_dir(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` names a local directory (a path, or an existing one);
+    raise :class:`ConfigError` when such a directory is missing or holds no
+    sentence-transformers model. Hub names are not checked (they may need a download)."""
+    from pathlib import Path
+
+    path = Path(name_or_path).expanduser()
+    if not (name_or_path.startswith((".", "/", "~")) or path.exists()):
+        return False
+    if not path.is_dir():
+        raise ConfigError(f"semantic reward: encoder directory {str(path)!r} does not exist")
+    if not (path / "modules.json").is_file() and not (path / "config_sentence_transformers.json").is_file():
+        raise ConfigError(
+            f"semantic reward: {str(path)!r} is not a sentence-transformers model "
+            "(no modules.json); train one with `ftib reward-encoder train`"
+        )
+    return True
+
+
 def load_encoder(name_or_path: str, device: str = "cpu"):
     """Load a sentence-transformers model by hub name or local path, frozen, in eval mode."""
     from pathlib import Path
@@ -235,15 +256,7 @@ def load_encoder(name_or_path: str, device: str = "cpu"):
     from sentence_transformers import SentenceTransformer
 
     path = Path(name_or_path).expanduser()
-    looks_local = name_or_path.startswith((".", "/", "~")) or path.exists()
-    if looks_local:
-        if not path.is_dir():
-            raise ConfigError(f"semantic reward: encoder directory {str(path)!r} does not exist")
-        if not (path / "modules.json").is_file() and not (path / "config_sentence_transformers.json").is_file():
-            raise ConfigError(
-                f"semantic reward: {str(path)!r} is not a sentence-transformers model "
-                "(no modules.json); train one with `ftib reward-encoder train`"
-            )
+    looks_local = check_encoder_dir(name_or_path)
     try:
         model = SentenceTransformer(str(path) if looks_local else name_or_path, device=device)
     except OSError as exc:

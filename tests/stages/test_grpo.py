@@ -27,20 +27,70 @@ def test_completion_mask_stops_after_first_stop_token():
     assert completion_mask(ids, {9}, 0).tolist() == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
 
 
-def test_reward_rises_on_both_tasks(tmp_path):
+# Both tasks, each in its own run: a mixed run's overall mean also moves with the share of
+# each task in the batch (their rewards differ), which is not learning.
+RISE = {"data": "ftibworld:tiny", "group_size": 4, "max_new_tokens": 8,
+        "train": {"max_steps": 40, "batch_size": 4, "lr": 5.0e-3, "warmup_steps": 0, "schedule": "constant"}}
+
+
+@pytest.mark.parametrize("task", ["translation", "headline"])
+def test_reward_rises_on_each_task(tmp_path, task):
     """Language-consistency reward, per task target (translation -> Chinese, headline ->
-    Tibetan): the mean reward of the last 20% of steps beats the first 20%."""
-    rec, rows = run_grpo(tmp_path, {
-        "data": "ftibworld:tiny", "tasks": ["translation", "headline"], "group_size": 4, "max_new_tokens": 8,
-        "rewards": [{"name": "language", "config": {"mode": "fraction", "scripts": ["han"]}}],
-        "train": {"max_steps": 30, "batch_size": 4, "lr": 3.0e-3, "warmup_steps": 0, "schedule": "constant"}})
+    Tibetan): the mean reward of the last 20% of steps beats the first 20% by >= 0.1
+    (the reward is a share in [0, 1]; translation starts near 0.8, headline near 0.05)."""
+    rec, rows = run_grpo(tmp_path, {**RISE, "tasks": [task], "rewards": LANG_ONLY})
     m = rec["metrics"]
-    assert m["reward_last_20pct"] > m["reward_first_20pct"] + 0.1, m
+    assert m["reward_last_20pct"] >= m["reward_first_20pct"] + 0.1, m
     logged = rows[-1]
     for key in ("reward_mean", "reward_std", "zero_std_groups", "reward/language_mean", "kl", "clip_ratio_region",
                 "completion_len_mean", "target_language_share", "time/generation_s", "time/reward_s",
                 "time/loss_fwd_s", "step_time_s"):
         assert key in logged, key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["translation", "headline"])
+def test_reward_rises_with_the_semantic_reward(tmp_path, task):
+    """The paper's reward (semantic 1.5 with the FTibWorld encoder + language 1.0), 80
+    steps per task: the total reward of the last 20% of steps beats the first 20% by >= 0.1.
+    (The language term carries most of the rise at this size; the semantic term's own
+    trend over 80 steps depends on the seed, so it is logged, not asserted.)"""
+    rec, rows = run_grpo(tmp_path, {
+        **RISE, "tasks": [task], "train": {**RISE["train"], "max_steps": 80},
+        "rewards": [{"name": "semantic", "weight": 1.5, "config": {"model": "ftibworld-encoder"}},
+                    {"name": "language", "weight": 1.0, "config": {"mode": "fraction", "scripts": ["han"]}}]})
+    m = rec["metrics"]
+    assert m["reward_last_20pct"] >= m["reward_first_20pct"] + 0.1, m
+    assert all("reward/semantic_mean" in r for r in rows if "reward_mean" in r)
+
+
+def test_mixed_tasks_log_each_task_reward(tmp_path):
+    rec, rows = run_grpo(tmp_path, {"data": "ftibworld:tiny", "tasks": ["translation", "headline"], "group_size": 2,
+                                    "max_new_tokens": 4, "rewards": LANG_ONLY,
+                                    "train": {"max_steps": 2, "batch_size": 8}})
+    assert any("reward/task_translation_mean" in r and "reward/task_headline_mean" in r for r in rows)
+    assert {"reward_translation_first_20pct", "reward_headline_last_20pct"} <= set(rec["metrics"])
+
+
+def test_num_iterations_reuses_each_rollout(tmp_path):
+    """num_iterations=2: steps 0 and 2 roll out, steps 1 and 3 reuse those rollouts with the
+    ratio taken against the sampling policy's log-probs (the policy moved, so tokens clip);
+    the first step over a rollout has ratio 1, exactly as with num_iterations=1."""
+    base = {"data": "ftibworld:tiny", "group_size": 4, "max_new_tokens": 6, "rewards": LANG_ONLY,
+            "loss_type": "grpo", "train": {"max_steps": 4, "batch_size": 2, "lr": 1.0e-1}}
+    _, rows2 = run_grpo(tmp_path, {**base, "num_iterations": 2}, "k2")
+    _, rows1 = run_grpo(tmp_path, {**base, "num_iterations": 1}, "k1")
+    k2 = [r for r in rows2 if "reward_mean" in r]
+    k1 = [r for r in rows1 if "reward_mean" in r]
+    assert [r.get("rollout_reused", 0.0) for r in k2] == [0.0, 1.0, 0.0, 1.0]
+    for first, again in ((k2[0], k2[1]), (k2[2], k2[3])):
+        assert again["reward_mean"] == first["reward_mean"]  # the same completions
+        assert again["time/generation_s"] == 0.0 < first["time/generation_s"]
+        assert first["clip_ratio_region"] == 0.0  # ratio 1
+        assert again["clip_ratio_region"] > 0.0, again  # ratio != 1
+    assert all(r["clip_ratio_region"] == 0.0 and "rollout_reused" not in r for r in k1)
+    # Step 0 is the same rollout and the same update under both settings.
+    assert k2[0]["loss"] == k1[0]["loss"] and k2[0]["grad_norm"] == k1[0]["grad_norm"]
 
 
 def test_reference_kernels_give_the_same_update(tmp_path):
@@ -80,6 +130,7 @@ def test_semantic_reward_with_the_ftibworld_encoder(tmp_path):
     "config, error, match",
     [
         ({"group_size": 1}, ConfigError, "group_size must be >= 2"),
+        ({"num_iterations": 0}, ConfigError, "num_iterations must be >= 1"),
         ({"rewards": [{"name": "semantc"}]}, ConfigError, "did you mean 'semantic'"),
         ({"rewards": [{"name": "language", "config": {"scripts": ["klingon"]}}]}, ConfigError, "scripts"),
         ({"max_prompt_length": 4}, FtibError, "more than max_prompt_length=4"),
@@ -92,6 +143,29 @@ def test_bad_grpo_inputs(tmp_path, config, error, match):
             "train": {"max_steps": 1, "batch_size": 2}}
     with pytest.raises(error, match=match):
         run_grpo(tmp_path, {**base, **config})
+
+
+def test_not_a_sentence_transformers_encoder_fails_before_work(tmp_path):
+    (tmp_path / "plain").mkdir()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "tiny-qwen3-vl", "stages": [{"name": "grpo", "config": {
+        "rewards": [{"name": "semantic", "config": {"model": str(tmp_path / "plain")}}]}}]}))
+    with pytest.raises(ConfigError, match="not a sentence-transformers model"):
+        load_recipe(recipe)
+
+
+def test_prompt_and_completion_longer_than_the_context(tmp_path):
+    with pytest.raises(FtibError, match="exceeds the model's context of 4096 tokens"):
+        run_grpo(tmp_path, {"data": "ftibworld:tiny", "max_prompt_length": 4090, "max_new_tokens": 8,
+                            "rewards": LANG_ONLY, "train": {"max_steps": 1, "batch_size": 2}})
+
+
+def test_long_prompts_are_dropped_and_counted(tmp_path):
+    """Translation prompts have 44-66 tokens: those over 60 are dropped, counted, logged."""
+    rec, _ = run_grpo(tmp_path, {"data": "ftibworld:tiny", "max_prompt_length": 60, "group_size": 2,
+                                 "max_new_tokens": 4, "rewards": LANG_ONLY, "train": {"max_steps": 1, "batch_size": 2}})
+    assert rec["status"] == "completed"
+    assert 0 < rec["metrics"]["prompts_dropped"] < 160
 
 
 def test_nan_reward_is_an_error(tmp_path, monkeypatch):

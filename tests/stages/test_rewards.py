@@ -75,10 +75,15 @@ def test_semantic_reward_with_a_real_encoder(minilm_path):
 
 
 def test_semantic_reward_bad_encoder_paths(tmp_path):
-    missing = SemanticReward(SemanticReward.Config(model=str(tmp_path / "nope")))
+    """A local encoder path is checked when the config is built (before any work), and
+    again when the encoder loads (the directory may change in between)."""
+    from ftib.core.config import build
+    from ftib.stages.rewards import load_encoder
+
     with pytest.raises(ConfigError, match="does not exist"):
-        missing(["p"], ["c"], ["r"], [{}])
+        build(SemanticReward.Config, {"model": str(tmp_path / "nope")})
     (tmp_path / "plain").mkdir()
-    not_st = SemanticReward(SemanticReward.Config(model=str(tmp_path / "plain")))
     with pytest.raises(ConfigError, match="not a sentence-transformers model"):
-        not_st(["p"], ["c"], ["r"], [{}])
+        build(SemanticReward.Config, {"model": str(tmp_path / "plain")})
+    with pytest.raises(ConfigError, match="not a sentence-transformers model"):
+        load_encoder(str(tmp_path / "plain"))
