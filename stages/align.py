@@ -9,6 +9,11 @@ Data: image–caption pairs (JSON Lines ``id, image, caption``; see ``docs/data.
 the user shows the image and asks for a description in Tibetan, the assistant answers
 with the caption — encoded by the bundle's one chat processor, with the loss on the
 caption tokens only.
+
+``grounding_check: n`` holds the last ``n`` captions out of training and measures, before
+and after training, their caption loss with their own images and with shifted images
+(:func:`ftib.stages.common.image_grounding`); the difference, ``grounding_gap``, is how
+much the captions depend on the pictures (about 0 for a model that ignores them).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class AlignConfig:
     max_records: int | None = None
     max_length: int = 512
     overflow: Literal["truncate", "drop"] = "drop"
+    grounding_check: int = 0
     trainable: TrainableConfig = TrainableConfig(mode="none", train_merger=True)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, warmup_steps=5))
 
@@ -71,4 +77,5 @@ class AlignStage(Stage):
             for r in rows
         ]
         return train_chat_stage(ctx, bundle, records, trainable=cfg.trainable, train=cfg.train,
-                                max_length=cfg.max_length, overflow=cfg.overflow)
+                                max_length=cfg.max_length, overflow=cfg.overflow,
+                                grounding_check=cfg.grounding_check)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from ftib.core.errors import ConfigError
+from ftib.core.errors import ConfigError, FtibError
 from ftib.core.train import ParamGroup
 
 MERGER_PREFIXES = ("model.visual.merger.", "model.visual.deepstack_merger_list.")
@@ -348,14 +348,68 @@ class ChatTask(LabelledLMTask):
         return self.chat.collate([s.tensors for s in items])
 
 
+@torch.no_grad()
+def image_grounding(model: torch.nn.Module, chat: Any, records: list[tuple[list[dict], list[Any], str]],
+                    batch_size: int = 16) -> dict[str, float]:
+    """How much the model's answers depend on their images: the mean answer-token loss of
+    ``records`` with their own images and with the images shifted by one record (each
+    conversation shown the next one's image). ``gap = shuffled - matched`` is ~0 for a
+    model that ignores its images and grows as it grounds its answers in them. Records
+    without exactly one image are skipped; needs at least two."""
+    rows = [(m, imgs) for m, imgs, _ in records if len(imgs) == 1]
+    if len(rows) < 2:
+        raise FtibError(f"the grounding check needs at least 2 single-image records, got {len(rows)}")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        totals = {}
+        for name, shift in (("matched", 0), ("shuffled", 1)):
+            loss_sum, count = 0.0, 0
+            encoded = [chat.encode(m, rows[(i + shift) % len(rows)][1]) for i, (m, _) in enumerate(rows)]
+            for start in range(0, len(encoded), batch_size):
+                batch = {k: v.to(device) for k, v in chat.collate(encoded[start:start + batch_size]).items()}
+                labels = batch.pop("labels")
+                logits = model(**batch).logits[:, :-1].float()
+                target = labels[:, 1:]
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                         ignore_index=-100, reduction="sum")
+                loss_sum += float(loss)
+                count += int((target != -100).sum())
+            totals[name] = loss_sum / max(count, 1)
+    finally:
+        model.train(was_training)
+    return {"grounding_loss_matched": totals["matched"], "grounding_loss_shuffled": totals["shuffled"],
+            "grounding_gap": totals["shuffled"] - totals["matched"], "grounding_records": float(len(rows))}
+
+
+def split_grounding_records(records: list, n: int) -> tuple[list, list]:
+    """``(train, held)``: the last ``n`` single-image records are held out of training for
+    :func:`image_grounding` (``n = 0``: nothing held out)."""
+    if n <= 0:
+        return records, []
+    idx = [i for i, (_, imgs, _) in enumerate(records) if len(imgs) == 1][-n:]
+    if len(idx) < 2 or len(idx) >= len(records):
+        raise FtibError(f"grounding_check: {n} held-out records requested but the data has "
+                        f"{len(records)} records ({len(idx)} usable); lower grounding_check or set it to 0")
+    held_set = set(idx)
+    return [r for i, r in enumerate(records) if i not in held_set], [records[i] for i in idx]
+
+
 def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list[Any], str]], *,
                      trainable: TrainableConfig, train: Any, max_length: int,
-                     overflow: Literal["truncate", "drop"]) -> Any:
+                     overflow: Literal["truncate", "drop"], grounding_check: int = 0) -> Any:
     """Train ``bundle`` on chat ``records`` (Align, SFT): select the trainable set, run
-    the shared loop, write the final checkpoint; data counts go into the metrics."""
+    the shared loop, write the final checkpoint; data counts go into the metrics. With
+    ``grounding_check = n > 0`` the last ``n`` single-image records are held out and
+    :func:`image_grounding` is measured on them before and after training (metrics
+    ``grounding_*`` and ``grounding_gap_before``)."""
     from ftib.core import StageResult
     from ftib.core.train import Trainer
 
+    records, held = split_grounding_records(records, grounding_check)
+    before = image_grounding(bundle.model, bundle.chat, held) if held else {}
     model, groups = select_trainable(bundle.model, trainable)
     ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
                     ", ".join(g.name for g in groups))
@@ -368,4 +422,12 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
     trainer = Trainer(task, train, ctx)
     result = trainer.train()
     metrics = {**result.metrics, **{f"data_{k}": float(v) for k, v in task.stats.items()}, **kernel_metrics(model)}
+    if held:
+        metrics.update(image_grounding(model, bundle.chat, held))
+        if before:
+            metrics["grounding_gap_before"] = before["grounding_gap"]
+        ctx.logger.info("image grounding on %d held-out records: answer loss %.3f with their images, "
+                        "%.3f with shifted images (gap %.3f%s)", len(held), metrics["grounding_loss_matched"],
+                        metrics["grounding_loss_shuffled"], metrics["grounding_gap"],
+                        f", {before['grounding_gap']:.3f} before training" if before else "")
     return StageResult(checkpoint=trainer.save_final(), metrics=metrics)

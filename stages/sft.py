@@ -14,6 +14,10 @@ Packing is not used for SFT: conversations are padded per micro-batch.
 
 ``source: translation | headline`` trains on the GRPO task files instead (prompt →
 reference as one chat turn): the SFT warm-up of the two-stage semantic-GRPO recipe.
+
+``grounding_check: n`` holds the last ``n`` single-image records out of training and
+reports how much their answers depend on the images (``grounding_gap``: answer loss with
+shifted images minus with their own), before and after training.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class SFTConfig:
     max_records: int | None = None
     max_length: int = 512
     overflow: Literal["truncate", "drop"] = "drop"
+    grounding_check: int = 0
     trainable: TrainableConfig = TrainableConfig(mode="full")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, warmup_steps=10))
 
@@ -74,4 +79,5 @@ class SFTStage(Stage):
         else:
             records = text_task_records(cfg)
         return train_chat_stage(ctx, bundle, records, trainable=cfg.trainable, train=cfg.train,
-                                max_length=cfg.max_length, overflow=cfg.overflow)
+                                max_length=cfg.max_length, overflow=cfg.overflow,
+                                grounding_check=cfg.grounding_check)

@@ -218,3 +218,60 @@ def test_sft_on_translation_pairs_learns(tmp_path):
                                          "train": {**TRAIN, "max_steps": 16}})
     m = rec["metrics"]
     assert m["data_records"] == 64.0 and m["loss_last_10pct"] < m["loss_first_10pct"] - 0.3, m
+
+
+class _FakeChat:
+    """A conversation is its answer token id; an image is a number."""
+
+    def encode(self, messages, images):
+        return {"input_ids": torch.tensor([1, messages]), "labels": torch.tensor([-100, messages]),
+                "pixel_values": torch.tensor([float(images[0])])}
+
+    def collate(self, items):
+        return {k: torch.stack([x[k] for x in items]) for k in items[0]}
+
+
+class _FakeModel(torch.nn.Module):
+    """Bets on the token whose id is the pixel value when ``looks`` is set; uniform
+    over tokens 2 and 3 otherwise."""
+
+    def __init__(self, looks: bool):
+        super().__init__()
+        self.looks = looks
+
+    def forward(self, input_ids, pixel_values):
+        logits = torch.zeros(*input_ids.shape, 4)
+        logits[..., :2] = -1e4
+        if self.looks:
+            logits[torch.arange(len(pixel_values)), :, pixel_values.view(-1).long()] += 3.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_image_grounding_measures_dependence_on_the_image():
+    from ftib.stages.common import image_grounding, split_grounding_records
+
+    # answer token == image value, alternating, so the shifted images are all wrong
+    records = [(t, [str(t)], f"r{i}") for i, t in enumerate([2, 3, 2, 3])]
+    blind = image_grounding(_FakeModel(looks=False), _FakeChat(), records)
+    assert blind["grounding_gap"] == 0.0 and blind["grounding_records"] == 4
+    assert blind["grounding_loss_matched"] == pytest.approx(torch.log(torch.tensor(2.0)).item())
+    seeing = image_grounding(_FakeModel(looks=True), _FakeChat(), records, batch_size=3)
+    right = -torch.log_softmax(torch.tensor([3.0, 0.0]), 0)
+    assert seeing["grounding_loss_matched"] == pytest.approx(right[0].item(), rel=1e-5)
+    assert seeing["grounding_loss_shuffled"] == pytest.approx(right[1].item(), rel=1e-5)
+    assert seeing["grounding_gap"] == pytest.approx((right[1] - right[0]).item(), rel=1e-5)
+    train, held = split_grounding_records(records + [(2, [], "text-only")], 2)
+    assert [r[2] for r in held] == ["r2", "r3"] and [r[2] for r in train] == ["r0", "r1", "text-only"]
+    with pytest.raises(FtibError, match="grounding_check"):
+        split_grounding_records(records, 4)
+    with pytest.raises(FtibError, match="at least 2"):
+        image_grounding(_FakeModel(looks=True), _FakeChat(), records[:1])
+
+
+def test_align_grounding_check_holds_records_out(tmp_path):
+    rec, _ = run_stage(tmp_path, "align", {"data": "ftibworld:tiny", "max_records": 40, "grounding_check": 8,
+                                           "train": {**TRAIN, "max_steps": 4}})
+    m = rec["metrics"]
+    assert m["data_records"] == 32 and m["grounding_records"] == 8
+    assert {"grounding_loss_matched", "grounding_loss_shuffled", "grounding_gap", "grounding_gap_before"} <= set(m)
+    assert m["grounding_gap"] == pytest.approx(m["grounding_loss_shuffled"] - m["grounding_loss_matched"])
