@@ -159,6 +159,9 @@ def plot_stages(results: Results, out: Path) -> Path:
         xs = [i for i, p in enumerate(points) if key in results[p].get(b, {}).get("metrics", {})]
         ys = [results[points[i]][b]["metrics"][key] for i in xs]
         ax.plot(xs, ys, marker="o")
+        if (name, key) in CHANCE:
+            ax.axhline(CHANCE[(name, key)], ls="--", lw=0.8, color="grey")
+            ax.text(0, CHANCE[(name, key)], " chance", fontsize=7, color="grey", va="bottom")
         ax.set_title(f"{b}: {key}", fontsize=9)
         ax.set_xticks(range(len(points)))
         ax.set_xticklabels(points, rotation=30, fontsize=8)
@@ -241,6 +244,9 @@ def _stage_table(manifest: Mapping[str, Any]) -> list[str]:
         if "reward_first_20pct" in m:
             other.append(f"reward (first 20% → last 20%) {_fmt(m['reward_first_20pct'])} → "
                          f"{_fmt(m.get('reward_last_20pct'))}")
+        if "grounding_gap" in m:
+            before = f"{_fmt(m['grounding_gap_before'])} → " if "grounding_gap_before" in m else ""
+            other.append(f"image-grounding gap {before}{_fmt(m['grounding_gap'])}")
         for k in ("tokens_per_s", "trainable_params"):
             if k in m:
                 other.append(f"{k.replace('_', ' ')} {_fmt(m[k])}")
@@ -250,14 +256,10 @@ def _stage_table(manifest: Mapping[str, Any]) -> list[str]:
 
 
 def _learning_table(results: Results) -> list[str]:
-    """Each multimodal benchmark's metrics at every evaluated point next to chance."""
-    points = list(results)
-    rows = []
-    for p in points:
-        for b, res in results[p].items():
-            if res["name"] in LEARNING_METRICS:
-                rows.append(b)
-    benches = list(dict.fromkeys(rows))
+    """Each multimodal benchmark's metrics at every point that evaluated one, next to
+    chance."""
+    points = [p for p in results if any(r["name"] in LEARNING_METRICS for r in results[p].values())]
+    benches = list(dict.fromkeys(b for p in points for b, r in results[p].items() if r["name"] in LEARNING_METRICS))
     if not benches:
         return []
     lines = ["| benchmark | metric | chance | " + " | ".join(points) + " |",
