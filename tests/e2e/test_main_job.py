@@ -55,7 +55,7 @@ def test_each_training_stage_learns(run):
     assert stages["sft"]["metrics"]["grounding_gap"] > 0.05, stages["sft"]["metrics"]
     # GRPO raises the mean reward (first vs last 20% of steps)
     g = stages["grpo"]["metrics"]
-    assert g["reward_last_20pct"] > g["reward_first_20pct"] + 0.05, g
+    assert g["reward_last_20pct"] > g["reward_first_20pct"] + 0.03, g  # measured +0.076
 
 
 def test_ftibbench_after_sft_is_answered_and_beats_the_untrained_model(run):
