@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ftib.core.errors import RunDirError
+from ftib.core.errors import FtibError, RunDirError
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
@@ -45,6 +45,21 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def iter_jsonl(path: Path | str, text: str | None = None) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of every non-blank line of a JSON Lines file (``text``:
+    its already-read content); a line that is not JSON is an error naming file and line."""
+    if text is None:
+        text = Path(path).read_text(encoding="utf-8")
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FtibError(f"{path}:{i}: not valid JSON ({exc.msg})") from exc
+        yield i, value
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ftib.core.errors import FtibError
-from ftib.core.rundir import atomic_write_text
+from ftib.core.rundir import atomic_write_text, iter_jsonl
 
 __all__ = ["CHANCE", "PRIMARY", "collect_eval_dir", "collect_run", "markdown", "plot_stages", "plot_training",
            "run_markdown", "write_report", "write_run_report"]
@@ -222,14 +222,8 @@ def _training_rows(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
     rows: dict[str, list[dict[str, Any]]] = {}
     if not path.is_file():
         return rows
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise FtibError(f"{path}:{i}: not JSON ({exc.msg})") from exc
-        if "stage" in rec and "step" in rec:
+    for _, rec in iter_jsonl(path):
+        if isinstance(rec, dict) and "stage" in rec and "step" in rec:
             rows.setdefault(rec["stage"], []).append(rec)
     return rows
 

@@ -28,7 +28,6 @@ corpus (``cpt/corpus.jsonl``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +35,7 @@ from typing import Any, Literal
 import torch
 
 from ftib.core import ConfigError, FtibError, Stage, StageResult
+from ftib.core.rundir import iter_jsonl
 from ftib.core.train import TrainConfig, Trainer
 from ftib.stages.common import (LabelledLMTask, TrainableConfig, kernel_metrics, save_model_dir, select_trainable,
                                 trainable_parameter_count, training_bundle)
@@ -101,13 +101,7 @@ def read_documents(paths: tuple[Path, ...], limit: int | None = None) -> list[st
         except UnicodeDecodeError as exc:
             raise FtibError(f"{path}: not UTF-8 text ({exc})") from exc
         if path.suffix == ".jsonl":
-            for i, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise FtibError(f"{path}:{i}: not valid JSON ({exc.msg})") from exc
+            for i, rec in iter_jsonl(path, text):
                 if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
                     raise FtibError(f"{path}:{i}: a record needs a string 'text' field")
                 docs.append(rec["text"])

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from ftib.core import FtibError
-from ftib.core.rundir import atomic_dir, atomic_write_json
+from ftib.core.rundir import atomic_dir, atomic_write_json, iter_jsonl
 
 log = logging.getLogger("ftib.reward_encoder")
 
@@ -90,13 +90,7 @@ def read_pairs(path: Path, fields: tuple[str, str] | None = None) -> list[tuple[
                     raise FtibError(f"{path}:{i}: missing column(s) {cols}")
                 pairs.append((row[cols[0]], row[cols[1]]))
     else:
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FtibError(f"{path}:{i}: not valid JSON ({exc.msg})") from exc
+        for i, rec in iter_jsonl(path):
             if fields is None:
                 names = [k for k, v in rec.items() if isinstance(v, str)][:2]
                 if len(names) != 2:

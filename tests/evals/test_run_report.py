@@ -75,7 +75,7 @@ def test_run_report_errors_name_the_problem(tmp_path):
     run = _run_dir(tmp_path)
     with (run / "metrics.jsonl").open("a") as f:
         f.write("{not json\n")
-    with pytest.raises(FtibError, match=r"metrics.jsonl:7: not JSON"):
+    with pytest.raises(FtibError, match=r"metrics.jsonl:7: not valid JSON"):
         write_run_report(run)
     assert not (run / "report.md").exists()  # nothing half-written
 
