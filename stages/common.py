@@ -281,12 +281,7 @@ class LabelledLMTask:
             out = self.model(**batch, labels=labels, use_cache=False, skip_logits=True, num_items_in_batch=1)
             return LossOutput(loss=out.loss, tokens=tokens, samples=labels.shape[0])
         out = self.model(**batch, use_cache=False)
-        logits = out.logits[:, :-1].float()
-        target = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
-        )
-        return LossOutput(loss=loss, tokens=tokens, samples=labels.shape[0])
+        return LossOutput(loss=shifted_ce_sum(out.logits, labels), tokens=tokens, samples=labels.shape[0])
 
     def save_model(self, out_dir: Path) -> None:
         self._save(out_dir)
@@ -348,6 +343,14 @@ class ChatTask(LabelledLMTask):
         return self.chat.collate([s.tensors for s in items])
 
 
+def shifted_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy (token t predicts label t+1; ``-100`` = no loss),
+    in float32."""
+    shifted = logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), labels[:, 1:].reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+
+
 @torch.no_grad()
 def image_grounding(model: torch.nn.Module, chat: Any, records: list[tuple[list[dict], list[Any], str]],
                     batch_size: int = 16) -> dict[str, float]:
@@ -371,12 +374,8 @@ def image_grounding(model: torch.nn.Module, chat: Any, records: list[tuple[list[
             for start in range(0, len(encoded), batch_size):
                 batch = {k: v.to(device) for k, v in chat.collate(encoded[start:start + batch_size]).items()}
                 labels = batch.pop("labels")
-                logits = model(**batch).logits[:, :-1].float()
-                target = labels[:, 1:]
-                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                         ignore_index=-100, reduction="sum")
-                loss_sum += float(loss)
-                count += int((target != -100).sum())
+                loss_sum += float(shifted_ce_sum(model(**batch).logits, labels))
+                count += int((labels[:, 1:] != -100).sum())
             totals[name] = loss_sum / max(count, 1)
     finally:
         model.train(was_training)
