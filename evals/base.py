@@ -108,7 +108,9 @@ class BenchmarkEvaluator(Evaluator):
         if self.answer_kind == "choice":
             return ex.extract_choice(reply, item.options)
         labels = ("true", "false") if self.answer_kind == "true_false" else ("yes", "no")
-        return ex.extract_yes_no(reply, labels)
+        # The question is passed for its kind only (an existence question reads a
+        # copula after a noun as no answer); its words never decide.
+        return ex.extract_yes_no(reply, labels, question=item.question)
 
     def metrics(self, items: Sequence[Item], records: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any]]:
         """Scalar metrics and nested details from the scored records."""
@@ -130,6 +132,7 @@ class BenchmarkEvaluator(Evaluator):
                 "gold": item.gold,
                 "correct": parsed.value is not None and parsed.value == item.gold,
                 "rule": parsed.rule,
+                "evidence": parsed.evidence,
                 **{k: v for k, v in item.meta.items() if k not in ("image_id",)},
             })
         metrics, details = self.metrics(items, records)
