@@ -272,7 +272,8 @@ _ZH_NUM = re.compile("[零一二两兩三四五六七八九十]+")
 _ZH_NUM_WORDS = ("十分", "三角", "四边", "四方", "五边", "六边", "一样", "一樣", "一些", "一起", "一下",
                  "一般", "一定", "一直", "一点", "一切", "一共", "唯一", "统一", "之一", "第一", "万一",
                  "一模一样", "五颜六色", "一致")
-_EN_PRONOUN_ONE = re.compile(r"\b(?:the|this|that|which|each|every|any|no|another|a|one)\s+one\b")
+_EN_PRONOUN_ONE = re.compile(
+    r"\b(?:the|this|that|which|each|every|any|no|another)\s+(?:[a-z]+\s+){0,2}?one\b|\bone of\b")
 
 
 def _zh_value(run: str) -> int | None:
@@ -431,6 +432,11 @@ _BO_NOT_AFTER: dict[str, frozenset[str]] = {
     "བདེན": frozenset({"ན"}),
 }
 _BO_PARTICLES = {"ལགས", "སོ", "ནོ", "དོ", "པ", "བ", "པས", "ཀྱི", "གི", "གྱི"}
+#: Quotative particles and verbs of asking: "... ཞེས་དྲིས་འདུག" "(it) asks whether ...";
+#: the auxiliary of the reporting verb belongs to the report, not to an answer.
+_BO_QUOTE = {"ཞེས", "ཅེས", "ཤེས", "ཟེར"}
+_BO_ASK = {"དྲིས", "འདྲི", "དྲི", "ཞུས", "ཟེར"}
+_BO_AUX = {"འདུག", "རེད", "ཡོད", "པ", "སོང", "བྱུང", "ཡིན"}
 
 
 def _bo_echo_end(sylls: list[str]) -> int:
@@ -453,6 +459,12 @@ def _bo_polarity(clause: str, kind: str | None) -> tuple[bool, str] | None:
     if not sylls:
         return None
     start = _bo_echo_end(sylls)
+    if start and start < len(sylls) and sylls[start] in _BO_QUOTE:
+        ask = next((k for k in range(start + 1, min(start + 4, len(sylls))) if sylls[k] in _BO_ASK), None)
+        if ask is not None:
+            start = ask + 1
+            while start < len(sylls) and sylls[start] in _BO_AUX:
+                start += 1
     yes: tuple[bool, str] | None = None
     content_before = False  # a non-particle syllable precedes (for copulas)
     existential = False
