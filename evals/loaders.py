@@ -135,10 +135,17 @@ def _mmbench(path: Path, images: Path | None) -> list[Item]:
 
 
 def _mme(path: Path, images: Path | None) -> list[Item]:
+    from ftib.evals.metrics import check_mme_subtasks
+
+    rows = dl.load_mme(path)
+    try:
+        check_mme_subtasks(rows["subtask"], f"mme: {path}")
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     return [
         Item(id=r["question_id"], question=r["question"], gold=r["answer"].lower(),
              image=Path(r["image"]), meta={"subtask": r["subtask"], "image_id": r["image"]})
-        for r in dl.load_mme(path)
+        for r in rows
     ]
 
 

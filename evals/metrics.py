@@ -17,6 +17,7 @@ __all__ = [
     "circular_eval",
     "grouped_accuracy",
     "lcs_length",
+    "check_mme_subtasks",
     "mme_scores",
     "percentile",
     "rouge_l",
@@ -83,54 +84,107 @@ def binary_metrics(predictions: Sequence[str | None], golds: Sequence[str],
 
 
 def circular_eval(indices: Sequence[int], correct: Sequence[bool],
-                  categories: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+                  categories: Mapping[str, Sequence[str]] | None = None,
+                  n_options: Sequence[int] | None = None) -> dict[str, Any]:
     """MMBench CircularEval: a question counts as right only if every rotation is right.
 
-    Rows are grouped by ``index % CIRCULAR_OFFSET`` (the original row and its rotated
-    copies at ``index + k * CIRCULAR_OFFSET``). Vanilla accuracy is over the original
-    rows only (``index < CIRCULAR_OFFSET``), as in MMBench's single-pass evaluation.
+    Groups are built from the original rows (``index < CIRCULAR_OFFSET``), each with
+    the rows ``index + k * CIRCULAR_OFFSET`` (VLMEvalKit ``mcq_circular_eval`` in
+    ``vlmeval/dataset/utils/multiple_choice.py``: ``g_index = index % 1e6``, groups
+    only for the rows whose ``index == g_index``). Rows whose original is missing form
+    no group: they are skipped and counted (``skipped_rows``, ``skipped_groups``), as
+    VLMEvalKit does. Where VLMEvalKit does not look: a question with ``n`` options has
+    ``n`` rotations (the original and ``n - 1`` copies); a group with fewer rows than
+    that is counted wrong (``missing_rotation``), since a rotation never asked cannot
+    have been answered right. Vanilla accuracy is over the original rows only.
+
+    Chance (a uniform guesser): ``1/n`` per row for vanilla and ``(1/n)^r`` for a
+    question with ``r`` rotations, averaged over the questions, so 2- and 3-option
+    questions count at their own level.
 
     Args:
         indices: the TSV ``index`` of each row.
         correct: whether each row was answered right.
         categories: optional ``name -> per-row value`` (e.g. ``category``,
-            ``l2-category``); a group takes the value of its original row (else of its
-            first row).
+            ``l2-category``); a group takes the value of its original row.
+        n_options: number of options of each row; ``None``: rotations are not checked
+            and chance assumes 4 options.
 
     Returns:
-        ``{"circular": float, "vanilla": float, "groups": int, "originals": int,
-        "per_<name>": {"circular": {value: float}, "vanilla": {value: float}}}``.
+        ``{"circular", "vanilla", "groups", "originals", "skipped_rows",
+        "skipped_groups", "missing_rotation", "missing_ids", "chance_circular",
+        "chance_vanilla", "per_<name>": {"circular": {...}, "vanilla": {...}}}``.
     """
     if len(indices) != len(correct):
         raise ValueError(f"{len(indices)} indices for {len(correct)} results")
-    groups: dict[int, list[int]] = defaultdict(list)
-    for row, idx in enumerate(indices):
-        groups[int(idx) % CIRCULAR_OFFSET].append(row)
-    group_ids = sorted(groups)
-
-    def head(rows: list[int]) -> int:
-        return min(rows, key=lambda r: int(indices[r]))
-
-    group_ok = [all(correct[r] for r in groups[g]) for g in group_ids]
-    originals = [r for r, idx in enumerate(indices) if int(idx) < CIRCULAR_OFFSET]
+    if n_options is not None and len(n_options) != len(indices):
+        raise ValueError(f"{len(n_options)} option counts for {len(indices)} rows")
+    idx = [int(i) for i in indices]
+    rows_of: dict[int, list[int]] = defaultdict(list)
+    for row, i in enumerate(idx):
+        rows_of[i % CIRCULAR_OFFSET].append(row)
+    head = {i: row for row, i in enumerate(idx) if i < CIRCULAR_OFFSET}
+    group_ids = sorted(head)
+    skipped = sorted(g for g in rows_of if g not in head)
+    group_ok, missing, chance_c, chance_v = [], [], [], []
+    for g in group_ids:
+        rows = rows_of[g]
+        n = int(n_options[head[g]]) if n_options is not None else None
+        ok = all(correct[r] for r in rows)
+        if n is not None and len(rows) < n:
+            missing.append(g)
+            ok = False
+        group_ok.append(ok)
+        k = n or 4
+        chance_v.append(1.0 / k)
+        chance_c.append((1.0 / k) ** (n if n is not None else len(rows)))
+    originals = [head[g] for g in group_ids]
     out: dict[str, Any] = {
         "circular": accuracy(group_ok),
         "vanilla": accuracy([correct[r] for r in originals]),
         "groups": len(group_ids),
         "originals": len(originals),
+        "skipped_groups": len(skipped),
+        "skipped_rows": sum(len(rows_of[g]) for g in skipped),
+        "skipped_ids": skipped[:10],
+        "missing_rotation": len(missing),
+        "missing_ids": missing[:10],
+        "chance_circular": sum(chance_c) / len(chance_c) if chance_c else 0.0,
+        "chance_vanilla": sum(chance_v) / len(chance_v) if chance_v else 0.0,
     }
     for name, values in (categories or {}).items():
         out[f"per_{name}"] = {
-            "circular": grouped_accuracy(group_ok, [values[head(groups[g])] for g in group_ids]),
+            "circular": grouped_accuracy(group_ok, [values[head[g]] for g in group_ids]),
             "vanilla": grouped_accuracy([correct[r] for r in originals], [values[r] for r in originals]),
         }
     return out
 
 
-#: MME's two halves. Perception: the ten perception subtasks; cognition: the four
-#: reasoning subtasks (Fu et al., 2023, "MME", Sec. 2). Subtasks not listed are put in
-#: perception unless the evaluator's config says otherwise.
+#: MME's two halves (Fu et al., 2023, "MME", Sec. 2), spelt as the release folders and
+#: VLMEvalKit's ``MME_rating`` (``vlmeval/dataset/utils/yorn.py``) spell them:
+#: perception, the ten perception subtasks; cognition, the four reasoning subtasks.
+MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
+                  "landmark", "artwork", "OCR")
 MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
+#: The 14 official subtask names; any other name is an error.
+MME_SUBTASKS = MME_PERCEPTION + MME_COGNITION
+
+
+def check_mme_subtasks(names: Iterable[str], where: str) -> None:
+    """Raise ValueError naming ``where`` and the closest official name for every
+    subtask name that is not one of :data:`MME_SUBTASKS` (an extra or misspelt one
+    would otherwise be added to perception and could push it above 2000)."""
+    import difflib
+
+    bad = sorted({n for n in names if n not in MME_SUBTASKS})
+    if bad:
+        hints = []
+        for n in bad:
+            close = difflib.get_close_matches(n, MME_SUBTASKS, n=1) or difflib.get_close_matches(
+                n.lower(), [s.lower() for s in MME_SUBTASKS], n=1)
+            hints.append(f"{n!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"{where}: unknown MME subtask {', '.join(hints)}; the official 14 are "
+                         f"{', '.join(MME_SUBTASKS)}")
 
 
 def mme_scores(subtasks: Sequence[str], images: Sequence[str], correct: Sequence[bool],
@@ -144,10 +198,14 @@ def mme_scores(subtasks: Sequence[str], images: Sequence[str], correct: Sequence
         images: image identifier of each question (grouped within its subtask).
         correct: whether each question was answered right.
         cognition: the subtasks that count towards the cognition total.
+
+    Raises:
+        ValueError: a subtask (or a ``cognition`` entry) is not one of the 14 official names.
     """
     if not (len(subtasks) == len(images) == len(correct)):
         raise ValueError("subtasks, images and correct must have the same length")
     cognition = set(cognition)
+    check_mme_subtasks(list(subtasks) + sorted(cognition), "MME scores")
     per_q: dict[str, list[bool]] = defaultdict(list)
     per_img: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for s, img, c in zip(subtasks, images, correct):

@@ -2,9 +2,11 @@
 
 Per subtask: ``acc`` (questions right, %), ``acc_plus`` (images with both questions
 right, %) and ``score = acc + acc_plus`` (0-200). ``perception`` and ``cognition`` sum
-the subtask scores of each half (:data:`ftib.evals.metrics.MME_COGNITION` plus any
-subtasks the config adds). The questions are used as written in the files: MME's
-questions carry their own answer instruction.
+the subtask scores of each half (:data:`ftib.evals.metrics.MME_PERCEPTION`,
+:data:`~ftib.evals.metrics.MME_COGNITION`). Only the 14 official subtask names are
+accepted: an unknown or misspelt one is an error naming the file (the loader) or the
+config key, never a silent 15th perception subtask. The questions are used as written
+in the files: MME's questions carry their own answer instruction.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from ftib.evals.base import BenchConfig, BenchmarkEvaluator
 from ftib.evals.loaders import Item
-from ftib.evals.metrics import MME_COGNITION, mme_scores
+from ftib.evals.metrics import MME_COGNITION, check_mme_subtasks, mme_scores
 
 
 class MMEEvaluator(BenchmarkEvaluator):
@@ -29,6 +31,10 @@ class MMEEvaluator(BenchmarkEvaluator):
 
         max_new_tokens: int = 8
         cognition_subtasks: tuple[str, ...] = MME_COGNITION
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            check_mme_subtasks(self.cognition_subtasks, "cognition_subtasks")
 
     bench = "mme"
     answer_kind = "yes_no"

@@ -200,6 +200,8 @@ def _chance(name: str, key: str, metrics: Mapping[str, Any]) -> float | None:
         return 75.0 * n if n else None
     if name == "pope" and base == "accuracy":
         return 0.5
+    if f"chance/{key}" in metrics:  # per-question chance the evaluator computed (MMBench)
+        return float(metrics[f"chance/{key}"])
     return CHANCE.get((name, key))
 
 

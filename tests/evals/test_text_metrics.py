@@ -28,7 +28,8 @@ def test_metric_tokens_split_tibetan_by_syllable():
 
 def test_bleu_chrf_identity_and_zero():
     refs = ["图里有两个绿色的三角形。", "那座黑色的山在中间。"]
-    assert bleu_chrf(refs, refs, "zh")[0] == {"bleu": pytest.approx(100.0), "chrf": pytest.approx(100.0)}
+    assert bleu_chrf(refs, refs, "zh")[0] == {"bleu": pytest.approx(100.0), "chrf": pytest.approx(100.0),
+                                              "chrf++": pytest.approx(100.0)}
     zero = bleu_chrf(["abc", "xyz"], refs, "zh")[0]
     assert zero["bleu"] == 0.0 and zero["chrf"] == 0.0
 
@@ -105,3 +106,16 @@ def test_semantic_similarity_offline_encoder(encoder, shared_data):
     other = enc.similarity(en, en[1:] + en[:1])
     assert all(s == pytest.approx(1.0, abs=1e-4) for s in same)
     assert sum(other) / len(other) < 0.5
+
+
+def test_tibetan_chrf_is_raw_text_beside_the_syllable_level_one():
+    # FLORES-200 style chrF sees the raw text: tsheg and shad are characters. A
+    # hypothesis that differs from the reference only in its final shad loses raw chrF
+    # but keeps syllable chrF at 100 (the syllable tokens are the same).
+    import sacrebleu
+
+    ref, hyp = "བོད་ཡིག་ཡག་པོ་རེད།", "བོད་ཡིག་ཡག་པོ་རེད"
+    m, per = bleu_chrf([hyp], [ref], "bo")
+    assert m["chrf"] == pytest.approx(sacrebleu.corpus_chrf([hyp], [[ref]]).score) and m["chrf"] < 100.0
+    assert m["chrf++"] == pytest.approx(sacrebleu.corpus_chrf([hyp], [[ref]], word_order=2).score)
+    assert m["chrf_syllable"] == pytest.approx(100.0) and per[0]["chrf_syllable"] == pytest.approx(100.0)
