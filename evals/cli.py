@@ -2,10 +2,15 @@
 
     ftib eval --model tiny-qwen3-vl --bench mmbench,pope --data ftibworld:tiny
     ftib eval --report runs/tiny            # report.md + scores_by_stage.png of a run
+    ftib eval --bench pope --data POPE.tsv --predictions Model_POPE.tsv   # score, no model
 
 Output under ``--out`` (default ``runs/eval-<model name>``): ``eval/<bench>.json``
 (metrics, details, decoding settings), ``eval/<bench>.records.jsonl`` (every item) and
-``eval/report.md``. Every config is built and checked before the model is loaded.
+``eval/report.md``, plus the predictions in VLMEvalKit's and lmms-eval's forms
+(``eval/<bench>.predictions.tsv``, ``eval/<bench>.samples.jsonl``, see
+:mod:`ftib.evals.interop`). ``--predictions FILE`` scores a VLMEvalKit or lmms-eval
+prediction file instead of running a model. Every config is built and checked before
+the model is loaded.
 """
 
 from __future__ import annotations
@@ -89,17 +94,60 @@ def run_eval(args: argparse.Namespace) -> Path:
                          model_source=str(args.model), bundle=bundle, metrics=sink.child(eval=bench),
                          logger=logging.getLogger(f"ftib.eval.{bench}"))
         started = time.time()
-        result = cls(conf).evaluate(ctx)
-        lines = record_lines(result, bench)
-        atomic_write_text(eval_dir / f"{bench}.records.jsonl", "".join(x + "\n" for x in lines))
-        atomic_write_json(eval_dir / f"{bench}.json", jsonable({
-            "evaluator": bench, "model": str(args.model), "config": cfg.to_dict(conf),
-            "metrics": result.metrics, "details": result.details,
-            "seconds": round(time.time() - started, 3),
-        }))
+        ev = cls(conf)
+        result = ev.evaluate(ctx)
+        from ftib.evals import interop
+
+        # the items again, for the question and option columns of the prediction files
+        items = ev.load() if bench in interop.BENCH_NAMES else None
+        _write_outputs(eval_dir, bench, conf, str(args.model), result, items, started)
         log.info("%s: %s", bench, {k: v for k, v in list(result.metrics.items())[:4]})
     write_report(collect_eval_dir(eval_dir, point=Path(str(args.model)).name), eval_dir,
                  title=f"FTibBench results: {args.model}")
+    return out
+
+
+def _write_outputs(eval_dir: Path, bench: str, conf: Any, model: str, result: Any, items: Any,
+                   started: float) -> None:
+    from ftib.evals import interop
+
+    lines = record_lines(result, bench)
+    atomic_write_text(eval_dir / f"{bench}.records.jsonl", "".join(x + "\n" for x in lines))
+    atomic_write_json(eval_dir / f"{bench}.json", jsonable({
+        "evaluator": bench, "model": model, "config": cfg.to_dict(conf),
+        "metrics": result.metrics, "details": result.details,
+        "seconds": round(time.time() - started, 3),
+    }))
+    if bench in interop.BENCH_NAMES:
+        by_id = {it.id: it for it in items} if items else {}
+        recs = [{**r, "options": by_id[r["id"]].options} if r["id"] in by_id else r for r in result.records]
+        interop.write_predictions(eval_dir, bench, recs, {i: it.question for i, it in by_id.items()})
+
+
+def score_predictions(args: argparse.Namespace) -> Path:
+    """``ftib eval --predictions FILE``: score a VLMEvalKit / lmms-eval prediction file."""
+    from ftib.evals import interop
+    from ftib.evals.report import collect_eval_dir, write_report
+
+    configs = build_configs(args, Registry())
+    if len(configs) != 1:
+        raise ConfigError("--predictions: name exactly one --bench (the file's benchmark)")
+    ((bench, (cls, conf)),) = configs.items()
+    if bench not in interop.BENCH_NAMES:
+        raise ConfigError(f"--predictions: {bench} is not a question-answering benchmark "
+                          f"({', '.join(interop.BENCH_NAMES)})")
+    src = Path(args.predictions)
+    out = Path(args.out) if args.out else Path("runs") / f"eval-{src.stem}"
+    eval_dir = out / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    ev = cls(conf)
+    items = ev.load()
+    replies, missing = interop.align_predictions(items, interop.read_predictions(src, bench), src)
+    result = ev.score(items, replies)
+    result.details.update(missing, predictions=str(src))
+    _write_outputs(eval_dir, bench, conf, f"predictions:{src}", result, items, started)
+    write_report(collect_eval_dir(eval_dir, point=src.stem), eval_dir, title=f"FTibBench results: {src.name}")
     return out
 
 
@@ -115,8 +163,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for path in written.values():
             print(path)
         return 0
+    if getattr(args, "predictions", None):
+        if not args.bench:
+            raise ConfigError("ftib eval --predictions needs --bench (the file's benchmark)")
+        out = score_predictions(args)
+        print((out / "eval" / "report.md").read_text(encoding="utf-8"))
+        print(f"results: {out / 'eval'}")
+        return 0
     if not args.model or not args.bench:
-        raise ConfigError("ftib eval needs --model and --bench (or --report RUN_DIR)")
+        raise ConfigError("ftib eval needs --model and --bench (or --report RUN_DIR, or --predictions FILE)")
     out = run_eval(args)
     print((out / "eval" / "report.md").read_text(encoding="utf-8"))
     print(f"results: {out / 'eval'}")
@@ -144,6 +199,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--predictions", metavar="FILE",
+                   help="score a VLMEvalKit (.xlsx/.tsv/.csv) or lmms-eval (samples .jsonl) prediction "
+                   "file for one --bench instead of running a model")
     p.add_argument("--report", metavar="RUN_DIR",
                    help="only write report.md (+ PNG) for a run directory or an eval/ folder")
     p.set_defaults(func=cmd_eval)

@@ -7,7 +7,8 @@ evaluators share, and finds a benchmark's files from what a config names:
 
 * ``ftibworld[:SIZE[:SEED]]``: the cached FTibWorld build of that size and seed
   (:func:`ftib.data.sources.world_root`, built on first use);
-* a file (one MMBench TSV, one POPE split, one CSV ...);
+* a file (one MMBench TSV, one POPE split, one CSV ...; a ``.tsv`` for MME, POPE,
+  BinaryVQA or COREVQA is read as VLMEvalKit's yes/no format, :mod:`ftib.evals.interop`);
 * a folder holding the benchmark's files (``*.tsv`` for MMBench; ``*random*``,
   ``*popular*``, ``*adversarial*`` for POPE; the MME release folder itself);
 * a FTibWorld build (a folder with ``world.json``): the benchmark's standard place in
@@ -214,9 +215,14 @@ def load_items(bench: str, data: str | Path, images: Path | None = None, limit: 
             questions with all their rotations; MME: the first ``limit`` images of each
             subtask with both their questions).
     """
+    from ftib.evals import interop
+
     items: list[Item] = []
     for f in find_files(bench, data):
-        got = _READERS[bench](f, images)
+        if f.is_file() and f.suffix.lower() == ".tsv" and bench in interop.YORN_BENCHES:
+            got = interop.read_vlmeval_yorn(bench, f)  # VLMEvalKit's yes/no TSV
+        else:
+            got = _READERS[bench](f, images)
         if limit is not None:
             if bench == "mmbench":
                 keep = set(sorted({it.meta["group"] for it in got})[:limit])

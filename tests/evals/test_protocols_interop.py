@@ -1,0 +1,237 @@
+"""Published protocols (MMBench CircularEval groups, MME subtask names, POPE parsing) and
+VLMEvalKit / lmms-eval interoperability (benchmark TSVs, prediction files), on
+hand-worked cases."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from ftib.data.loaders import DataError
+from ftib.evals import interop
+from ftib.evals import metrics as m
+
+
+# ------------------------------------------------------------------ MMBench
+def test_group_without_original_is_skipped_and_counted():
+    # question 1: original + 3 copies, all right; question 2: only rotated copies (its
+    # original row is missing), all right -> skipped, not counted as right.
+    idx = [1, 1_000_001, 2_000_001, 3_000_001, 1_000_002, 2_000_002]
+    r = m.circular_eval(idx, [True] * 6, n_options=[4] * 6)
+    assert (r["circular"], r["groups"], r["skipped_groups"], r["skipped_rows"]) == (1.0, 1, 1, 2)
+    assert r["skipped_ids"] == [2]
+
+
+def test_missing_rotation_counts_wrong():
+    # 4 options, 3 of 4 rotations present and right: the question is wrong, and reported.
+    idx = [1, 1_000_001, 2_000_001]
+    r = m.circular_eval(idx, [True] * 3, n_options=[4] * 3)
+    assert r["circular"] == 0.0 and r["missing_rotation"] == 1 and r["missing_ids"] == [1]
+    assert r["vanilla"] == 1.0
+    # a 3-option question has 3 rotations: complete
+    r3 = m.circular_eval(idx, [True] * 3, n_options=[3] * 3)
+    assert r3["circular"] == 1.0 and r3["missing_rotation"] == 0
+
+
+def test_chance_per_option_count():
+    # one 2-option question (2 rotations) and one 4-option question (4 rotations):
+    # vanilla chance (1/2 + 1/4)/2 = 0.375; circular ((1/2)^2 + (1/4)^4)/2 = 0.126953125
+    idx = [1, 1_000_001, 2, 1_000_002, 2_000_002, 3_000_002]
+    r = m.circular_eval(idx, [False] * 6, n_options=[2, 2, 4, 4, 4, 4])
+    assert r["chance_vanilla"] == pytest.approx(0.375)
+    assert r["chance_circular"] == pytest.approx(0.126953125)
+
+
+# ------------------------------------------------------------------ MME
+def test_mme_unknown_or_misspelt_subtask_is_an_error():
+    with pytest.raises(ValueError, match=r"'colour' \(did you mean 'color'\?\)"):
+        m.mme_scores(["colour", "colour"], ["a", "a"], [True, True])
+    with pytest.raises(ValueError, match="ocr"):
+        m.mme_scores(["ocr"], ["a"], [True])
+    assert m.mme_scores(["OCR", "OCR"], ["a", "a"], [True, True])["perception"] == 200.0
+    assert len(m.MME_SUBTASKS) == 14 and len(set(m.MME_SUBTASKS)) == 14
+
+
+def test_mme_config_rejects_unknown_cognition_subtask():
+    from ftib.evals.mme import MMEEvaluator
+
+    with pytest.raises(ValueError, match="cognition_subtasks"):
+        MMEEvaluator.Config(cognition_subtasks=("code_reasonin",))
+
+
+# ------------------------------------------------------------------ VLMEvalKit TSVs
+def _png() -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    path.write_text("\n".join("\t".join(r) for r in [header] + rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_vlmeval_pope_tsv_explodes_splits_and_resolves_image_refs(tmp_path):
+    img = _png()
+    f = _tsv(tmp_path / "POPE.tsv", ["index", "question", "answer", "category", "image"], [
+        ["0", "Is there a dog?", "Yes", "random,popular", img],
+        ["1", "Is there a cat?", "No", "adversarial", "0"],  # image given by reference to row 0
+    ])
+    from ftib.evals.loaders import load_items
+
+    items = load_items("pope", f)
+    assert [(it.id, it.gold, it.meta["split"]) for it in items] == [
+        ("random/0", "yes", "random"), ("popular/0", "yes", "popular"), ("adversarial/1", "no", "adversarial")]
+    assert items[2].image == img and items[2].load_image().size == (4, 4)
+
+
+@pytest.mark.parametrize("rows,match", [
+    ([["0", "q", "Yes", "existence"]], r"missing column 'image_path'"),
+])
+def test_vlmeval_tsv_missing_column_names_file_and_column(tmp_path, rows, match):
+    f = _tsv(tmp_path / "MME.tsv", ["index", "question", "answer", "category"], rows)
+    with pytest.raises(DataError, match=match) as e:
+        interop.read_vlmeval_yorn("mme", f)
+    assert str(f) in str(e.value)
+
+
+def test_vlmeval_tsv_duplicate_index_bad_answer_unknown_subtask(tmp_path):
+    h = ["index", "question", "answer", "category", "image_path"]
+    dup = _tsv(tmp_path / "a.tsv", h, [["0", "q", "Yes", "color", "x.jpg"], ["0", "q", "No", "color", "x.jpg"]])
+    with pytest.raises(DataError, match=r"a.tsv:3: duplicate index '0' \(first at line 2\)"):
+        interop.read_vlmeval_yorn("mme", dup)
+    bad = _tsv(tmp_path / "b.tsv", h, [["0", "q", "Maybe", "color", "x.jpg"]])
+    with pytest.raises(DataError, match=r"b.tsv:2: column 'answer' is 'Maybe'"):
+        interop.read_vlmeval_yorn("mme", bad)
+    sub = _tsv(tmp_path / "c.tsv", h, [["0", "q", "Yes", "posterz", "x.jpg"]])
+    with pytest.raises(DataError, match=r"c.tsv.*'posterz' \(did you mean 'posters'\?\)"):
+        interop.read_vlmeval_yorn("mme", sub)
+    empty = _tsv(tmp_path / "d.tsv", h, [["0", "", "Yes", "color", "x.jpg"]])
+    with pytest.raises(DataError, match=r"d.tsv:2: empty 'question'"):
+        interop.read_vlmeval_yorn("mme", empty)
+
+
+# ------------------------------------------------------------------ prediction files
+def _pope_items(tmp_path):
+    img = _png()
+    rows = [[str(i), f"Is there a thing {i}?", "Yes" if i % 2 else "No", "random", img] for i in range(10)]
+    f = _tsv(tmp_path / "POPE.tsv", ["index", "question", "answer", "category", "image"], rows)
+    return f
+
+
+def _args(**kw):
+    base = dict(bench="pope", data=None, out=None, limit=None, batch_size=None, max_new_tokens=None,
+                encoder=None, base_model=None, judge_model=None, set=None, predictions=None, report=None,
+                model=None, device="cpu", dtype="auto", seed=0)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_score_vlmeval_and_lmms_prediction_files_without_a_model(tmp_path):
+    from ftib.evals.cli import score_predictions
+
+    data = _pope_items(tmp_path)
+    # VLMEvalKit: benchmark columns + prediction; replies right on 8 of 10 (rows 0, 1 wrong)
+    preds = [[str(i), ("No" if i % 2 else "Yes") if i < 2 else ("Yes" if i % 2 else "No")] for i in range(10)]
+    vf = _tsv(tmp_path / "Model_POPE.tsv", ["index", "prediction"], preds)
+    out = score_predictions(_args(data=str(data), predictions=str(vf), out=str(tmp_path / "o1")))
+    res = json.loads((out / "eval" / "pope.json").read_text())
+    assert res["metrics"]["accuracy"] == pytest.approx(0.8)
+    # ftib's own prediction files round-trip: the lmms-eval samples it wrote score the same
+    samples = out / "eval" / "pope.samples.jsonl"
+    tsv = out / "eval" / "pope.predictions.tsv"
+    assert samples.is_file() and tsv.is_file()
+    out2 = score_predictions(_args(data=str(data), predictions=str(samples), out=str(tmp_path / "o2")))
+    assert json.loads((out2 / "eval" / "pope.json").read_text())["metrics"] == res["metrics"]
+    out3 = score_predictions(_args(data=str(data), predictions=str(tsv), out=str(tmp_path / "o3")))
+    assert json.loads((out3 / "eval" / "pope.json").read_text())["metrics"] == res["metrics"]
+
+
+def test_prediction_file_for_another_benchmark_is_refused(tmp_path):
+    from ftib.evals.cli import score_predictions
+
+    data = _pope_items(tmp_path)
+    named = _tsv(tmp_path / "Model_MMBench_DEV_EN.tsv", ["index", "prediction"], [["0", "A"]])
+    with pytest.raises(DataError, match="mmbench prediction file, not pope"):
+        score_predictions(_args(data=str(data), predictions=str(named)))
+    mcq = _tsv(tmp_path / "preds.tsv", ["index", "A", "B", "prediction"], [["0", "x", "y", "A"]])
+    with pytest.raises(DataError, match="multiple-choice prediction file"):
+        score_predictions(_args(data=str(data), predictions=str(mcq)))
+    other = _tsv(tmp_path / "p2.tsv", ["index", "prediction"], [[str(i), "Yes"] for i in range(100, 110)])
+    with pytest.raises(DataError, match="name no item of this benchmark"):
+        score_predictions(_args(data=str(data), predictions=str(other)))
+    few = _tsv(tmp_path / "p3.tsv", ["index", "prediction"], [["0", "Yes"]])
+    with pytest.raises(DataError, match="no prediction for 9 of 10 items"):
+        score_predictions(_args(data=str(data), predictions=str(few)))
+    dup = _tsv(tmp_path / "p4.tsv", ["index", "prediction"], [["0", "Yes"], ["0", "No"]])
+    with pytest.raises(DataError, match=r"p4.tsv:3: duplicate index '0'"):
+        score_predictions(_args(data=str(data), predictions=str(dup)))
+
+
+# ------------------------------------------------------------------ lmms-eval cross-check
+def _lmms_module(rel: str):
+    """Load one lmms-eval task file by path (lmms_eval/__init__ pulls in the whole
+    harness); skip when lmms-eval or the file's own imports are unavailable offline."""
+    spec = importlib.util.find_spec("lmms_eval")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("lmms-eval is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.is_file():
+        pytest.skip(f"lmms-eval has no {rel}")
+    mod_spec = importlib.util.spec_from_file_location(f"_lmms_{path.parent.name}", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(mod)
+    except ImportError as exc:
+        pytest.skip(f"lmms-eval {rel} cannot import offline: {exc}")
+    return mod
+
+
+# Predictions as lmms-eval expects them (single words), gold, and the POPE split: 12 rows.
+_POPE_CASES = [("yes", "yes"), ("yes", "yes"), ("yes", "no"), ("no", "no"), ("no", "yes"), ("no", "no"),
+               ("yes", "yes"), ("no", "no"), ("yes", "no"), ("no", "yes"), ("yes", "yes"), ("no", "no")]
+
+
+def test_pope_matches_lmms_eval_scoring():
+    u = _lmms_module("tasks/pope/utils.py")
+    res = [u.pope_process_results({"answer": g, "question_id": i}, [p]) for i, (p, g) in enumerate(_POPE_CASES)]
+    theirs = {
+        "accuracy": u.pope_aggregate_accuracy([r["pope_accuracy"] for r in res]),
+        "precision": u.pope_aggregate_precision([r["pope_precision"] for r in res]),
+        "recall": u.pope_aggregate_recall([r["pope_recall"] for r in res]),
+        "f1": u.pope_aggregate_f1_score([r["pope_f1_score"] for r in res]),
+    }
+    from ftib.evals.extract import extract_yes_no
+
+    ours = m.binary_metrics([extract_yes_no(p).value for p, _ in _POPE_CASES], [g for _, g in _POPE_CASES])
+    for k, v in theirs.items():
+        assert ours[k] == pytest.approx(v), k
+    # lmms-eval's yes_ratio is the share of *gold* yes; ftib's is of predictions (the
+    # POPE paper's): equal here only because both have 6 yes out of 12.
+    assert u.pope_aggregate_yes_ratio([r["pope_yes_ratio"] for r in res]) == pytest.approx(0.5)
+
+
+def test_mme_matches_lmms_eval_scoring():
+    u = _lmms_module("tasks/mme/utils.py")
+    # two subtasks, three images each (two questions per image), predictions as words
+    rows = [("color", "a", "Yes", "yes"), ("color", "a", "No", "no"), ("color", "b", "Yes", "no"),
+            ("color", "b", "No", "no"), ("color", "c", "Yes", "yes"), ("color", "c", "No", "yes"),
+            ("code_reasoning", "d", "Yes", "yes"), ("code_reasoning", "d", "No", "no"),
+            ("code_reasoning", "e", "Yes", "yes"), ("code_reasoning", "e", "No", "no"),
+            ("code_reasoning", "f", "Yes", "no"), ("code_reasoning", "f", "No", "yes")]
+    out = [u.mme_process_results({"answer": g, "category": s, "question_id": img}, [p]) for s, img, g, p in rows]
+    perc = u.mme_aggregate_results([v for o in out for k, v in o.items() if k == "mme_perception_score"])
+    cog = u.mme_aggregate_results([v for o in out for k, v in o.items() if k == "mme_cognition_score"])
+    from ftib.evals.extract import extract_yes_no
+
+    ours = m.mme_scores([s for s, *_ in rows], [img for _, img, *_ in rows],
+                        [extract_yes_no(p).value == g.lower() for s, img, g, p in rows])
+    assert ours["perception"] == pytest.approx(perc) and ours["cognition"] == pytest.approx(cog)
