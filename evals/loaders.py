@@ -123,7 +123,14 @@ def find_files(bench: str, data: str | Path) -> list[Path]:
 def _mmbench(path: Path, images: Path | None) -> list[Item]:
     ds = dl.load_mmbench(path)
     out = []
-    for r in ds:
+    seen: dict[int, int] = {}
+    for row, r in enumerate(ds):
+        # line = row + 2 (header on line 1); a duplicate index would merge two questions'
+        # CircularEval groups.
+        if int(r["index"]) in seen:
+            raise DataError(f"{path}:{row + 2}: column 'index': duplicate index {r['index']} "
+                            f"(first at line {seen[int(r['index'])]})")
+        seen[int(r["index"])] = row + 2
         options = {k: r[k].strip() for k in dl.OPTION_LETTERS if k in r and r[k] and r[k].strip()}
         out.append(Item(
             id=str(r["index"]), question=r["question"], gold=r["answer"], options=options,

@@ -235,3 +235,89 @@ def test_mme_matches_lmms_eval_scoring():
     ours = m.mme_scores([s for s, *_ in rows], [img for _, img, *_ in rows],
                         [extract_yes_no(p).value == g.lower() for s, img, g, p in rows])
     assert ours["perception"] == pytest.approx(perc) and ours["cognition"] == pytest.approx(cog)
+
+
+# ------------------------------------------------------------------ on FTibBench-mini files
+def test_mmbench_duplicate_index_names_file_line_and_column(world, tmp_path):
+    import csv
+    import shutil
+
+    from ftib.evals.loaders import load_items
+
+    d = tmp_path / "mmbench"
+    shutil.copytree(world / "bench" / "mmbench", d)
+    tsv = next(d.glob("*.tsv"))
+    rows = list(csv.reader(io.StringIO(tsv.read_text(encoding="utf-8")), delimiter="\t"))
+    col = rows[0].index("index")
+    rows[3][col] = rows[1][col]
+    buf = io.StringIO()
+    csv.writer(buf, delimiter="\t", lineterminator="\n").writerows(rows)
+    tsv.write_text(buf.getvalue(), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{tsv.name}:4: column 'index': duplicate index \d+ \(first at line 2\)"):
+        load_items("mmbench", d)
+
+
+def test_mme_misspelt_subtask_folder_is_an_error_naming_the_file(world, tmp_path):
+    import shutil
+
+    from ftib.evals.loaders import load_items
+
+    d = tmp_path / "mme"
+    shutil.copytree(world / "bench" / "mme", d)
+    (d / "count").rename(d / "counting")
+    with pytest.raises(DataError, match=r"'counting' \(did you mean 'count'\?\)") as e:
+        load_items("mme", d)
+    assert str(d) in str(e.value)
+
+
+def test_mmbench_evaluator_reports_skipped_rows_missing_rotations_and_chance(world):
+    from ftib.evals.mmbench import MMBenchEvaluator
+
+    ev = MMBenchEvaluator(MMBenchEvaluator.Config(data=str(world)))
+    items = ev.load()
+    groups = sorted({it.meta["group"] for it in items})
+    g_orig, g_rot = groups[0], groups[1]
+    # drop the original row of one question and one rotated copy of another
+    drop = {next(it.id for it in items if it.meta["group"] == g_orig and it.meta["index"] < 1_000_000),
+            next(it.id for it in items if it.meta["group"] == g_rot and it.meta["index"] >= 1_000_000)}
+    kept = [it for it in items if it.id not in drop]
+    res = ev.score(kept, [it.gold for it in kept])  # every reply right
+    n_rot = sum(1 for it in kept if it.meta["group"] == g_orig)
+    assert res.metrics["skipped_rows"] == n_rot and res.metrics["missing_rotation"] == 1
+    assert res.metrics["questions"] == len(groups) - 1
+    assert res.metrics["circular"] == pytest.approx((len(groups) - 2) / (len(groups) - 1))
+    n = [len(it.options) for it in kept if it.meta["index"] < 1_000_000]
+    assert res.metrics["chance/vanilla"] == pytest.approx(sum(1 / k for k in n) / len(n))
+    assert res.metrics["chance/circular"] == pytest.approx(sum((1 / k) ** k for k in n) / len(n))
+    from ftib.evals.report import _chance
+
+    assert _chance("mmbench", "circular", res.metrics) == res.metrics["chance/circular"]
+
+
+def test_pope_official_parse_through_the_evaluator(tmp_path):
+    from ftib.evals.loaders import load_items
+    from ftib.evals.pope import PopeEvaluator
+
+    items = load_items("pope", _pope_items(tmp_path))  # golds: odd index yes, even no
+    replies = ["མེད།" if i % 2 == 0 else "ཡོད།" for i in range(10)]  # Tibetan, all right
+    strict = PopeEvaluator(PopeEvaluator.Config(data=str(tmp_path))).score(items, replies)
+    official = PopeEvaluator(PopeEvaluator.Config(data=str(tmp_path), parse="official")).score(items, replies)
+    assert strict.metrics["accuracy"] == 1.0
+    # the POPE script reads no Tibetan: everything is "yes", accuracy = share of gold yes
+    assert official.metrics["accuracy"] == 0.5 and official.metrics["yes_ratio"] == 1.0
+    assert {r["rule"] for r in official.records} == {"pope_official"}
+    with pytest.raises(Exception, match="parse"):
+        from ftib.core import config as cfg
+
+        cfg.build(PopeEvaluator.Config, {"parse": "loose"}, where="eval.pope")
+
+
+def test_vlmeval_binary_and_corevqa_tsvs(tmp_path):
+    img = _png()
+    h = ["index", "question", "answer", "category", "image"]
+    f = _tsv(tmp_path / "COREVQA.tsv", h, [["7", "The dog is black.", "Yes", "", img],
+                                            ["8", "The dog is white.", "No", "", "7"]])
+    items = interop.read_vlmeval_yorn("corevqa", f)
+    assert [(it.id, it.gold) for it in items] == [("7", "true"), ("8", "false")]
+    b = interop.read_vlmeval_yorn("binary_vqa", _tsv(tmp_path / "BinaryVQA.tsv", h, [["1", "q", "No", "", img]]))
+    assert b[0].gold == "no"
