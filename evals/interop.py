@@ -15,17 +15,29 @@ by :func:`ftib.data.loaders.load_mmbench`.
 
 Prediction files (``ftib eval --predictions FILE``, :func:`read_predictions`):
 
-* VLMEvalKit: ``{model}_{dataset}.xlsx|tsv|csv`` -- the benchmark's columns plus
-  ``prediction`` (``infer_data`` in ``vlmeval/inference.py``); keyed by ``index``.
-* lmms-eval: ``--log_samples`` JSON lines (``samples_{task}.jsonl``), one object per
-  document with ``doc_id``, ``doc``, ``target``, ``resps``, ``filtered_resps``
-  (``lmms_eval/evaluator.py``); the reply is ``filtered_resps[0]`` and the key is the
+* VLMEvalKit: ``{model}_{dataset}.xlsx|tsv|csv`` -- the benchmark's columns without
+  ``image``, plus ``prediction`` (``infer_data_job`` in ``vlmeval/inference.py``, the
+  file name from ``get_pred_file_path``); keyed by ``index``.
+* lmms-eval: ``--log_samples`` JSON lines (``<date>_samples_<task>.jsonl``, written by
+  ``lmms_eval/loggers/evaluation_tracker.py``), one object per document with
+  ``doc_id``, ``doc``, ``target``, ``resps``, ``filtered_resps`` (built in
+  ``lmms_eval/evaluator.py``); the reply is ``filtered_resps[0]`` and the key is the
   document's ``index`` or ``question_id`` (else ``doc_id``).
 
 ftib writes its own predictions in both forms (:func:`write_predictions`):
-``<bench>.predictions.tsv`` (VLMEvalKit's columns: ``index``, ``question`` where known,
-``answer`` as VLMEvalKit spells it, ``category``, the options, ``prediction``) and
-``<bench>.samples.jsonl`` (lmms-eval's sample fields).
+``<bench>.predictions.tsv`` has the columns VLMEvalKit's ``ImageYORNDataset.evaluate``
+(``vlmeval/dataset/image_yorn.py``) and ``MME_rating`` / ``POPE_rating`` read --
+``index``, ``question`` where known, ``answer`` (``Yes``/``No``, which VLMEvalKit
+compares with its extracted answer verbatim; the letter for MMBench), ``category``
+(MME subtask, POPE split), ``image_path``, the options for MMBench, ``prediction``;
+``<bench>.samples.jsonl`` has lmms-eval's sample fields. Both score back through
+``--predictions`` to the same metrics.
+
+Sources read for these formats (facts only, no code taken): VLMEvalKit
+``vlmeval/inference.py``, ``vlmeval/dataset/image_yorn.py``,
+``vlmeval/dataset/utils/yorn.py``, ``vlmeval/dataset/utils/multiple_choice.py``;
+lmms-eval ``lmms_eval/evaluator.py``, ``lmms_eval/loggers/evaluation_tracker.py``,
+``lmms_eval/tasks/pope/utils.py``, ``lmms_eval/tasks/mme/utils.py``.
 """
 
 from __future__ import annotations
