@@ -96,19 +96,23 @@ def run_eval(args: argparse.Namespace) -> Path:
         started = time.time()
         ev = cls(conf)
         result = ev.evaluate(ctx)
+        seconds = time.time() - started
         from ftib.evals import interop
 
         # the items again, for the question and option columns of the prediction files
         items = ev.load() if bench in interop.BENCH_NAMES else None
-        _write_outputs(eval_dir, bench, conf, str(args.model), result, items, started)
+        _write_outputs(eval_dir, bench, conf=conf, model=str(args.model), result=result, items=items,
+                       seconds=seconds)
         log.info("%s: %s", bench, {k: v for k, v in list(result.metrics.items())[:4]})
     write_report(collect_eval_dir(eval_dir, point=Path(str(args.model)).name), eval_dir,
                  title=f"FTibBench results: {args.model}")
     return out
 
 
-def _write_outputs(eval_dir: Path, bench: str, conf: Any, model: str, result: Any, items: Any,
-                   started: float) -> None:
+def _write_outputs(eval_dir: Path, bench: str, *, conf: Any, model: str, result: Any, items: Any,
+                   seconds: float) -> None:
+    """``<bench>.records.jsonl``, ``<bench>.json`` and, for the question-answering
+    benchmarks, the predictions in VLMEvalKit's and lmms-eval's forms."""
     from ftib.evals import interop
 
     lines = record_lines(result, bench)
@@ -116,7 +120,7 @@ def _write_outputs(eval_dir: Path, bench: str, conf: Any, model: str, result: An
     atomic_write_json(eval_dir / f"{bench}.json", jsonable({
         "evaluator": bench, "model": model, "config": cfg.to_dict(conf),
         "metrics": result.metrics, "details": result.details,
-        "seconds": round(time.time() - started, 3),
+        "seconds": round(seconds, 3),
     }))
     if bench in interop.BENCH_NAMES:
         by_id = {it.id: it for it in items} if items else {}
@@ -146,7 +150,8 @@ def score_predictions(args: argparse.Namespace) -> Path:
     replies, missing = interop.align_predictions(items, interop.read_predictions(src, bench), src)
     result = ev.score(items, replies)
     result.details.update(missing, predictions=str(src))
-    _write_outputs(eval_dir, bench, conf, f"predictions:{src}", result, items, started)
+    _write_outputs(eval_dir, bench, conf=conf, model=f"predictions:{src}", result=result, items=items,
+                   seconds=time.time() - started)
     write_report(collect_eval_dir(eval_dir, point=src.stem), eval_dir, title=f"FTibBench results: {src.name}")
     return out
 
