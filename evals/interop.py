@@ -48,12 +48,12 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ftib.data.loaders import DataError
 from ftib.evals.loaders import Item
 
-__all__ = ["BENCH_NAMES", "read_vlmeval_yorn", "read_predictions", "align_predictions", "write_predictions"]
+__all__ = ["BENCH_NAMES", "Predictions", "read_vlmeval_yorn", "read_predictions", "align_predictions", "write_predictions"]
 
 log = logging.getLogger("ftib.evals")
 
@@ -115,7 +115,7 @@ def read_vlmeval_yorn(bench: str, path: Path | str) -> list[Item]:
                 raise DataError(f"{path}:{line}: empty {c!r}")
         idx = r["index"].strip()
         if idx in seen:
-            raise DataError(f"{path}:{line}: duplicate index {idx!r} (first at line {seen[idx]})")
+            raise DataError(f"{path}:{line}: column 'index': duplicate index {idx!r} (first at line {seen[idx]})")
         seen[idx] = line
         if r["answer"].strip().lower() not in _YORN:
             raise DataError(f"{path}:{line}: column 'answer' is {r['answer']!r}, expected Yes or No")
@@ -161,8 +161,22 @@ def _key(item: Item) -> str:
     return str(item.meta.get("index", item.id))
 
 
-def read_predictions(path: Path | str, bench: str) -> dict[str, str]:
-    """``key -> reply`` from a VLMEvalKit or lmms-eval prediction file (see module doc).
+class Predictions(NamedTuple):
+    """A prediction file's replies and, where the file carries them, its gold answers
+    (``answer`` column / ``doc.answer`` / ``target``), both keyed by index."""
+
+    replies: dict[str, str]
+    answers: dict[str, str]
+
+
+def _norm_answer(a: Any) -> str:
+    a = str(a).strip().lower()
+    return {"true": "yes", "false": "no"}.get(a, a)
+
+
+def read_predictions(path: Path | str, bench: str) -> Predictions:
+    """Replies (and gold answers where present) of a VLMEvalKit or lmms-eval
+    prediction file (see module doc).
 
     Raises:
         DataError: unknown format, a missing ``prediction`` / ``index`` column, a
@@ -180,13 +194,17 @@ def read_predictions(path: Path | str, bench: str) -> dict[str, str]:
     out: dict[str, str] = {}
     where: dict[str, int] = {}
 
-    def put(key: Any, reply: Any, line: int) -> None:
+    answers: dict[str, str] = {}
+
+    def put(key: Any, reply: Any, line: int, answer: Any = None) -> None:
         key = str(key).strip()
         if key.endswith(".0") and key[:-2].isdigit():  # pandas writes integer indices as floats
             key = key[:-2]
         if key in out:
-            raise DataError(f"{path}:{line}: duplicate index {key!r} (first at line {where[key]})")
+            raise DataError(f"{path}:{line}: column 'index': duplicate index {key!r} (first at line {where[key]})")
         out[key], where[key] = "" if reply is None else str(reply), line
+        if answer is not None and str(answer).strip():
+            answers[key] = str(answer).strip()
 
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
@@ -203,8 +221,8 @@ def read_predictions(path: Path | str, bench: str) -> dict[str, str]:
                 reply = reply[0] if isinstance(reply, list) else reply
             while isinstance(reply, list):
                 reply = reply[0] if reply else ""
-            put(key, reply, line)
-        return out
+            put(key, reply, line, doc.get("answer", obj.get("target")))
+        return Predictions(out, answers)
     if suffix in (".tsv", ".csv"):
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
         with path.open(encoding="utf-8", newline="") as f:
@@ -231,18 +249,27 @@ def read_predictions(path: Path | str, bench: str) -> dict[str, str]:
     if bench != "mmbench" and {"A", "B"} <= set(header):
         raise DataError(f"{path}: option columns A, B: a multiple-choice prediction file, not {bench}")
     for n, r in enumerate(rows):
-        put(r["index"], r["prediction"], n + 2)
-    return out
+        put(r["index"], r["prediction"], n + 2, r.get("answer"))
+    return Predictions(out, answers)
 
 
-def align_predictions(items: Sequence[Item], preds: Mapping[str, str], path: Path | str
+def align_predictions(items: Sequence[Item], predictions: Predictions, path: Path | str
                       ) -> tuple[list[str], dict[str, Any]]:
     """One reply per item, in item order, and what did not match.
 
     An item without a prediction gets the empty reply (unparsed, wrong) and is counted;
-    more than :data:`MAX_MISSING` of the items missing, or any prediction key that is no
-    item of the benchmark, is refused as a file for another benchmark or version.
+    more than :data:`MAX_MISSING` of the items missing, any prediction key that is no
+    item of the benchmark, or a gold answer in the file that differs from the
+    benchmark's is refused as a file for another benchmark or version.
     """
+    preds = predictions.replies
+    gold = {_key(it): it.gold for it in items}
+    differ = [k for k, a in predictions.answers.items() if k in gold and _norm_answer(a) != _norm_answer(gold[k])]
+    if differ:
+        k = differ[0]
+        raise DataError(f"{path}: {len(differ)} answers differ from the benchmark's (first: index {k}, file "
+                        f"{predictions.answers[k]!r}, benchmark {gold[k]!r}): a prediction file for another "
+                        "benchmark or version")
     keys = [_key(it) for it in items]
     known = set(keys)
     extra = [k for k in preds if k not in known]

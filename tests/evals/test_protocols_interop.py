@@ -106,7 +106,7 @@ def test_vlmeval_tsv_missing_column_names_file_and_column(tmp_path, rows, match)
 def test_vlmeval_tsv_duplicate_index_bad_answer_unknown_subtask(tmp_path):
     h = ["index", "question", "answer", "category", "image_path"]
     dup = _tsv(tmp_path / "a.tsv", h, [["0", "q", "Yes", "color", "x.jpg"], ["0", "q", "No", "color", "x.jpg"]])
-    with pytest.raises(DataError, match=r"a.tsv:3: duplicate index '0' \(first at line 2\)"):
+    with pytest.raises(DataError, match=r"a.tsv:3: column 'index': duplicate index '0' \(first at line 2\)"):
         interop.read_vlmeval_yorn("mme", dup)
     bad = _tsv(tmp_path / "b.tsv", h, [["0", "q", "Maybe", "color", "x.jpg"]])
     with pytest.raises(DataError, match=r"b.tsv:2: column 'answer' is 'Maybe'"):
@@ -171,8 +171,12 @@ def test_prediction_file_for_another_benchmark_is_refused(tmp_path):
     few = _tsv(tmp_path / "p3.tsv", ["index", "prediction"], [["0", "Yes"]])
     with pytest.raises(DataError, match="no prediction for 9 of 10 items"):
         score_predictions(_args(data=str(data), predictions=str(few)))
+    wrong_gold = _tsv(tmp_path / "p5.tsv", ["index", "answer", "prediction"],
+                      [[str(i), "No" if i % 2 else "Yes", "Yes"] for i in range(10)])  # golds flipped
+    with pytest.raises(DataError, match=r"10 answers differ from the benchmark's \(first: index 0, file 'Yes'"):
+        score_predictions(_args(data=str(data), predictions=str(wrong_gold)))
     dup = _tsv(tmp_path / "p4.tsv", ["index", "prediction"], [["0", "Yes"], ["0", "No"]])
-    with pytest.raises(DataError, match=r"p4.tsv:3: duplicate index '0'"):
+    with pytest.raises(DataError, match=r"p4.tsv:3: column 'index': duplicate index '0'"):
         score_predictions(_args(data=str(data), predictions=str(dup)))
 
 
