@@ -325,3 +325,31 @@ def test_vlmeval_binary_and_corevqa_tsvs(tmp_path):
     assert [(it.id, it.gold) for it in items] == [("7", "true"), ("8", "false")]
     b = interop.read_vlmeval_yorn("binary_vqa", _tsv(tmp_path / "BinaryVQA.tsv", h, [["1", "q", "No", "", img]]))
     assert b[0].gold == "no"
+
+
+def test_mmbench_vlmevalkit_prediction_file_through_the_cli(world, tmp_path, capsys):
+    # The `ftib eval --predictions` command line on an MMBench prediction file in
+    # VLMEvalKit's shape (benchmark columns + prediction, pandas-style float indices).
+    from ftib.evals.cli import register
+    from ftib.evals.loaders import load_items
+
+    items = load_items("mmbench", world)
+    rows = [[f"{it.meta['index']}.0", it.options.get("A", ""), it.options.get("B", ""), it.gold,
+             f"The answer is {it.gold}."] for it in items]
+    f = _tsv(tmp_path / "MyModel_MMBench_DEV_BO.tsv", ["index", "A", "B", "answer", "prediction"], rows)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["eval", "--bench", "mmbench", "--data", str(world), "--predictions", str(f),
+                              "--out", str(tmp_path / "out")])
+    assert args.func(args) == 0
+    res = json.loads((tmp_path / "out" / "eval" / "mmbench.json").read_text())
+    assert res["metrics"]["circular"] == 1.0 and res["metrics"]["rule/letter"] == 1.0
+    assert res["details"]["missing_predictions"] == 0
+    # one question's original row wrong: that question fails under CircularEval
+    rows[0][-1] = "The answer is " + next(k for k in "ABCD" if k in items[0].options and k != items[0].gold)
+    f2 = _tsv(tmp_path / "MyModel_MMBench_DEV_BO2.tsv", ["index", "A", "B", "answer", "prediction"], rows)
+    args = parser.parse_args(["eval", "--bench", "mmbench", "--data", str(world), "--predictions", str(f2),
+                              "--out", str(tmp_path / "out2")])
+    args.func(args)
+    m2 = json.loads((tmp_path / "out2" / "eval" / "mmbench.json").read_text())["metrics"]
+    assert m2["circular"] == pytest.approx(1 - 1 / m2["questions"])
