@@ -445,7 +445,12 @@ def _bo_echo_end(sylls: list[str]) -> int:
     end = 0
     for i, s in enumerate(sylls):
         nxt = sylls[i + 1] if i + 1 < len(sylls) else None
-        if (s, nxt) in _BO_PAIRS or (nxt in _BO_Q and i + 1 < len(sylls)):
+        after = sylls[i + 2] if i + 2 < len(sylls) else None
+        if (s, nxt) in _BO_PAIRS:
+            end = i + 2
+        elif nxt in _BO_Q and (after is None or after in _BO_QUOTE or after in ("ལན", "དྲི")):
+            # a question particle closes the question (ནམ in ནམ་མཁའ "sky", དམ in དམ་པ
+            # "holy" do not)
             end = i + 2
         elif nxt in ("མ", "མི") and i + 2 < len(sylls) and sylls[i + 2] == s:
             end = i + 3

@@ -169,6 +169,10 @@ y("ཡོད་ཚད་དམར་པོ་རེད།", "yes", "yes_no_bo", 
 y("ཁྱི་ཡོད་ན་ཁ་དོག་ནག་པོ་རེད།", "yes", "yes_no_bo", "conditional ཡོད་ན skipped; copula answers a non-existence question")
 y("ཁྱི་ཡོད་ན་ལེགས།", None, "none", "conditional only: 'it would be good if there were a dog'")
 
+y("ནམ་མཁའ་སྔོན་པོ་རེད།", "yes", "yes_no_bo", "ནམ in ནམ་མཁའ 'sky' is no question particle")
+y("ཆོས་དམ་པ་ཡོད།", "yes", "yes_no_bo", "དམ in དམ་པ 'holy' is no question particle")
+y("ཁྱི་ཡོད་དམ་ལན་ནི་མེད།", "no", "yes_no_bo", "question particle before ལན 'answer' closes the echo")
+
 # copula vs existential
 EXQ = "པར་འདིའི་ནང་ཁྱི་ཡོད་དམ།"
 y("དེ་ཞི་མི་རེད།", None, "none", "existence question: 'that is a cat' names a thing, no yes", question=EXQ)
