@@ -48,14 +48,14 @@ question particle (``ཡོད་དམ``, ``ཡིན་ནམ``, ``རེད�
 and everything before it in the clause are skipped, and what follows is read:
 
 4. ``yes_no_bo`` -- Tibetan, whole syllables only: yes existentials ``ཡོད འདུག``, copulas
-   ``ཡིན རེད``, and ``བདེན ལགས``; no ``མེད མིན``, ``མ་`` + (``རེད ཡིན ཡོད འདུག``), ``མི་འདུག``,
+   ``ཡིན རེད``, and ``བདེན ལགས``; no ``མེད མིན``, ``མ་`` + (``རེད ཡིན ཡོད འདུག``), ``མི་འདུག``, ``མི་བདེན``,
    ``རྫུན`` and ``ནོར`` (not in ``ནོར་བུ`` "jewel", ``ནོར་ཕྱུགས`` "livestock"). Conditional
    and concessive forms (``ཡོད་ན`` "if there is", ``ཡིན་ཡང`` "although") and ``ཡོད་ཚད``
    "all" assert nothing. For an *existence* question (the question has ``ཡོད འདུག མེད``),
    a copula after a noun (``དེ་ཞི་མི་རེད`` "that is a cat") names a thing and is not a
    yes; only a bare copula (``རེད།``, ``ཡིན་ལགས``) answers.
 5. ``yes_no_zh`` -- Chinese, longest word first (:data:`_ZH_WORDS`): yes ``是 是的 有 对
-   正确 存在 没错 不错 确实``, no ``不 不是 没 没有 否 无 错 错误 不对``; words that only
+   正确 存在 没错 不错 没有错 没问题 确实``, no ``不 不是 没 没有 否 无 错 错误 不对``; words that only
    contain such a character are neutral (``但是 还是 可是 非常 不过 无论 对于 所有 答案是``).
    For an existence question (``有`` or ``存在`` in the question), ``是`` after other
    words is a copula (``这是一只猫``), not a yes.
@@ -419,7 +419,7 @@ _BO_EXIST_YES = {"ཡོད", "འདུག"}
 _BO_COPULA_YES = {"ཡིན", "རེད"}
 _BO_OTHER_YES = {"བདེན", "ལགས"}
 _BO_NO = {"མིན", "མེད", "རྫུན", "ནོར"}
-_BO_NEG_PREFIX = {"མ": {"རེད", "ཡིན", "ཡོད", "འདུག"}, "མི": {"འདུག"}}
+_BO_NEG_PREFIX = {"མ": {"རེད", "ཡིན", "ཡོད", "འདུག"}, "མི": {"འདུག", "བདེན"}}
 _BO_PAIRS = {("ཡོད", "མེད"), ("ཡིན", "མིན"), ("འདུག", "མེད")}
 #: Question particles after a verb or auxiliary: ཡོད་དམ, ཡིན་ནམ, འདུག་གམ ...
 _BO_Q = {"འམ", "གམ", "ངམ", "དམ", "ནམ", "བམ", "མམ", "རམ", "ལམ", "སམ", "ཏམ"}
@@ -506,7 +506,7 @@ def _bo_polarity(clause: str, kind: str | None) -> tuple[bool, str] | None:
 #: a character inside a longer word does not count on its own.
 _ZH_WORDS: dict[str, bool | None] = {
     **dict.fromkeys("是 是的 有 有的 对 對 对的 對的 正确 正確 存在 确实 確實 没错 沒錯 不错 不錯 当然 當然 "
-                    "可以 肯定 有一 有个 有個".split(), True),
+                    "可以 肯定 有一 有个 有個 没有错 沒有錯 没问题 沒問題".split(), True),
     **dict.fromkeys("不 不是 没 沒 没有 沒有 否 無 无 错 錯 错误 錯誤 不对 不對 不存在 不正确 不正確 并非 並非 "
                     "非 未".split(), False),
     **dict.fromkeys("但是 可是 还是 還是 就是 总是 總是 于是 於是 只是 也是 或是 要是 若是 凡是 不过 不過 不仅 不僅 "

@@ -205,7 +205,7 @@ for r, e, why in [
     ("所有的都是红色", "yes", "有 in 所有 is neutral; 是 answers"), ("答案是没有", "no", "答案是 is neutral; 没有 answers"),
     ("答案是有", "yes", "答案是 is neutral; 有 answers"), ("不过没有狗", "no", "不 in 不过 'however' is neutral; 没有 answers"),
     ("无论如何，有。", "yes", "无 in 无论 is neutral"), ("对于这个问题，没有。", "no", "对 in 对于 is neutral"),
-    ("颜色不同", "no", "不同 'different'"),
+    ("颜色不同", "no", "不同 'different'"), ("没问题，有狗。", "yes", "没问题 'no problem' is yes"),
 ]:
     y(r, e, "yes_no_zh", why)
 # Chinese echoed questions
@@ -259,6 +259,8 @@ for r, e, rule, why in [
     ("错误", "false", "yes_no_zh", "wrong"), ("It is not true.", "false", "yes_no_en", "negated true"),
     ("没错", "true", "yes_no_zh", "没错 is an affirmation"), ("ནོར་འདུག", "false", "yes_no_bo", "wrong"),
     ("True, the dog is black.", "true", "yes_no_en", "leading true"),
+    ("མི་བདེན།", "false", "yes_no_bo", "མི་བདེན 'untrue'"), ("ཡང་དག་པ་རེད།", "true", "yes_no_bo", "'correct' + copula"),
+    ("没有错", "true", "yes_no_zh", "没有错 'nothing wrong' is an affirmation"),
 ]:
     y(r, e, rule, why, kind="true_false")
 
