@@ -21,7 +21,7 @@ Multiple choice (:func:`extract_choice`), in this order:
    delimiter (``"A. red"``, ``"B) ..."``, ``"C：..."``) or with ``A`` and a verb
    (``"A is correct"``); a letter after an answer phrase (``answer is B``, ``答案是C``,
    ``选B``, ``B选项``, ``ལན་ནི་ D``, ``ལན་དག་པ་ནི་ཁ་རེད``,
-   ``གདམ་ག་ཁ``); or exactly one distinct standalone Latin
+   ``གདམ་ག་ཁ``, ``གདམ་ཀ་ག``); or exactly one distinct standalone Latin
    letter among the valid ones anywhere in the reply. ``A`` followed by a lower-case
    word is the English article *unless* that word is a verb, conjunction or
    preposition that only a label can precede (``A is``, ``A seems``, ``A because``),
@@ -164,7 +164,7 @@ _PHRASE = re.compile(
     rf"{_OPEN}\s*([A-D](?![A-Za-z])|[a-d](?=\s*(?:$|[.,;)\]])))"
     rf"|(?:答案|选项|選項|选择|選擇|应选|應選|选|選)\s*(?:是|为|為|應該是|应该是)?\s*[:：]?\s*{_OPEN}\s*([A-D])"
     rf"|(?<![A-Za-z]){_OPEN}([A-D]){_CLOSE}\s*(?:选项|選項|项|項)"
-    rf"|(?<![\u0f40-\u0fbc])(?:ལན|གདམ་ག)(?:་(?:ཡང་)?དག་པ|་འོས་ཤོས)?(?:་ནི)?[་།\s:]*{_OPEN}\s*([A-D](?![A-Za-z])|[{_TIB_L}](?=\s|[།)\]]|$|་(?:རེད|ཡིན)))",
+    rf"|(?<![\u0f40-\u0fbc])(?:ལན|གདམ་[གཀ])(?:་(?:ཡང་)?དག་པ|་འོས་ཤོས)?(?:་ནི)?[་།\s:]*{_OPEN}\s*([A-D](?![A-Za-z])|[{_TIB_L}](?=\s|[།)\]]|$|་(?:རེད|ཡིན)))",
 )
 _STANDALONE = re.compile(r"(?<![A-Za-z0-9'])([A-D])(?![A-Za-z0-9'])")
 #: Words after which a capital ``A`` is an option label, not the English article: an

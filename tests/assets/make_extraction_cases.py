@@ -55,6 +55,7 @@ c("ལན་དག་པ་ནི་ཁ་རེད།", COL, "B", "letter", "Ti
 c("ལན་ཡང་དག་པ་ནི་ ང་ཡིན།", COL, "D", "letter", "Tibetan 'the right answer' + letter + copula")
 c("ལན་འོས་ཤོས་ནི་ཀ་རེད།", COL, "A", "letter", "Tibetan 'the most fitting answer' + letter ཀ")
 c("正确答案是C", COL, "C", "letter", "Chinese 'the correct answer is'")
+c("གདམ་ཀ་ག་རེད།", COL, "C", "letter", "the spelling གདམ་ཀ of 'option'")
 c("应该是B", COL, "B", "letter", "Chinese 'should be' + standalone letter")
 c("B项", COL, "B", "letter", "letter before 项")
 c("The best answer is: (B)", COL, "B", "letter", "answer phrase with a colon")
