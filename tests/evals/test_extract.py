@@ -3,6 +3,9 @@ punctuation, explanations and mixed script. Each row is (reply, expected value, 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from ftib.evals import extract as ex
@@ -151,8 +154,6 @@ def test_generator_judge_maps_letters_back_to_answers(scripted):
 # question?, expected, rule, why}; hand-worked in Tibetan, Chinese and English. The
 # extractor before this table existed got 86 of its 350 values wrong
 # (tests/assets/make_extraction_cases.py writes the file).
-import json
-from pathlib import Path
 
 _CASES = [json.loads(x) for x in
           (Path(__file__).parents[1] / "assets" / "extraction_cases.jsonl").read_text(encoding="utf-8").splitlines()
