@@ -152,7 +152,19 @@ def retrieval_accuracy(model, pairs: list[tuple[str, str]], batch_size: int = 12
 
 def train_encoder(pairs: list[tuple[str, str]], out: Path, cfg: EncoderTrainConfig = EncoderTrainConfig(),
                   progress: bool = True) -> dict:
-    """Train and save the encoder to ``out`` (atomically); return the training report."""
+    """Train and save the encoder to ``out`` (atomically); return the training report.
+
+    Training seeds and draws from torch's global RNG (initialisation, dropout); it runs
+    inside :func:`torch.random.fork_rng`, so building the encoder on first use leaves the
+    caller's RNG exactly as a cached encoder would (a GRPO stage's sampling must not
+    depend on whether the encoder was already in the cache).
+    """
+    with torch.random.fork_rng(devices=[]):
+        return _train_encoder(pairs, out, cfg, progress)
+
+
+def _train_encoder(pairs: list[tuple[str, str]], out: Path, cfg: EncoderTrainConfig,
+                   progress: bool) -> dict:
     rng = random.Random(cfg.seed)
     pairs = list(pairs)
     rng.shuffle(pairs)
