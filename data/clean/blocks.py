@@ -304,7 +304,8 @@ class TibetanScriptFilter(_LineFilter):
     """Script identification by the share of Tibetan letters (see :class:`ScriptConfig`).
 
     Stats: ``lines_foreign`` / ``lines_mixed`` removed, ``lines_mixed_kept``; dropped
-    documents under ``dropped_low_tibetan_share`` and ``dropped_empty``.
+    documents under ``dropped_low_tibetan_share``, ``dropped_no_letters`` (only digits
+    and punctuation) and ``dropped_empty``.
     """
 
     name = "🏔 Tibetan script share"
@@ -338,7 +339,9 @@ class TibetanScriptFilter(_LineFilter):
         if not doc.text.strip():
             return self._drop("empty", doc)
         share = rules.script_counts(doc.text).share
-        if share is None or share < cfg.doc_min_share:
+        if share is None:
+            return self._drop("no_letters", doc)
+        if share < cfg.doc_min_share:
             return self._drop("low_tibetan_share", doc)
         return True
 

@@ -374,4 +374,8 @@ def run_clean(inputs: list[Path], out: Path, cfg: CleanConfig, *, force: bool = 
             raise FtibError(f"stages {failed} did not finish; logs in {layout.logs}; run again to resume")
         if not report.is_file():
             raise FtibError(f"the pipeline finished without writing {report}")
+        # Intermediate data is only needed to resume an unfinished run; the side files
+        # (examples, problems, kept stats) stay for the report.
+        for sub in ("filtered", "exact", "minhash"):
+            shutil.rmtree(layout.work / sub, ignore_errors=True)
     return report
