@@ -97,14 +97,16 @@ class QualityConfig:
         repeat_ngram: n of the repeated-n-gram measure (Gopher's, in syllables).
         max_repeat_fraction: documents whose share of syllables inside repeated
             n-grams exceeds this are dropped (1.0 turns it off). Liturgy and canon
-            repeat formulae by nature; the default leaves the Derge sample intact.
+            repeat formulae by nature (the whole Derge sample has 65 % of its syllables
+            in repeated 10-grams, 92 % in repeated 4-grams), hence the long n and
+            high default: per line, it drops 5 of the sample's 1,791 lines.
         max_non_tibetan_share: documents whose share of non-space characters outside
             the Tibetan block exceeds this are dropped.
         drop_punctuation_lines: remove lines without any letter (``།།``, ``***``).
     """
 
     min_syllables: int = 3
-    repeat_ngram: int = 4
+    repeat_ngram: int = 10
     max_repeat_fraction: float = 0.9
     max_non_tibetan_share: float = 0.5
     drop_punctuation_lines: bool = True
