@@ -426,7 +426,8 @@ class KeptDocStats(PipelineStep):
             meta = doc.metadata
             rec = {"syllables": rules.tibetan_syllable_count(doc.text),
                    "near_cluster": int(meta.get("minhash_cluster_size", 1)),
-                   "exact_cluster": int(meta.get("duplicate_count", 1))}
+                   # datatrove's duplicate_count is the number of removed copies.
+                   "exact_cluster": int(meta.get("duplicate_count", 0)) + 1}
             if rec["near_cluster"] > 1:
                 rec["cluster_id"] = int(meta.get("minhash_cluster_id", -1))
                 rec["id"] = doc.id

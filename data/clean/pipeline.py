@@ -359,6 +359,13 @@ def run_clean(inputs: list[Path], out: Path, cfg: CleanConfig, *, force: bool = 
     for name, steps, tasks in build_stages(found, cfg, layout, progress=progress and kind == "local"):
         last = _executor(kind, steps, tasks, cfg, layout.logs / name, last, name)
     assert last is not None
+    if kind == "ray":
+        import ray
+
+        # datatrove's Ray executor expects a connected Ray; ray.init() joins the cluster
+        # named by RAY_ADDRESS, else starts a local instance.
+        if not ray.is_initialized():
+            ray.init()
     try:
         last.run()
     except FtibError:

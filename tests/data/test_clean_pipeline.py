@@ -135,6 +135,7 @@ def test_whole_run_repairs_filters_dedups_and_resumes(tmp_path):
     assert rep["script"]["lines_foreign"] == 1 and rep["script"]["dropped_empty"] == 1  # the English block
     assert rep["script"]["dropped_no_letters"] == 1  # the punctuation-only block
     assert rep["exact_dedup"]["removed"] == 1  # S1 with a trailing NBSP is S1 once repaired
+    assert rep["exact_dedup"]["cluster_sizes"] == {"2": 1}
     assert rep["near_dedup"]["removed"] == 1 and rep["near_dedup"]["cluster_sizes"] == {"2": 1}
     assert rep["kept"]["documents"] == 4
     assert (out / "lengths.png").stat().st_size > 0 and "## Examples" in report.read_text()
@@ -162,6 +163,20 @@ def test_foreign_output_folder_is_refused(tmp_path):
     (out / "model.safetensors").write_text("x")
     with pytest.raises(FtibError, match="not an `ftib data clean` output"):
         run_clean([tmp_path / "a.txt"], out, CleanConfig(), progress=False)
+
+
+@pytest.mark.slow
+def test_ray_executor_on_a_local_instance(tmp_path):
+    """The Ray path end to end on a local Ray instance (about 2 min on two busy cores)."""
+    ray = pytest.importorskip("ray")
+    (tmp_path / "a.txt").write_text(f"{S1}\n\n{S1}\n\n{S2}\n", encoding="utf-8")
+    cfg = load_clean_config(None, {"executor": {"kind": "ray"}, "minhash": {"bands": 2, "threshold": 0.5}})
+    try:
+        run_clean([tmp_path / "a.txt"], tmp_path / "out", cfg, progress=False)
+    finally:
+        ray.shutdown()
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["exact_dedup"]["removed"] == 1 and rep["kept"]["documents"] == 2
 
 
 def test_slurm_needs_a_partition(tmp_path):
@@ -194,3 +209,36 @@ def test_real_text_repairs_and_duplicate_removal(tmp_path):
     assert rep["exact_dedup"]["removed"] >= 1
     assert sum(dup[10:50] in t for t in kept) == 1
     assert rep["read"]["bad_utf8_lines"] == 0
+
+
+def test_cli_refuses_foreign_folder_and_empty_input(tmp_path, capsys):
+    from ftib.core.cli import main
+
+    (tmp_path / "a.txt").write_text(S1 + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "other.txt").write_text("x")
+    assert main(["data", "clean", str(tmp_path / "a.txt"), "--out", str(out), "--no-progress"]) == 2
+    assert "--force" in capsys.readouterr().err
+    (tmp_path / "e.txt").write_text("")
+    assert main(["data", "clean", str(tmp_path / "e.txt"), "--out", str(tmp_path / "o2")]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_slurm_and_local_executors_get_the_config(tmp_path):
+    """The Slurm executor is built with the config's arguments (nothing is submitted)."""
+    from ftib.data.clean.pipeline import Layout, _executor, build_stages
+
+    (tmp_path / "a.txt").write_text(S1 + "\n", encoding="utf-8")
+    cfg = load_clean_config(None, {"executor": {"kind": "slurm", "workers": 4, "tasks": 8,
+                                                "slurm": {"partition": "cpu", "time": "01:00:00"}}})
+    stages = build_stages(collect_inputs([tmp_path / "a.txt"]), cfg, Layout(out=tmp_path / "out"), progress=False)
+    assert [s[0] for s in stages] == ["filter", "exact_sig", "exact_find", "minhash_sig", "minhash_buckets",
+                                      "minhash_cluster", "write", "report"]
+    assert [s[2] for s in stages] == [8, 8, 1, 8, 14, 1, 8, 1]
+    name, steps, tasks = stages[0]
+    ex = _executor("slurm", steps, tasks, cfg, tmp_path / "logs", None, name)
+    assert (type(ex).__name__, ex.tasks, ex.workers, ex.partition, ex.time) == \
+        ("SlurmPipelineExecutor", 8, 4, "cpu", "01:00:00")
+    ex = _executor("local", steps, tasks, cfg, tmp_path / "logs", None, name)
+    assert (type(ex).__name__, ex.tasks, ex.workers) == ("LocalPipelineExecutor", 8, 4)
