@@ -183,6 +183,17 @@ class TibetanJsonlReader(_CheckedLines, JsonlReader):
         self.problems.flush(rank)
 
 
+class IntermediateReader(JsonlReader):
+    """datatrove's ``JsonlReader`` for the pipeline's own intermediate folder, which is
+    empty (not an error) when the filters dropped every document."""
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        if data:
+            yield from data
+        if self.data_folder.list_files(recursive=self.recursive, glob_pattern=self.glob_pattern):
+            yield from super().run(None, rank, world_size)
+
+
 # --- normaliser and repairs ----------------------------------------------------------
 
 def _window(before: str, after: str) -> tuple[str, str]:

@@ -237,7 +237,6 @@ def build_stages(inputs: InputSet, cfg: CleanConfig, layout: Layout, *, progress
                                           MinhashDedupSignature)
     from datatrove.pipeline.dedup.exact_dedup import (ExactDedupConfig, ExactDedupFilter, ExactDedupSignature,
                                                       ExactFindDedups)
-    from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 
     from ftib.data.clean import blocks, rules
@@ -262,7 +261,7 @@ def build_stages(inputs: InputSet, cfg: CleanConfig, layout: Layout, *, progress
     stages: list[tuple[str, list[Any], int]] = [("filter", first, tasks)]
 
     def filtered_reader() -> Any:
-        return JsonlReader(str(layout.filtered))
+        return blocks.IntermediateReader(str(layout.filtered))
 
     dedup_filters: list[Any] = []
     if cfg.dedup.exact:
@@ -354,6 +353,9 @@ def run_clean(inputs: list[Path], out: Path, cfg: CleanConfig, *, force: bool = 
     if resumed:
         log.info("resuming %s (finished tasks are skipped)", out)
     layout = Layout(out=out)
+    # When every document is dropped, stage 1 writes no file; later readers need the
+    # folder to exist to read it as empty.
+    layout.filtered.mkdir(parents=True, exist_ok=True)
     kind = cfg.executor.kind
     last = None
     for name, steps, tasks in build_stages(found, cfg, layout, progress=progress and kind == "local"):

@@ -242,3 +242,13 @@ def test_slurm_and_local_executors_get_the_config(tmp_path):
         ("SlurmPipelineExecutor", 8, 4, "cpu", "01:00:00")
     ex = _executor("local", steps, tasks, cfg, tmp_path / "logs", None, name)
     assert (type(ex).__name__, ex.tasks, ex.workers) == ("LocalPipelineExecutor", 8, 4)
+
+
+def test_everything_dropped_is_an_empty_result_not_a_crash(tmp_path):
+    (tmp_path / "a.txt").write_text("English only here.\n\nAnd here.\n", encoding="utf-8")
+    cfg = load_clean_config(None, {"dedup": {"exact": False}, "minhash": {"enabled": False}})
+    run_clean([tmp_path / "a.txt"], tmp_path / "out", cfg, progress=False)
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["read"]["documents"] == 2 and rep["kept"]["documents"] == 0
+    assert rep["script"]["dropped_empty"] == 2
+    assert len(list((tmp_path / "out" / "excluded" / "script").glob("*.jsonl.gz"))) == 1
