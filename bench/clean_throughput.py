@@ -26,20 +26,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data", nargs="?", default=str(root.parent / "shared" / "data"))
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--start-method", default="forkserver", choices=["forkserver", "fork", "spawn"])
     args = p.parse_args(argv)
     files = sorted(Path(args.data).glob("*.txt"))
     if not files:
         raise SystemExit(f"no .txt files in {args.data}")
     mb = sum(f.stat().st_size for f in files) / 1e6
     for w in args.workers:
-        cfg = load_clean_config(None, {"read": {"txt_mode": "line"}, "executor": {"workers": w, "tasks": len(files)}})
+        cfg = load_clean_config(None, {"read": {"txt_mode": "line"}, "executor": {"workers": w, "tasks": len(files),
+                                                                       "start_method": args.start_method}})
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             run_clean(files, Path(tmp) / "out", cfg, progress=False)
             dt = time.perf_counter() - t0
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"workers={w} tasks={len(files)} input={mb:.2f} MB time={dt:.1f}s -> {mb / dt:.3f} MB/s; "
+        print(f"start_method={args.start_method} workers={w} tasks={len(files)} input={mb:.2f} MB time={dt:.1f}s -> {mb / dt:.3f} MB/s; "
               f"peak RSS main {own:.0f} MiB, largest child {kids:.0f} MiB", flush=True)
     return 0
 

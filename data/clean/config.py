@@ -216,11 +216,17 @@ class ExecutorConfig:
         tasks: shards per stage (datatrove shards by input file, so at most one task per
             file does work); ``None`` = ``workers``.
         workers: tasks run at the same time.
+        start_method: local executor only, see below.
     """
 
     kind: Literal["local", "slurm", "ray"] = "local"
     tasks: int | None = None
     workers: int = 1
+    #: How the local executor starts worker processes (datatrove's default,
+    #: ``forkserver``, re-imports the pipeline's modules in every worker of every stage;
+    #: ``fork`` skips that, and is safe unless the parent process holds threads, e.g. a
+    #: started GPU runtime).
+    start_method: Literal["forkserver", "fork", "spawn"] = "forkserver"
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

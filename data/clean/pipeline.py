@@ -308,7 +308,7 @@ def _executor(kind: str, pipeline: list[Any], tasks: int, cfg: CleanConfig, logg
         from datatrove.executor import LocalPipelineExecutor
 
         return LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir),
-                                     depends=depends)
+                                     depends=depends, start_method=ec.start_method)
     if kind == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
 
