@@ -430,19 +430,20 @@ class KeptDocStats(PipelineStep):
 
     def __init__(self, folder: DataFolderLike) -> None:
         super().__init__()
-        self.side = _SideFile(folder, "kept")
+        self.folder = get_datafolder(folder)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        for doc in data:
-            meta = doc.metadata
-            rec = {"syllables": rules.tibetan_syllable_count(doc.text),
-                   "near_cluster": int(meta.get("minhash_cluster_size", 1)),
-                   # datatrove's duplicate_count is the number of removed copies.
-                   "exact_cluster": int(meta.get("duplicate_count", 0)) + 1}
-            if rec["near_cluster"] > 1:
-                rec["cluster_id"] = int(meta.get("minhash_cluster_id", -1))
-                rec["id"] = doc.id
-                rec["text"] = rules.describe(doc.text, 120)
-            self.side.add(rec)
-            yield doc
-        self.side.flush(rank)
+        # Streamed (one line per kept document), not held: a corpus may be large.
+        with self.folder.open(f"{rank:05d}_kept.jsonl", "w") as f:
+            for doc in data:
+                meta = doc.metadata
+                rec = {"syllables": rules.tibetan_syllable_count(doc.text),
+                       "near_cluster": int(meta.get("minhash_cluster_size", 1)),
+                       # datatrove's duplicate_count is the number of removed copies.
+                       "exact_cluster": int(meta.get("duplicate_count", 0)) + 1}
+                if rec["near_cluster"] > 1:
+                    rec["cluster_id"] = int(meta.get("minhash_cluster_id", -1))
+                    rec["id"] = doc.id
+                    rec["text"] = rules.describe(doc.text, 120)
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                yield doc

@@ -9,9 +9,11 @@ counts the tasks of earlier invocations too) and the side files of the Tibetan b
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from datatrove.data import DocumentsPipeline
@@ -42,15 +44,15 @@ def _read_side(folder: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _first_excluded(folder: Path, n: int) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def _iter_excluded(folder: Path) -> Iterator[dict[str, Any]]:
     for f in sorted(folder.glob("*.jsonl.gz")) if folder.is_dir() else []:
         with gzip.open(f, "rt", encoding="utf-8") as fh:
             for line in fh:
-                out.append(json.loads(line))
-                if len(out) >= n:
-                    return out
-    return out
+                yield json.loads(line)
+
+
+def _first_excluded(folder: Path, n: int) -> list[dict[str, Any]]:
+    return list(itertools.islice(_iter_excluded(folder), n))
 
 
 def _step(stats: dict[str, dict[str, float]], suffix: str) -> dict[str, float]:
@@ -95,6 +97,12 @@ def build_report(out: Path, cfg: CleanConfig) -> dict[str, Any]:
                            "fixes": int(repairs.get("normalize_docs", 0))}, **rules}
     near_clusters = Counter(k["near_cluster"] for k in kept if k["near_cluster"] > 1)
     exact_clusters = Counter(k["exact_cluster"] for k in kept if k["exact_cluster"] > 1)
+    # An exact cluster's survivor may then go as a near-duplicate of another document;
+    # its cluster still counts (datatrove's duplicate_count = removed copies).
+    for rec in _iter_excluded(out / "excluded" / "near_duplicates"):
+        dups = int(rec.get("metadata", {}).get("duplicate_count", 0))
+        if dups > 0:
+            exact_clusters[dups + 1] += 1
     pairs = []
     by_cluster = {k["cluster_id"]: k for k in kept if "cluster_id" in k}
     for rec in _first_excluded(out / "excluded" / "near_duplicates", cfg.repairs.examples):
