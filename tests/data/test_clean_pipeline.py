@@ -252,3 +252,40 @@ def test_everything_dropped_is_an_empty_result_not_a_crash(tmp_path):
     assert rep["read"]["documents"] == 2 and rep["kept"]["documents"] == 0
     assert rep["script"]["dropped_empty"] == 2
     assert len(list((tmp_path / "out" / "excluded" / "script").glob("*.jsonl.gz"))) == 1
+
+
+def test_parquet_and_datasets_folder_inputs(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ftib.data.clean.pipeline import Layout, _readers
+
+    pq.write_table(pa.table({"text": [S1, S2], "id": ["p1", "p2"]}), tmp_path / "a.parquet")
+    datasets.Dataset.from_dict({"text": [S3]}).save_to_disk(str(tmp_path / "ds"))
+    found = collect_inputs([tmp_path / "a.parquet", tmp_path / "ds"])
+    assert len(found.parquet) == 1 and len(found.datasets) == 1
+    readers = _readers(found, CleanConfig(), Layout(out=tmp_path / "out"), progress=False)
+    texts = [d.text for r in readers for d in r.run()]
+    assert texts == [S1, S2, S3]
+
+
+def test_interrupted_run_resumes_to_the_same_output(tmp_path, monkeypatch):
+    src = tmp_path / "a.txt"
+    src.write_text(f"{S1}\n\n{S2}\n\n{S1}\n\n{S3}\n", encoding="utf-8")
+    cfg = _fast_cfg()
+    run_clean([src], tmp_path / "ref", cfg, progress=False)
+    ref = sorted((p.name, p.read_bytes()) for p in (tmp_path / "ref").glob("*.jsonl"))
+
+    def boom(self, data, rank=0, world_size=1):
+        raise RuntimeError("interrupted")
+        yield  # pragma: no cover
+
+    with monkeypatch.context() as m:
+        m.setattr(blocks.KeptDocStats, "run", boom)
+        with pytest.raises(FtibError, match="interrupted.*run the same command again"):
+            run_clean([src], tmp_path / "out", cfg, progress=False)
+    logs = tmp_path / "out" / "_logs"
+    assert (logs / "minhash_cluster" / "completions").is_dir() and not (logs / "write" / "completions").is_dir()
+    run_clean([src], tmp_path / "out", cfg, progress=False)
+    assert sorted((p.name, p.read_bytes()) for p in (tmp_path / "out").glob("*.jsonl")) == ref
