@@ -4,7 +4,7 @@
 
 Cleans the ``.txt`` files of ``DATA_DIR`` (default ``../shared/data``; one document per
 line) into a fresh folder once per worker count, with as many tasks as files, and prints
-input MB/s (wall clock, whole pipeline: all nine stages including process start-up) and
+input MB/s (wall clock, whole pipeline: all eight stages including process start-up) and
 the peak resident memory of the main process and of its worker processes. Not a
 pytest-benchmark suite: one run takes tens of seconds.
 """

@@ -1,7 +1,8 @@
 """``ftib data clean`` on datatrove: blocks alone, then whole runs (local executor).
 
-The whole runs are the slow part (about 20 s each: nine datatrove stages); there are
-two, one on hand-made dirty text and one on the real samples in ``../shared/data``.
+The whole runs are the slow part (8-20 s each: eight datatrove stages): hand-made dirty
+text, an all-dropped input, an interrupted run, and the real samples in
+``../shared/data`` (``FTIB_SHARED_DATA`` overrides where they are; skipped when absent).
 """
 
 from __future__ import annotations
