@@ -183,6 +183,16 @@ class TibetanJsonlReader(_CheckedLines, JsonlReader):
         self.problems.flush(rank)
 
 
+def counting_adapter(reader: Any, data: dict, path: str, id_in_file: int | str) -> dict:
+    """Adapter for datatrove's Parquet and ``datasets`` readers: datatrove's default
+    adapter, plus a ``records_without_text`` count of the records it would skip with a
+    single warning (no string, or an empty one, under ``text_key``)."""
+    text = data.get(reader.text_key)
+    if not isinstance(text, str) or not text:
+        reader.stat_update("records_without_text")
+    return reader._default_adapter(data, path, id_in_file)
+
+
 class IntermediateReader(JsonlReader):
     """datatrove's ``JsonlReader`` for the pipeline's own intermediate folder, which is
     empty (not an error) when the filters dropped every document."""

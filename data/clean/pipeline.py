@@ -178,7 +178,7 @@ class Layout:
 def _readers(inputs: InputSet, cfg: CleanConfig, layout: Layout, progress: bool) -> list[Any]:
     from datatrove.pipeline.readers import HuggingFaceDatasetReader, ParquetReader
 
-    from ftib.data.clean.blocks import TibetanJsonlReader, TibetanTextReader
+    from ftib.data.clean.blocks import TibetanJsonlReader, TibetanTextReader, counting_adapter
 
     steps: list[Any] = []
     problems = str(layout.side / "problems")
@@ -194,10 +194,11 @@ def _readers(inputs: InputSet, cfg: CleanConfig, layout: Layout, progress: bool)
                                         problems_folder=problems, doc_progress=progress))
     for p in inputs.parquet:
         steps.append(ParquetReader(str(p.parent), glob_pattern=p.name, recursive=False,
-                                   text_key=cfg.read.text_key, doc_progress=progress))
+                                   text_key=cfg.read.text_key, doc_progress=progress,
+                                   adapter=counting_adapter))
     for p in inputs.datasets:
         steps.append(HuggingFaceDatasetReader(str(p), load_from_disk=True, text_key=cfg.read.text_key,
-                                              doc_progress=progress))
+                                              doc_progress=progress, adapter=counting_adapter))
     return steps
 
 

@@ -262,13 +262,14 @@ def test_parquet_and_datasets_folder_inputs(tmp_path):
 
     from ftib.data.clean.pipeline import Layout, _readers
 
-    pq.write_table(pa.table({"text": [S1, S2], "id": ["p1", "p2"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"text": [S1, None, S2], "id": ["p1", "p0", "p2"]}), tmp_path / "a.parquet")
     datasets.Dataset.from_dict({"text": [S3]}).save_to_disk(str(tmp_path / "ds"))
     found = collect_inputs([tmp_path / "a.parquet", tmp_path / "ds"])
     assert len(found.parquet) == 1 and len(found.datasets) == 1
     readers = _readers(found, CleanConfig(), Layout(out=tmp_path / "out"), progress=False)
     texts = [d.text for r in readers for d in r.run()]
     assert texts == [S1, S2, S3]
+    assert readers[0].stats["records_without_text"].total == 1  # counted, not silently skipped
 
 
 def test_interrupted_run_resumes_to_the_same_output(tmp_path, monkeypatch):
