@@ -132,6 +132,13 @@ setup(
             "trl>=1.0",
         ],
         "gpu": ["liger-kernel>=0.5", "flash-attn>=2.6"],
+        # ``ftib data clean``: datatrove's readers, writers, dedup stages and local/Slurm
+        # executors (core datatrove needs no torch; its extras are not pulled in: the
+        # blocks use orjson/pyarrow, already here through datasets, and SHA-1 hashing
+        # so that xxhash<4 from datatrove[processing] is not needed).
+        "clean": ["datatrove>=0.10,<0.11"],
+        # The same on a Ray cluster (datatrove's RayPipelineExecutor).
+        "clean-ray": ["datatrove>=0.10,<0.11", "ray>=2.9"],
     },
     entry_points={
         "console_scripts": ["ftib = ftib.core.cli:main"],

@@ -22,7 +22,8 @@ Algorithmic choices, in order:
    see :mod:`ftib.stages.common`; the shared loop (:mod:`ftib.core.train`) does the rest.
 
 Input (``data``): UTF-8 text files, one document per non-empty line (``.txt``), JSON Lines
-with a ``text`` field (``.jsonl``), or ``ftibworld[:SIZE[:SEED]]`` for FTibWorld's CPT
+with a ``text`` field (``.jsonl``), Parquet with a ``text`` column, a folder of such files
+(what ``ftib data clean --out DIR`` writes), or ``ftibworld[:SIZE[:SEED]]`` for FTibWorld's CPT
 corpus (``cpt/corpus.jsonl``).
 """
 
@@ -92,10 +93,36 @@ class CPTConfig:
             raise ValueError(f"block_size must be >= 8, got {self.block_size}")
 
 
-def read_documents(paths: tuple[Path, ...], limit: int | None = None) -> list[str]:
-    """Documents from ``.txt`` (one per non-empty line) and ``.jsonl`` (``text``) files."""
-    docs: list[str] = []
+def _expand(paths: tuple[Path, ...]) -> list[Path]:
+    """A folder stands for its ``*.jsonl``, ``*.parquet`` and ``*.txt`` files (not
+    recursive), e.g. the output of ``ftib data clean``."""
+    out: list[Path] = []
     for path in paths:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".jsonl", ".parquet", ".txt"))
+            if not files:
+                raise FtibError(f"{path}: a CPT data folder needs .jsonl, .parquet or .txt files")
+            out.extend(files)
+        else:
+            out.append(path)
+    return out
+
+
+def read_documents(paths: tuple[Path, ...], limit: int | None = None) -> list[str]:
+    """Documents from ``.txt`` (one per non-empty line), ``.jsonl`` and ``.parquet``
+    (``text``) files, and folders of them."""
+    docs: list[str] = []
+    for path in _expand(paths):
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            if "text" not in table.column_names:
+                raise FtibError(f"{path}: a Parquet file needs a 'text' column (has {table.column_names})")
+            docs.extend(t for t in table.column("text").to_pylist() if isinstance(t, str) and t)
+            if limit is not None and len(docs) >= limit:
+                return docs[:limit]
+            continue
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
