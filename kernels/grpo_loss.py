@@ -678,6 +678,7 @@ def fused_linear_grpo_loss(
     op = _OP
     check_tensor(op, "hidden", hidden, ndim=3, dtypes=FLOAT_DTYPES)
     dev = hidden.device
+    hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
     B, T, H = hidden.shape
     check_tensor(op, "weight", weight, ndim=2, dtypes=(hidden.dtype,), device=dev, shape=(None, H))
     V = weight.shape[0]
@@ -742,15 +743,34 @@ def fused_linear_grpo_loss(
     need_db = grad_on and bias is not None and bias.requires_grad
     params = [float(sapo_temperature_pos), float(sapo_temperature_neg), float(vespo_k_pos),
               float(vespo_lambda_pos), float(vespo_k_neg), float(vespo_lambda_neg)]
-    loss, metrics, logps, _, _, _ = _grpo_op(
-        hidden, weight, bias, completion_ids.to(torch.int64), completion_mask, advantages,
-        old_logps, ref_logps, importance_weights, loss_type, importance_sampling_level,
-        float(beta), float(epsilon_low), float(eps_high), math.inf if delta is None else float(delta),
-        bool(use_bias_correction_kl), params, normalizer, float(temperature),
-        bool(compute_entropy), need_dh, need_dw, need_db, int(chunk_tokens), chosen,
-    )
+    # The op's own arithmetic is explicit about precision (float32 statistics); autocast
+    # has done its part above.
+    with torch.autocast(dev.type, enabled=False):
+        loss, metrics, logps, _, _, _ = _grpo_op(
+            hidden, weight, bias, completion_ids.to(torch.int64), completion_mask, advantages,
+            old_logps, ref_logps, importance_weights, loss_type, importance_sampling_level,
+            float(beta), float(epsilon_low), float(eps_high), math.inf if delta is None else float(delta),
+            bool(use_bias_correction_kl), params, normalizer, float(temperature),
+            bool(compute_entropy), need_dh, need_dw, need_db, int(chunk_tokens), chosen,
+        )
     names = reference.metric_names(loss_type, compute_entropy)
     return GRPOLossOutput(loss, {k: metrics[METRICS.index(k)] for k in names}, logps)
+
+
+def _autocast_inputs(hidden, weight, bias):
+    """The op's autocast rule: under an enabled autocast on the op's device, the GEMM
+    operands (hidden, weight, bias) run in the autocast dtype, as ``torch.nn.functional.
+    linear`` would (so a float32 master lm_head meets bf16 hidden states in a bf16 GEMM,
+    its gradient flowing back to the master through the cast); the log-prob inputs
+    (old, reference, IS weights, advantages) are never downcast and every statistic stays
+    float32. A rule in the wrapper rather than ``torch.library.register_autocast``, which
+    would cast every floating input, the log-probs included."""
+    dev = hidden.device.type
+    if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev):
+        return hidden, weight, bias
+    dt = torch.get_autocast_dtype(dev)
+    cast = lambda t: t if t is None or t.dtype == dt else t.to(dt)  # noqa: E731
+    return cast(hidden), cast(weight), cast(bias)
 
 
 def check_objective(loss_type: str, importance_sampling_level: str = "token", *,

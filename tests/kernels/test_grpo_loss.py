@@ -282,3 +282,24 @@ def test_backward_allocates_no_gradient_sized_buffer():
         f"backward allocated {allocated} bytes; a gradient-sized buffer is {smallest_grad}"
     )
     assert w.grad is not None and h.grad is not None
+
+
+def test_autocast_rule_runs_the_gemms_in_the_autocast_dtype():
+    """Under autocast, bf16 hidden states meet a float32 master lm_head: the op casts the
+    GEMM operands to bf16 (the same result as passing bf16 operands) and the gradient
+    reaches the float32 master; the log-prob inputs keep their float32 values."""
+    c = _case(3, 5, 16, 33, torch.float32, "cpu", seed=8)
+    h, w, b = c["leaves"]
+    kw = dict(old_logps=c["old"], ref_logps=c["ref"], beta=0.04, loss_type="grpo", impl="torch")
+    hb = h.detach().bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fused_linear_grpo_loss(hb, w, c["ids"], c["mask"], c["adv"], bias=b, **kw)
+    gh, gw = torch.autograd.grad(got.loss, [hb, w])
+    assert gw.dtype == torch.float32 and gh.dtype == torch.bfloat16
+    wb = w.detach().bfloat16().requires_grad_()
+    bb = b.detach().bfloat16()
+    hb2 = h.detach().bfloat16().requires_grad_()
+    want = fused_linear_grpo_loss(hb2, wb, c["ids"], c["mask"], c["adv"], bias=bb, **kw)
+    wh, ww = torch.autograd.grad(want.loss, [hb2, wb])
+    assert torch.equal(got.loss, want.loss) and torch.equal(got.logps, want.logps)
+    assert torch.equal(gh, wh) and torch.equal(gw, ww.float())
