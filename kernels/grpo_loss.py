@@ -757,6 +757,34 @@ def fused_linear_grpo_loss(
     return GRPOLossOutput(loss, {k: metrics[METRICS.index(k)] for k in names}, logps)
 
 
+def token_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_tokens: int | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Per-token log-probs log softmax(lm_head(hidden) / temperature)[id] without (tokens,
+    V) logits and without gradients: the loss op's own forward (same chunks, same row
+    passes), so old/reference log-probs and the loss's log-probs are one computation.
+
+    Args:
+        hidden: (N, T, H); weight: (V, H); completion_ids, completion_mask: (N, T).
+
+    Returns:
+        (N, T) float32, 0 where the mask is 0 (all positions for ``impl="reference"``).
+    """
+    with torch.no_grad():
+        adv = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        return fused_linear_grpo_loss(hidden, weight, completion_ids, completion_mask, adv, bias=bias,
+                                      loss_type="bnpo", temperature=temperature, chunk_tokens=chunk_tokens,
+                                      impl=impl).logps
+
+
 def _autocast_inputs(hidden, weight, bias):
     """The op's autocast rule: under an enabled autocast on the op's device, the GEMM
     operands (hidden, weight, bias) run in the autocast dtype, as ``torch.nn.functional.
