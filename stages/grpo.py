@@ -42,10 +42,15 @@ with gradient 1 and the log-probs its loss computes are kept as the old log-prob
 next k-1 steps clip the ratio to them. With k = 1 no old log-probs exist at all. A
 resumed run starts a new rollout cycle (the rollout buffer is not checkpointed).
 
-Logged per step: reward mean/std overall and per reward, the share of zero-std groups,
-KL, clip fractions, completion length mean/max, the share of completions in the target
-language, and the time of generation, rewards, reference log-probs and loss+backward
-(the optimiser step is the remainder of ``step_time_s``).
+Logged per step: reward mean/std overall and per reward (over the scored completions),
+the share of unscorable completions (``reward_unscorable``, per reward
+``reward/<name>_unscorable``), the share of zero-std groups, KL, the loss type's clip
+fractions (or cispo's clip ratio / vespo's mean phi), completion length mean/max, the
+share of completions in the target language, and the time of generation, rewards,
+reference log-probs and the loss forward. The rollout runs in the loop's ``collate``,
+under the training autocast, so the loop's ``data_time_s`` holds generation + rewards +
+reference log-probs; ``step_time_s`` = ``data_time_s`` + ``time/forward_s`` +
+``time/backward_s`` + ``time/optimizer_s``.
 """
 
 from __future__ import annotations
