@@ -49,7 +49,7 @@ fractions (or cispo's clip ratio / vespo's mean phi), completion length mean/max
 share of completions in the target language, and the time of generation, rewards,
 reference log-probs and the loss forward. The rollout runs in the loop's ``collate``,
 under the training autocast, so the loop's ``data_time_s`` holds generation + rewards +
-reference log-probs; ``step_time_s`` = ``data_time_s`` + ``time/forward_s`` +
+reference log-probs; ``step_time_s`` ≈ ``data_time_s`` + ``time/forward_s`` +
 ``time/backward_s`` + ``time/optimizer_s``.
 """
 
