@@ -1,4 +1,5 @@
-"""GRPO advantages: fused (native C++ on CPU, Triton on CUDA) vs eager PyTorch (TRL's code).
+"""GRPO advantages: fused (native C++ on CPU, Triton on CUDA) vs eager PyTorch (TRL's nan-aware formula, in
+float64: ftib.kernels.reference.advantages).
 
     pytest bench/test_bench_advantages.py --benchmark-only --benchmark-group-by=param:size
 """

@@ -18,7 +18,8 @@ own first-call initialisation). Two numbers per case, both in ``extra_info``:
     pytest bench/test_bench_grpo_loss.py --benchmark-only -m slow   # the large Qwen-vocabulary cases
 
 Config of every case: 16 sequences (B*G), no padding, loss_type ``bnpo``, beta 0.04 with
-reference log-probs, old log-probs (num_iterations > 1), clip 0.2/0.28, float32, hidden
+reference log-probs (k3 KL without bias correction, as Liger), old log-probs
+(num_iterations > 1), clip 0.2/0.28, float32, hidden
 and lm_head both trainable. Liger runs eagerly on CPU (``compiled=False``: its
 torch.compile path was 2-6x slower on this CPU) and compiled on CUDA.
 """
@@ -50,7 +51,9 @@ SIZES = {
 SLOW = {"v152k-h2048-t2048", "v152k-h1024-t8192", "v152k-h2048-t8192"}
 ROUNDS = {"v32k-h512-t1024": 5}
 IMPLS = ["fused", "eager", "liger"]
-CONFIG = dict(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, loss_type="bnpo")
+# The KL without TRL's bias correction: the objective Liger's loss computes, so that the
+# three implementations compute the same value.
+CONFIG = dict(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, loss_type="bnpo", use_bias_correction_kl=False)
 
 
 def liger_available() -> bool:

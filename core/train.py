@@ -506,6 +506,10 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
     def _micro_batches(self, samples: Sequence[Any], cursor: _DataCursor) -> list[tuple[Any, bool]]:
         """This rank's ``grad_accum`` micro-batches, each with whether it is real.
 
@@ -548,7 +552,10 @@ class Trainer:
         try:
             for step in range(start, cfg.max_steps):
                 t0 = time.perf_counter()
-                batches = self._micro_batches(samples, cursor)
+                # Under the training autocast too: a task whose batches come from the model
+                # (GRPO's rollouts, reference log-probs) computes them in the training dtype.
+                with self._autocast():
+                    batches = self._micro_batches(samples, cursor)
                 t_data = time.perf_counter() - t0
                 total = sum(int(task.loss_normaliser(b)) for b, real in batches if real)
                 if self.mode != "none":
@@ -562,8 +569,7 @@ class Trainer:
                         # Reduce-scatter once per step, after the last micro-batch.
                         task.model.set_requires_gradient_sync(i == len(batches) - 1)
                     t1 = time.perf_counter()
-                    with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                        enabled=self.autocast_dtype is not None):
+                    with self._autocast():
                         out = task.compute_loss(b)
                     scaled = out.loss.float() / total
                     if not real:

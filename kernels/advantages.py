@@ -8,8 +8,14 @@ A group of one has std 0 (TRL does the same). The share of elements whose scalin
 0 is TRL's ``frac_reward_zero_std`` (in ``group``/``none`` mode, the share of groups whose
 completions all got the same reward and therefore carry no learning signal).
 
-Implementations (``impl=``): ``"triton"`` (CUDA), ``"native"`` (C++, float64 statistics),
-``"torch"`` (the eager reference). ``"auto"``: Triton on CUDA, native on CPU, logged.
+A NaN reward marks an unscorable completion: as in TRL 1.16 (grpo_trainer.py lines
+2755-2810) the statistics skip it (nan-aware mean and unbiased std, std NaN with fewer
+than two rewards) and every NaN advantage becomes 0. All implementations compute the
+statistics in float64, so a constant group (e.g. all 0.7) gets advantages exactly 0 and
+is always counted as zero-std (see :mod:`ftib.kernels.reference.advantages`).
+
+Implementations (``impl=``): ``"triton"`` (CUDA), ``"native"`` (C++), ``"torch"`` (the
+eager reference). ``"auto"``: Triton on CUDA, native on CPU, logged.
 """
 
 from __future__ import annotations
@@ -46,51 +52,65 @@ def _group_stats_kernel(
     r_ptr, adv_ptr, mean_ptr, std_ptr, n_groups, G, eps,
     SCALE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
-    """Per group: mean, unbiased std; SCALE 0 (group) / 2 (none) also write advantages."""
+    """Per group, in float64 over the non-NaN rewards: mean, unbiased std (NaN below two
+    rewards, 0 for G = 1); SCALE 0 (group) / 2 (none) also write the advantages."""
     groups = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_G)
     ok = (groups[:, None] < n_groups) & (cols[None, :] < G)
     offs = groups[:, None].to(tl.int64) * G + cols[None, :]
-    r = tl.load(r_ptr + offs, mask=ok, other=0.0)
-    mean = tl.sum(r, axis=1) / G
-    centred = tl.where(ok, r - mean[:, None], 0.0)
-    denom = tl.maximum(G - 1, 1).to(tl.float32)
-    std = tl.where(G > 1, tl.sqrt(tl.sum(centred * centred, axis=1) / denom), 0.0)
+    r = tl.load(r_ptr + offs, mask=ok, other=0.0).to(tl.float64)
+    valid = ok & (r == r)
+    count = tl.sum(valid.to(tl.float64), axis=1)
+    mean = tl.sum(tl.where(valid, r, 0.0), axis=1) / count  # 0 / 0 = NaN: no reward
+    centred = tl.where(valid, r - mean[:, None], 0.0)
+    var = tl.sum(centred * centred, axis=1) / tl.maximum(count - 1.0, 1.0)
+    std = tl.where(count > 1.0, tl.sqrt(var), float("nan"))
+    std = tl.where(G > 1, std, 0.0)
     g_ok = groups < n_groups
-    tl.store(mean_ptr + groups, mean, mask=g_ok)
-    tl.store(std_ptr + groups, std, mask=g_ok)
+    tl.store(mean_ptr + groups, mean.to(tl.float32), mask=g_ok)
+    tl.store(std_ptr + groups, std.to(tl.float32), mask=g_ok)
+    d = r - mean[:, None]  # NaN for a NaN reward
     if SCALE == 0:
-        tl.store(adv_ptr + offs, centred / (std[:, None] + eps), mask=ok)
+        a = d / (std[:, None] + eps)
+        tl.store(adv_ptr + offs, tl.where(a == a, a, 0.0).to(tl.float32), mask=ok)
     if SCALE == 2:
-        tl.store(adv_ptr + offs, centred, mask=ok)
+        tl.store(adv_ptr + offs, tl.where(d == d, d, 0.0).to(tl.float32), mask=ok)
 
 
 @triton.jit
 def _batch_std_kernel(r_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    """out[0] = unbiased std of r[0:n] (0 when n < 2); one program, two passes."""
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    """out[0] = unbiased std of the non-NaN r[0:n] in float64 (NaN below two of them,
+    0 when n < 2); one program, two passes."""
+    acc = tl.zeros([BLOCK], dtype=tl.float64)
+    cnt = tl.zeros([BLOCK], dtype=tl.float64)
     for i in range(0, n, BLOCK):
         offs = i + tl.arange(0, BLOCK)
-        acc += tl.load(r_ptr + offs, mask=offs < n, other=0.0)
-    mean = tl.sum(acc, axis=0) / n
-    sq = tl.zeros([BLOCK], dtype=tl.float32)
+        x = tl.load(r_ptr + offs, mask=offs < n, other=0.0).to(tl.float64)
+        v = (offs < n) & (x == x)
+        acc += tl.where(v, x, 0.0)
+        cnt += v.to(tl.float64)
+    count = tl.sum(cnt, axis=0)
+    mean = tl.sum(acc, axis=0) / count
+    sq = tl.zeros([BLOCK], dtype=tl.float64)
     for i in range(0, n, BLOCK):
         offs = i + tl.arange(0, BLOCK)
-        x = tl.load(r_ptr + offs, mask=offs < n, other=0.0)
-        d = tl.where(offs < n, x - mean, 0.0)
+        x = tl.load(r_ptr + offs, mask=offs < n, other=0.0).to(tl.float64)
+        d = tl.where((offs < n) & (x == x), x - mean, 0.0)
         sq += d * d
-    var = tl.sum(sq, axis=0) / tl.maximum(n - 1, 1).to(tl.float32)
-    tl.store(out_ptr, tl.where(n > 1, tl.sqrt(var), 0.0))
+    var = tl.sum(sq, axis=0) / tl.maximum(count - 1.0, 1.0)
+    std = tl.where(count > 1.0, tl.sqrt(var), float("nan"))
+    tl.store(out_ptr, tl.where(n > 1, std, 0.0))
 
 
 @triton.jit
 def _batch_scale_kernel(r_ptr, mean_ptr, std_ptr, adv_ptr, n, G, eps, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
-    r = tl.load(r_ptr + offs, mask=ok, other=0.0)
-    m = tl.load(mean_ptr + offs // G, mask=ok, other=0.0)
+    r = tl.load(r_ptr + offs, mask=ok, other=0.0).to(tl.float64)
+    m = tl.load(mean_ptr + offs // G, mask=ok, other=0.0).to(tl.float64)
     s = tl.load(std_ptr)
-    tl.store(adv_ptr + offs, (r - m) / (s + eps), mask=ok)
+    a = (r - m) / (s + eps)
+    tl.store(adv_ptr + offs, tl.where(a == a, a, 0.0).to(tl.float32), mask=ok)
 
 
 def _advantages_triton(rewards: torch.Tensor, G: int, scale: str, eps: float):
@@ -108,11 +128,14 @@ def _advantages_triton(rewards: torch.Tensor, G: int, scale: str, eps: float):
             rewards, adv, mean, std, groups, G, eps, SCALE=code, BLOCK_B=BLOCK_B, BLOCK_G=BLOCK_G
         )
     if scale == "batch":
-        bstd = torch.empty(1, dtype=torch.float32, device=dev)
+        # float64: the group mean it is applied with is float32-rounded, exact for a
+        # constant group; the batch std itself is only a divisor.
+        mean64 = mean.double()
+        bstd = torch.empty(1, dtype=torch.float64, device=dev)
         _batch_std_kernel[(1,)](rewards, bstd, n, BLOCK=1024)
         if n:
             _batch_scale_kernel[(triton.cdiv(n, 1024),)](
-                rewards, mean, bstd, adv, n, G, eps, BLOCK=1024
+                rewards, mean64, bstd, adv, n, G, eps, BLOCK=1024
             )
         zero = (bstd.abs() <= 1e-8).float().mean().reshape(())
     else:
@@ -162,7 +185,7 @@ def group_advantages(
 
     Args:
         rewards: (B*G,) float32/bfloat16/float16 rewards, each prompt's G completions
-            adjacent.
+            adjacent; NaN = unscorable (advantage 0, left out of the statistics).
         group_size: G (``num_generations``), >= 1, dividing len(rewards).
         scale: ``"group"`` | ``"batch"`` | ``"none"``.
         eps: added to the std before dividing (TRL: 1e-4).

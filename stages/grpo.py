@@ -15,18 +15,25 @@ One optimiser step (``grad_accum`` micro-batches of ``prompts_per_step`` prompts
    Same distribution either way.
 2. *Rewards* — every configured reward plugin scores the completions against the
    references; the total is their weighted sum (the seed paper: semantic 1.5, language
-   1.0). A non-finite reward is an error naming the reward.
+   1.0). A reward returns NaN for a completion it cannot score; one that no reward can
+   score is NaN, counted, logged (``reward_unscorable``) and warned about; an infinite
+   reward is an error naming the reward.
 3. *Advantages* — group-relative: ``(r - mean_g) / (std_g + 1e-4)`` with the unbiased
-   std, as TRL computes it (:func:`ftib.kernels.advantages.group_advantages`).
+   std, nan-aware (a NaN reward gets advantage 0), as TRL computes it, with float64
+   statistics (:func:`ftib.kernels.advantages.group_advantages`).
 4. *Reference* — with ``beta > 0`` the per-token log-probs of the reference policy (the
    policy with its adapter disabled for LoRA, else a frozen copy made at the start);
    with ``beta == 0`` the reference is skipped entirely (no copy, no forward).
 5. *Loss* — the clipped surrogate over the lm_head projection without materialising
    (tokens, V) logits (:func:`ftib.kernels.grpo_loss.fused_linear_grpo_loss`), with the
-   configured ``loss_type`` normalisation. Across micro-batches the loop combines the
-   losses weighted by each one's own normaliser, so accumulation over prompt batches is
-   exact for every loss type. The forward runs each prompt once for its G completions
-   (:func:`completion_hidden`), the reference's too.
+   configured TRL objective (``loss_type``, ``importance_sampling_level``, ``delta``,
+   ``use_bias_correction_kl``). Normalisation happens once per loss type: the kernel
+   normalises per micro-batch (and the loop averages micro-batches, TRL's division by
+   ``gradient_accumulation_steps``), except for the token-sum types (dapo, cispo, vespo)
+   whose sum the loop divides by the global completion-token count of the step (all
+   micro-batches and ranks: TRL's ``num_items_in_batch``); see
+   :meth:`_GRPOTask.loss_normaliser`. The forward runs each prompt once for its G
+   completions (:func:`completion_hidden`), the reference's too.
 
 ``num_iterations`` k (TRL's, mu in DeepSeekMath's Algorithm 1): each rollout serves k
 optimiser steps. The first step over it has the policy that sampled it, so the ratio is 1
@@ -35,10 +42,15 @@ with gradient 1 and the log-probs its loss computes are kept as the old log-prob
 next k-1 steps clip the ratio to them. With k = 1 no old log-probs exist at all. A
 resumed run starts a new rollout cycle (the rollout buffer is not checkpointed).
 
-Logged per step: reward mean/std overall and per reward, the share of zero-std groups,
-KL, clip fractions, completion length mean/max, the share of completions in the target
-language, and the time of generation, rewards, reference log-probs and loss+backward
-(the optimiser step is the remainder of ``step_time_s``).
+Logged per step: reward mean/std overall and per reward (over the scored completions),
+the share of unscorable completions (``reward_unscorable``, per reward
+``reward/<name>_unscorable``), the share of zero-std groups, KL, the loss type's clip
+fractions (or cispo's clip ratio / vespo's mean phi), completion length mean/max, the
+share of completions in the target language, and the time of generation, rewards,
+reference log-probs and the loss forward. The rollout runs in the loop's ``collate``,
+under the training autocast, so the loop's ``data_time_s`` holds generation + rewards +
+reference log-probs; ``step_time_s`` ≈ ``data_time_s`` + ``time/forward_s`` +
+``time/backward_s`` + ``time/optimizer_s``.
 """
 
 from __future__ import annotations
@@ -100,8 +112,15 @@ class GRPOConfig:
         num_iterations: optimiser steps per rollout (TRL's ``num_iterations``, mu in
             DeepSeekMath's Algorithm 1): each rollout batch is reused for this many steps,
             the clipped ratio against the log-probs of the policy that sampled it.
-        epsilon_low, epsilon_high: clip range of the ratio.
-        loss_type: ``grpo | dr_grpo | dapo | bnpo``.
+        epsilon_low, epsilon_high: clip range of the ratio (for ``cispo``, epsilon_high
+            is the ratio cap itself, as TRL).
+        loss_type: ``grpo | bnpo | dr_grpo | dapo | cispo | sapo | luspo | vespo``, each
+            defined as TRL 1.16 defines it (:mod:`ftib.kernels.reference.grpo_loss`).
+        importance_sampling_level: ``token`` or ``sequence`` (GSPO).
+        delta: two-sided clip cap of the ratio (INTELLECT-2); None = off.
+        use_bias_correction_kl: multiply the KL term by the ratio (TRL's default).
+        sapo_temperature_pos, sapo_temperature_neg, vespo_k_pos, vespo_lambda_pos,
+            vespo_k_neg, vespo_lambda_neg: SAPO's and VESPO's parameters (TRL's defaults).
         scale_rewards: advantage scaling ``group | batch | none``.
         kernel_impl: implementation of the advantage and loss kernels (``auto`` picks by
             device and logs it; ``reference`` runs the eager references).
@@ -124,7 +143,16 @@ class GRPOConfig:
     num_iterations: int = 1
     epsilon_low: float = 0.2
     epsilon_high: float | None = None
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"] = "dapo"
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    delta: float | None = None
+    use_bias_correction_kl: bool = True
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
     scale_rewards: Literal["group", "batch", "none"] = "group"
     kernel_impl: Literal["auto", "reference"] = "auto"
     trainable: TrainableConfig = TrainableConfig(mode="full")
@@ -146,6 +174,12 @@ class GRPOConfig:
             raise ValueError("temperature must be > 0, top_p in (0, 1] and top_k >= 0")
         if not self.rewards:
             raise ValueError("rewards: configure at least one reward")
+        from ftib.kernels.grpo_loss import check_objective
+
+        # TRL's rejections (unknown loss type / level) and warnings (odd combinations).
+        check_objective(self.loss_type, self.importance_sampling_level, delta=self.delta, where="grpo")
+        if not (self.sapo_temperature_pos > 0 and self.sapo_temperature_neg > 0):
+            raise ValueError("sapo_temperature_pos and sapo_temperature_neg must be > 0")
         reg = Registry()
         for i, spec in enumerate(self.rewards):
             cls = reg.load(REWARDS, spec.name)
@@ -158,9 +192,8 @@ class GRPOConfig:
 class Rollout:
     """One micro-batch after sampling and scoring."""
 
-    input_ids: torch.Tensor  # (N, P + C) prompt (left-padded) + completion
-    attention_mask: torch.Tensor  # (N, P + C)
-    prompt_len: int
+    prompt_ids: torch.Tensor  # (B, P) left-padded, one row per prompt (N = B * G)
+    prompt_mask: torch.Tensor  # (B, P)
     completion_ids: torch.Tensor  # (N, C)
     completion_mask: torch.Tensor  # (N, C)
     advantages: torch.Tensor  # (N,)
@@ -223,18 +256,30 @@ class _Rewards:
             self.terms.append((spec.name, spec.weight, reward))
 
     def __call__(self, prompts, completions, references, metadata) -> tuple[torch.Tensor, dict[str, float]]:
-        total = torch.zeros(len(completions), dtype=torch.float32)
+        """Weighted sum of the rewards (N,) float32 and their metrics. A reward may return
+        NaN for a completion it cannot score; as in TRL 1.16 (grpo_trainer.py lines
+        2755-2768) the sum skips NaN terms and a completion no reward could score is NaN
+        (its advantage is then 0). +-inf is an error."""
+        n = len(completions)
+        total = torch.zeros(n, dtype=torch.float32)
+        scored = torch.zeros(n, dtype=torch.bool)
         metrics: dict[str, float] = {}
         for name, weight, reward in self.terms:
             r = reward(prompts, completions, references, metadata).float().cpu()
             if r.shape != total.shape:
-                raise FtibError(f"reward {name!r} returned shape {tuple(r.shape)}, expected ({len(completions)},)")
-            if not torch.isfinite(r).all():
-                bad = int((~torch.isfinite(r)).sum())
-                raise FtibError(f"reward {name!r} returned {bad} non-finite value(s); fix the reward or its inputs")
-            total += weight * r
-            metrics[f"reward/{name}_mean"] = float(r.mean())
-            metrics[f"reward/{name}_std"] = float(r.std()) if r.numel() > 1 else 0.0
+                raise FtibError(f"reward {name!r} returned shape {tuple(r.shape)}, expected ({n},)")
+            if torch.isinf(r).any():
+                bad = int(torch.isinf(r).sum())
+                raise FtibError(f"reward {name!r} returned {bad} infinite value(s); fix the reward or its inputs "
+                                "(NaN marks a completion it cannot score)")
+            ok = ~torch.isnan(r)
+            scored |= ok
+            total += torch.where(ok, weight * r, 0.0)
+            metrics[f"reward/{name}_mean"] = float(r[ok].mean()) if ok.any() else float("nan")
+            metrics[f"reward/{name}_std"] = float(r[ok].std()) if int(ok.sum()) > 1 else 0.0
+            metrics[f"reward/{name}_unscorable"] = float((~ok).float().mean())
+        total[~scored] = float("nan")
+        metrics["reward_unscorable"] = float((~scored).float().mean())
         return total, metrics
 
 
@@ -247,24 +292,22 @@ def completion_mask(ids: torch.Tensor, stop_ids: set[int], pad_id: int) -> torch
     return (~after).long()
 
 
-def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                completion_ids: torch.Tensor, temperature: float = 1.0, group_size: int = 1,
-                chunk: int = 1024) -> torch.Tensor:
-    """Per-token log-probs of ``completion_ids`` under ``model`` at ``temperature`` (no grad),
-    chunked: (N, C) float32. The temperature is the sampling one, as in the loss, so that
-    the KL term compares the policy and the reference on the same distribution (TRL too)."""
+def token_logps(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                completion_ids: torch.Tensor, completion_mask: torch.Tensor, temperature: float = 1.0,
+                group_size: int = 1, impl: str = "auto") -> torch.Tensor:
+    """Per-token log-probs of ``completion_ids`` under ``model`` at ``temperature`` (no grad):
+    (N, C) float32, 0 at padding. The numbers come from the GRPO loss kernel's no-grad
+    path (:func:`ftib.kernels.grpo_loss.token_logps`), the one implementation of
+    per-token log-probs on the GRPO path. The temperature is the sampling one, as in the
+    loss, so that the KL term compares the policy and the reference on the same
+    distribution (TRL too)."""
+    from ftib.kernels.grpo_loss import token_logps as kernel_logps
+
     with torch.no_grad():
-        hidden = completion_hidden(model, input_ids, attention_mask, prompt_len, completion_ids.shape[1],
-                                   group_size)
+        hidden = completion_hidden(model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size)
         head = model.get_output_embeddings()
-        weight, bias = head.weight, getattr(head, "bias", None)
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        ids = completion_ids.reshape(-1)
-        out = torch.empty(ids.shape[0], dtype=torch.float32, device=flat.device)
-        for i in range(0, flat.shape[0], chunk):
-            logits = torch.nn.functional.linear(flat[i : i + chunk], weight, bias).float() / temperature
-            out[i : i + chunk] = logits.gather(1, ids[i : i + chunk, None]).squeeze(1) - logits.logsumexp(-1)
-    return out.view_as(completion_ids)
+        return kernel_logps(hidden, head.weight, completion_ids, completion_mask, bias=getattr(head, "bias", None),
+                            temperature=temperature, impl=impl)
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
@@ -389,35 +432,47 @@ def _activation_checkpointing(model: torch.nn.Module) -> bool:
     return bool(flag)
 
 
-def completion_hidden(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      prompt_len: int, n_completion: int, group_size: int = 1) -> torch.Tensor:
+def completion_hidden(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                      completion_ids: torch.Tensor, completion_mask: torch.Tensor, group_size: int = 1, *,
+                      share_prompt: bool = True) -> torch.Tensor:
     """Last hidden states at the positions that predict each completion token: (N, C, H).
 
-    ``input_ids``/``attention_mask``: (N, P + C), left-padded prompt then completion.
-    With ``group_size`` G > 1, rows ``b*G .. b*G+G-1`` must share one prompt (as a
-    rollout's do): each prompt then runs once and its keys/values serve its G completions
-    — the same attention, positions and result as the plain forward, with the prompt's
-    share of the forward and backward divided by G (prompts are most of a GRPO batch's
-    tokens). Gradient checkpointing needs the plain forward (no cache), so it gets it.
+    ``prompt_ids``/``prompt_mask``: (B, P), left-padded, one row per prompt;
+    ``completion_ids``/``completion_mask``: (N, C) with N = B * G, the completions of
+    prompt b in rows ``b*G .. b*G+G-1`` (as a rollout's are). Each prompt then runs once
+    and its keys/values serve its G completions — the same attention, positions and
+    result as the plain forward over the N concatenated rows, with the prompt's share of
+    the forward and backward divided by G (prompts are most of a GRPO batch's tokens).
+    ``share_prompt=False`` (and gradient checkpointing, which needs the plain forward
+    without a cache) runs that plain forward; only it expands the prompt tokens G times.
     With dropout the G rows share the prompt's dropout mask (Qwen3 uses none).
     """
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    G = group_size
+    B, P = prompt_ids.shape
+    N, C = completion_ids.shape
+    if N != B * G:
+        raise ValueError(f"completion_hidden: {N} completions for {B} prompts x group_size {G}")
     decoder = _decoder(model)
-    P, C, G = prompt_len, n_completion, group_size
-    if G == 1 or _activation_checkpointing(model):
-        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    # Positions are cumsum(attention_mask) - 1 over prompt + completion, as in sampling.
+    prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    comp_pos = (prompt_mask.sum(-1, keepdim=True).repeat_interleave(G, 0) + completion_mask.cumsum(-1) - 1).clamp(min=0)
+    full_mask = torch.cat([prompt_mask.repeat_interleave(G, 0), completion_mask.to(prompt_mask.dtype)], dim=1)
+    if not share_prompt or G == 1 or _activation_checkpointing(model):
+        ids = torch.cat([prompt_ids.repeat_interleave(G, 0), completion_ids], dim=1)
+        pos = torch.cat([prompt_pos.repeat_interleave(G, 0), comp_pos], dim=1)
+        out = decoder(input_ids=ids, attention_mask=full_mask, position_ids=pos, use_cache=False)
         return out.last_hidden_state[:, P - 1 : P - 1 + C]
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    prompt = decoder(input_ids=input_ids[::G, :P], attention_mask=attention_mask[::G, :P],
-                     position_ids=position_ids[::G, :P], past_key_values=cache, use_cache=True)
+    prompt = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos,
+                     past_key_values=cache, use_cache=True)
     first = prompt.last_hidden_state[:, -1:].repeat_interleave(G, 0)  # predicts completion token 0
     if C == 1:
         return first
     cache.batch_repeat_interleave(G)
-    rest = decoder(input_ids=input_ids[:, P : P + C - 1], attention_mask=attention_mask[:, : P + C - 1],
-                   position_ids=position_ids[:, P : P + C - 1], past_key_values=cache, use_cache=True)
+    rest = decoder(input_ids=completion_ids[:, : C - 1], attention_mask=full_mask[:, : P + C - 1],
+                   position_ids=comp_pos[:, : C - 1], past_key_values=cache, use_cache=True)
     return torch.cat([first, rest.last_hidden_state], dim=1)
 
 
@@ -438,6 +493,14 @@ class _GRPOTask:
         # "reference": the eager references of both ops (advantages' is impl="torch").
         ref = stage_cfg.kernel_impl == "reference"
         self.adv_impl, self.loss_impl = ("torch", "reference") if ref else ("auto", "auto")
+        c = stage_cfg
+        self.objective = dict(
+            beta=c.beta, epsilon_low=c.epsilon_low, epsilon_high=c.epsilon_high, loss_type=c.loss_type,
+            importance_sampling_level=c.importance_sampling_level, delta=c.delta,
+            use_bias_correction_kl=c.use_bias_correction_kl, sapo_temperature_pos=c.sapo_temperature_pos,
+            sapo_temperature_neg=c.sapo_temperature_neg, vespo_k_pos=c.vespo_k_pos,
+            vespo_lambda_pos=c.vespo_lambda_pos, vespo_k_neg=c.vespo_k_neg, vespo_lambda_neg=c.vespo_lambda_neg,
+        )
         # num_iterations > 1: the rollout of each micro-batch slot, reused until its cycle ends.
         self._calls = 0
         self._buffer: dict[int, Rollout] = {}
@@ -495,7 +558,6 @@ class _GRPOTask:
             e.pop("labels")
         batch = self.chat.collate(encs, padding_side="left")
         batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-        P = batch["input_ids"].shape[1]
         was_training = self.model.training
         self.model.eval()
         try:
@@ -514,12 +576,10 @@ class _GRPOTask:
                                          [{"target_scripts": r["target_scripts"], "task": r["task"]} for r in rep])
         t_rew = time.perf_counter() - t1
         adv = group_advantages(rewards.to(device), G, scale=cfg.scale_rewards, impl=self.adv_impl)
-        attn = torch.cat([batch["attention_mask"].repeat_interleave(G, 0), cmask], dim=1)
-        ids = torch.cat([batch["input_ids"].repeat_interleave(G, 0), comp], dim=1)
         t2 = time.perf_counter()
         ref = None
         if cfg.beta != 0.0:
-            ref = self._ref_logps(ids, attn, P, comp)
+            ref = self._ref_logps(batch["input_ids"], batch["attention_mask"], comp, cmask)
         t_ref = time.perf_counter() - t2
         lengths = cmask.sum(1).float()
         in_lang = [script_share(t, r["target_scripts"]) >= 0.5 for t, r in zip(texts, rep)]
@@ -528,53 +588,59 @@ class _GRPOTask:
             for task in cfg.tasks:
                 sel = [i for i, r in enumerate(rep) if r["task"] == task]
                 if sel:
-                    by_task[f"reward/task_{task}_mean"] = float(rewards[sel].mean())
+                    by_task[f"reward/task_{task}_mean"] = float(rewards[sel].nanmean())
+        unscorable = torch.isnan(rewards)
+        if bool(unscorable.any()):
+            self.log.warning("%d of %d completions could not be scored by any reward (advantage 0); first prompt: %s",
+                             int(unscorable.sum()), len(rep), rep[int(unscorable.nonzero()[0])]["id"])
+        scored = rewards[~unscorable]
         metrics = {
-            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()), **by_task,
+            "reward_mean": float(scored.mean()) if scored.numel() else float("nan"),
+            "reward_std": float(scored.std()) if scored.numel() > 1 else 0.0, **by_task,
             "zero_std_groups": float(adv.zero_std_fraction), **rmetrics,
             "completion_len_mean": float(lengths.mean()), "completion_len_max": float(lengths.max()),
             "target_language_share": sum(in_lang) / len(in_lang),
             "time/generation_s": t_gen, "time/reward_s": t_rew, "time/ref_logps_s": t_ref,
         }
-        return Rollout(ids, attn, P, comp, cmask, adv.advantages, ref, metrics)
+        return Rollout(batch["input_ids"], batch["attention_mask"], comp, cmask, adv.advantages, ref, metrics)
 
-    def _ref_logps(self, ids, attn, P, comp) -> torch.Tensor:
-        T = self.cfg.temperature
+    def _ref_logps(self, prompt_ids, prompt_mask, comp, cmask) -> torch.Tensor:
+        kw = dict(temperature=self.cfg.temperature, group_size=self.cfg.group_size, impl=self.loss_impl)
         if self.ref_model is not None:
-            return token_logps(self.ref_model, ids, attn, P, comp, temperature=T, group_size=self.cfg.group_size)
+            return token_logps(self.ref_model, prompt_ids, prompt_mask, comp, cmask, **kw)
         with self.model.disable_adapter():
-            return token_logps(self.model, ids, attn, P, comp, temperature=T, group_size=self.cfg.group_size)
+            return token_logps(self.model, prompt_ids, prompt_mask, comp, cmask, **kw)
 
     # -- loss ----------------------------------------------------------------------------
-    def _local_normaliser(self, r: Rollout) -> float:
-        lt = self.cfg.loss_type
-        if lt in ("dapo", "bnpo"):
-            return float(r.completion_mask.sum())
-        if lt == "grpo":
-            return float(r.completion_mask.shape[0])
-        return float(r.completion_mask.shape[0] * self.cfg.max_new_tokens)  # dr_grpo: B * L
-
     def loss_normaliser(self, r: Rollout) -> float:
-        return self._local_normaliser(r)
+        """The loop divides the summed micro-batch losses by the sum of these over the step
+        (all micro-batches, all ranks): that division is the only normalisation applied
+        outside the kernel. Token-sum loss types (dapo, cispo, vespo) count completion
+        tokens, so the divisor is TRL's global ``num_items_in_batch``; the kernel sums.
+        The others normalise inside the kernel per micro-batch, and count 1, so the loop
+        averages the micro-batches as TRL divides by ``gradient_accumulation_steps``."""
+        from ftib.kernels.grpo_loss import SUM_NORMALISED
+
+        return float(r.completion_mask.sum()) if self.cfg.loss_type in SUM_NORMALISED else 1.0
 
     def compute_loss(self, r: Rollout) -> LossOutput:
-        from ftib.kernels.grpo_loss import fused_linear_grpo_loss
+        from ftib.kernels.grpo_loss import SUM_NORMALISED, fused_linear_grpo_loss
 
         cfg = self.cfg
         t0 = time.perf_counter()
-        C = r.completion_ids.shape[1]
-        hidden = completion_hidden(self.model, r.input_ids, r.attention_mask, r.prompt_len, C, cfg.group_size)
+        hidden = completion_hidden(self.model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                   cfg.group_size)
         head = self.model.get_output_embeddings()
         weight = head.weight
-        if hidden.dtype != weight.dtype:
-            hidden = hidden.to(weight.dtype)
-        norm = self._local_normaliser(r)
+        # Under the loop's autocast the op casts hidden/weight to the autocast dtype itself
+        # (its autocast rule), so the GEMMs run in bf16 against the float32 master weight.
         out = fused_linear_grpo_loss(
             hidden, weight, r.completion_ids, r.completion_mask, r.advantages, bias=getattr(head, "bias", None),
-            old_logps=r.old_logps, ref_logps=r.ref_logps, beta=cfg.beta, epsilon_low=cfg.epsilon_low,
-            epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
-            num_items_in_batch=float(r.completion_mask.sum()) if cfg.loss_type == "dapo" else None,
-            max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, impl=self.loss_impl,
+            old_logps=r.old_logps, ref_logps=r.ref_logps, **self.objective,
+            # Token-sum types: the kernel sums, the loop divides by the global token count.
+            num_items_in_batch=1.0 if cfg.loss_type in SUM_NORMALISED else None,
+            max_completion_length=cfg.max_new_tokens if cfg.loss_type == "dr_grpo" else None,
+            temperature=cfg.temperature, impl=self.loss_impl,
         )
         if cfg.num_iterations > 1 and r.old_logps is None:
             # First pass over this rollout: the policy has not moved since it sampled, so
@@ -584,8 +650,8 @@ class _GRPOTask:
         metrics = dict(r.metrics)
         metrics.update({k: float(v) for k, v in out.metrics.items()})
         metrics["time/loss_fwd_s"] = time.perf_counter() - t0
-        # The loop divides by the sum of normalisers over the accumulation window.
-        return LossOutput(loss=out.loss * norm, tokens=int(r.completion_mask.sum()),
+        # The loop divides by the sum of loss_normaliser over the step (see there).
+        return LossOutput(loss=out.loss, tokens=int(r.completion_mask.sum()),
                           samples=r.completion_ids.shape[0], metrics=metrics)
 
     def save_model(self, out_dir: Path) -> None:

@@ -131,6 +131,22 @@ void test_advantages_by_hand() {
   }
   GK_CHECK(thrown);
 }
+
+void test_advantages_nan_and_constant_groups() {
+  // {0.7, 0.7, 0.7}: exactly mean 0.7, std 0, advantages 0 (float32 sums are inexact).
+  // {1, NaN, 3}: nan-aware mean 2, std sqrt(2); the NaN reward's advantage is 0.
+  // {NaN, 4, NaN}: one reward, std NaN (not zero-std), every advantage 0.
+  const float nan = std::nanf("");
+  const std::vector<float> r = {0.7f, 0.7f, 0.7f, 1, nan, 3, nan, 4, nan};
+  std::vector<float> adv(9), mean(3), std_(3);
+  double zero = ftib::group_advantages(r.data(), 9, 3, ftib::AdvantageScale::group, 1e-4,
+                                       adv.data(), mean.data(), std_.data(), 2);
+  GK_CHECK(mean[0] == 0.7f && std_[0] == 0.f && adv[0] == 0.f && adv[1] == 0.f && adv[2] == 0.f);
+  GK_CHECK(near(mean[1], 2) && near(std_[1], std::sqrt(2.0)) && adv[4] == 0.f);
+  GK_CHECK(near(adv[3], -1 / (std::sqrt(2.0) + 1e-4)) && near(adv[5], 1 / (std::sqrt(2.0) + 1e-4)));
+  GK_CHECK(mean[2] == 4.f && std::isnan(std_[2]) && adv[6] == 0.f && adv[7] == 0.f && adv[8] == 0.f);
+  GK_CHECK(near(zero, 1.0 / 3.0));
+}
 }  // namespace
 
 int run_grpo_kernel_tests() {
@@ -138,5 +154,6 @@ int run_grpo_kernel_tests() {
   test_similarity_by_hand();
   test_pool_half_types();
   test_advantages_by_hand();
+  test_advantages_nan_and_constant_groups();
   return failures;
 }

@@ -14,14 +14,73 @@ from ftib.kernels.reference import advantages as ref
 SHAPES = [(1, 1), (3, 1), (1, 5), (7, 3), (5, 16), (33, 7), (9, 130)]
 
 
-def _rewards(B, G, dtype, seed):
+def _rewards(B, G, dtype, seed, nan=False):
     g = torch.Generator().manual_seed(seed)
     r = torch.randn(B, G, generator=g)
     if B > 2:
         r[1] = 0.25  # a zero-std group
     if B > 3:
         r[3] = (torch.rand(G, generator=g) > 0.5).float()  # binary rewards with ties
+    if B > 4:
+        r[4] = 0.7  # a constant group whose float32 mean is inexact
+    if nan:  # unscorable completions: scattered, a whole group, all but one of a group
+        r[torch.rand(B, G, generator=g) < 0.2] = float("nan")
+        if B > 5:
+            r[5] = float("nan")
+        if B > 6:
+            r[6, 1:] = float("nan")
     return r.reshape(-1).to(dtype)
+
+
+@pytest.mark.parametrize("impl", impl_params("native", "triton", "torch"))
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("shape", [(7, 3), (9, 130), (33, 7)], ids=lambda s: "x".join(map(str, s)))
+def test_nan_rewards_match_reference(impl, scale, shape):
+    B, G = shape
+    rewards = _rewards(B, G, torch.float32, seed=B + G, nan=True).to(device_for(impl))
+    got = group_advantages(rewards, G, scale=scale, impl=impl)
+    want = ref.group_advantages(rewards, G, scale)
+    for name, a, e in zip(("advantages", "group_mean", "group_std", "zero_std_fraction"), got, want):
+        assert_close(a, e, torch.float32, f"{name}[{impl}, {scale}, NaN rewards]")
+    assert bool(torch.isfinite(got.advantages).all())
+    assert bool((got.advantages.cpu()[torch.isnan(rewards.cpu())] == 0).all())
+
+
+@pytest.mark.parametrize("impl", impl_params("native", "triton", "torch"))
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("value", [0.7, 0.1, 1.0 / 3.0, -2.3, 1e6 + 0.1])
+@pytest.mark.parametrize("G", [2, 3, 7, 8, 130])
+def test_constant_groups_are_exact(impl, scale, value, G):
+    """A group of identical rewards carries no signal: advantages exactly 0, std exactly 0,
+    counted as zero-std (float32 statistics fail this, e.g. 0.7 x 3 gives ~6e-4)."""
+    r = torch.full((2, G), value)
+    r[1] = torch.linspace(-1, 1, G)
+    rewards = r.reshape(-1).to(device_for(impl))
+    out = group_advantages(rewards, G, scale=scale, impl=impl)
+    assert bool((out.advantages[:G] == 0).all()), out.advantages[:G]
+    assert float(out.group_std[0]) == 0.0 and float(out.group_mean[0]) == float(torch.tensor(value))
+    if scale != "batch":
+        assert float(out.zero_std_fraction) == 0.5
+
+
+def test_reference_matches_trl_formula():
+    """The reference against TRL 1.16's own nan-aware formula (grpo_trainer.py lines
+    2765-2810, with trl.trainer.utils.nanstd) fed float64 rewards."""
+    trl_utils = pytest.importorskip("trl.trainer.utils")
+    for scale in ("group", "batch", "none"):
+        for B, G in [(7, 3), (9, 130), (33, 7), (1, 5)]:
+            rewards = _rewards(B, G, torch.float32, seed=B * G, nan=True)
+            r = rewards.double()
+            mean = torch.nanmean(r.view(-1, G), dim=1).repeat_interleave(G)
+            if scale == "batch":
+                std = trl_utils.nanstd(r).expand_as(r)
+            else:
+                std = trl_utils.nanstd(r.view(-1, G), dim=1).repeat_interleave(G)
+            adv = r - mean if scale == "none" else (r - mean) / (std + 1e-4)
+            want_zero = torch.isclose(std, torch.zeros_like(std)).float().mean()
+            got = ref.group_advantages(rewards, G, scale)
+            assert_close(got[0], torch.nan_to_num(adv, nan=0.0), torch.float32, f"advantages[{scale}]")
+            assert float(got[3]) == float(want_zero), scale
 
 
 @pytest.mark.parametrize("impl", impl_params("native", "triton"))
@@ -33,7 +92,7 @@ def test_matches_reference(impl, scale, dtype, shape):
     rewards = _rewards(B, G, dtype, seed=B * 100 + G).to(device_for(impl))
     got = group_advantages(rewards, G, scale=scale, impl=impl)
     want = ref.group_advantages(rewards, G, scale)
-    # Statistics are float32 (reference) vs float64 (native): compare at float32 tolerance.
+    # float64 statistics everywhere; outputs float32.
     for name, a, e in zip(("advantages", "group_mean", "group_std", "zero_std_fraction"), got, want):
         assert a.dtype == torch.float32, name
         assert_close(a, e, torch.float32, f"{name}[{impl}, {scale}]")

@@ -12,9 +12,13 @@ from kernel_parity import assert_close, device_for, impl_params
 from ftib.kernels.grpo_loss import fused_linear_grpo_loss
 from ftib.kernels.reference import grpo_loss as ref
 
+# The objective combinations TRL warns about are tested on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:.*TRL warns too:UserWarning")
+
 # (B*G, T, H, V): a single token of a group of one, odd sizes, V above a Triton block.
 SHAPES = [(1, 1, 8, 17), (3, 5, 16, 33), (4, 7, 24, 129), (6, 9, 12, 5000)]
-LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
+LOSS_TYPES = list(ref.LOSS_TYPES)
+SUM_NORMALISED = ("dapo", "cispo", "vespo")
 DTYPES = [torch.float32, torch.bfloat16]
 
 
@@ -51,15 +55,17 @@ def _case(B, T, H, V, dtype, device, *, seed, full=True):
     )
 
 
-def _run(fn, c, loss_type, *, full, **extra):
+def _run(fn, c, loss_type, *, full, objective=None, **extra):
     leaves = c["leaves"]
     kwargs = dict(
         bias=leaves[2] if len(leaves) > 2 else None,
         old_logps=c["old"], ref_logps=c["ref"], importance_weights=c["isw"],
-        beta=0.04 if full else 0.0, epsilon_low=0.2, epsilon_high=0.28 if full else None,
+        beta=0.04 if full else 0.0, epsilon_low=0.2,
+        epsilon_high=(2.0 if loss_type == "cispo" else 0.28) if full else None,
         loss_type=loss_type, temperature=0.8 if full else 1.0,
-        num_items_in_batch=float(c["mask"].sum()) + 3.0 if loss_type == "dapo" else None,
+        num_items_in_batch=float(c["mask"].sum()) + 3.0 if loss_type in SUM_NORMALISED else None,
         max_completion_length=c["mask"].shape[1] + 2 if loss_type == "dr_grpo" else None,
+        **(objective or {}),
     )
     out = fn(leaves[0], leaves[1], c["ids"], c["mask"], c["adv"], compute_entropy=True, **kwargs, **extra)
     loss, metrics, logps = out
@@ -67,21 +73,22 @@ def _run(fn, c, loss_type, *, full, **extra):
     return loss, metrics, logps, grads
 
 
-def _compare(impl, shape, dtype, loss_type, full, chunk):
+def _compare(impl, shape, dtype, loss_type, full, chunk, objective=None):
     c = _case(*shape, dtype, device_for(impl), seed=sum(shape) * 10 + LOSS_TYPES.index(loss_type), full=full)
-    got = _run(fused_linear_grpo_loss, c, loss_type, full=full, impl=impl, chunk_tokens=chunk)
+    got = _run(fused_linear_grpo_loss, c, loss_type, full=full, objective=objective, impl=impl, chunk_tokens=chunk)
     for leaf, grad in zip(c["leaves"], got[3]):
         assert grad.dtype == leaf.dtype
     if dtype != torch.float32:
         # Low precision is judged against the float32 reference on the same (rounded)
         # inputs: both bf16 computations approximate it, neither is the truth.
         c = dict(c, leaves=[x.detach().float().requires_grad_() for x in c["leaves"]])
-    want = _run(ref.fused_linear_grpo_loss, c, loss_type, full=full)
-    tag = f"[{impl}, {loss_type}, {'full' if full else 'minimal'}]"
+    want = _run(ref.fused_linear_grpo_loss, c, loss_type, full=full, objective=objective)
+    tag = f"[{impl}, {loss_type}, {'full' if full else 'minimal'}, {objective or ''}]"
     assert_close(got[0], want[0], dtype, f"loss{tag}")
     n_tokens = float(c["mask"].sum().clamp(min=1))
-    for k in ref.METRICS:
-        if k.startswith("clip_ratio") and dtype != torch.float32:
+    assert list(got[1]) == list(want[1]) == list(ref.metric_names(loss_type, True)), tag
+    for k in want[1]:
+        if "clip_ratio" in k and dtype != torch.float32:
             # A count: a ratio within bf16 rounding of 1 +- eps may land on either side.
             flipped = abs(float(got[1][k]) - float(want[1][k])) * n_tokens
             assert flipped < 2.5, f"metric {k}{tag}: {flipped:.1f} tokens classified differently"
@@ -102,9 +109,31 @@ def test_full_options_match_reference(impl, dtype, shape, loss_type):
     _compare(impl, shape, dtype, loss_type, full=True, chunk=3)
 
 
+# Objective variants beyond the loss type: GSPO's sequence-level ratio, the two-sided
+# clip, the KL without bias correction, non-default SAPO/VESPO parameters.
+OBJECTIVES = [
+    pytest.param(dict(importance_sampling_level="sequence"), id="sequence"),
+    pytest.param(dict(delta=1.5), id="delta"),
+    pytest.param(dict(use_bias_correction_kl=False), id="no_bias_kl"),
+    pytest.param(dict(importance_sampling_level="sequence", delta=1.1, use_bias_correction_kl=False),
+                 id="sequence_delta_no_bias_kl"),
+    pytest.param(dict(sapo_temperature_pos=0.7, sapo_temperature_neg=1.3, vespo_k_pos=1.5,
+                      vespo_lambda_pos=2.5, vespo_k_neg=2.0, vespo_lambda_neg=1.0), id="params"),
+]
+
+
+@pytest.mark.parametrize("impl", impl_params("torch", "triton"))
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_objective_variants_match_reference(impl, objective, shape, loss_type):
+    """float32, all options, 4-token chunks (a completion spans chunks at every shape)."""
+    _compare(impl, shape, torch.float32, loss_type, full=True, chunk=4, objective=objective)
+
+
 @pytest.mark.parametrize("impl", impl_params("torch", "triton"))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "vespo", "sapo"])
 def test_minimal_options_match_reference(impl, shape, loss_type):
     """num_iterations == 1 (no old log-probs), beta == 0, no bias; default chunking."""
     _compare(impl, shape, torch.float32, loss_type, full=False, chunk=None)
@@ -122,7 +151,7 @@ def test_forward_without_grad_matches_reference(impl, shape):
         got = fused_linear_grpo_loss(h, w, c["ids"], c["mask"], c["adv"], impl=impl, chunk_tokens=4, **kwargs)
         want = ref.fused_linear_grpo_loss(h, w, c["ids"], c["mask"], c["adv"], **kwargs)
     assert_close(got.loss, want[0], torch.float32, "no_grad loss")
-    for k in ref.METRICS:
+    for k in want[1]:
         assert_close(got.metrics[k], want[1][k], torch.float32, f"no_grad {k}")
     m = c["mask"].bool()
     assert_close(got.logps[m], want[2][m], torch.float32, "no_grad logps")
@@ -184,8 +213,18 @@ def test_errors_name_the_argument():
         fused_linear_grpo_loss(*args, loss_type="dapo")
     with pytest.raises(ValueError, match="ref_logps"):
         fused_linear_grpo_loss(*args, loss_type="grpo", beta=0.1)
-    with pytest.raises(ValueError, match="loss_type"):
+    with pytest.raises(ValueError, match="unknown loss_type 'ppo'"):
         fused_linear_grpo_loss(*args, loss_type="ppo")
+    with pytest.raises(ValueError, match="unknown importance_sampling_level 'seq'"):
+        fused_linear_grpo_loss(*args, loss_type="grpo", importance_sampling_level="seq")
+    with pytest.raises(ValueError, match="delta"):
+        fused_linear_grpo_loss(*args, loss_type="grpo", delta=-1.0)
+    with pytest.raises(ValueError, match="num_items_in_batch"):
+        fused_linear_grpo_loss(*args, loss_type="cispo")
+    with pytest.warns(UserWarning, match="luspo"):
+        fused_linear_grpo_loss(*args, loss_type="luspo")
+    with pytest.warns(UserWarning, match="length"):
+        fused_linear_grpo_loss(*args, loss_type="bnpo", importance_sampling_level="sequence")
     with pytest.raises(ValueError, match="weight"):
         fused_linear_grpo_loss(h, torch.randn(11, 5), c["ids"], c["mask"], c["adv"], loss_type="grpo")
     with pytest.raises(TypeError, match="weight"):
@@ -243,3 +282,24 @@ def test_backward_allocates_no_gradient_sized_buffer():
         f"backward allocated {allocated} bytes; a gradient-sized buffer is {smallest_grad}"
     )
     assert w.grad is not None and h.grad is not None
+
+
+def test_autocast_rule_runs_the_gemms_in_the_autocast_dtype():
+    """Under autocast, bf16 hidden states meet a float32 master lm_head: the op casts the
+    GEMM operands to bf16 (the same result as passing bf16 operands) and the gradient
+    reaches the float32 master; the log-prob inputs keep their float32 values."""
+    c = _case(3, 5, 16, 33, torch.float32, "cpu", seed=8)
+    h, w, b = c["leaves"]
+    kw = dict(old_logps=c["old"], ref_logps=c["ref"], beta=0.04, loss_type="grpo", impl="torch")
+    hb = h.detach().bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fused_linear_grpo_loss(hb, w, c["ids"], c["mask"], c["adv"], bias=b, **kw)
+    gh, gw = torch.autograd.grad(got.loss, [hb, w])
+    assert gw.dtype == torch.float32 and gh.dtype == torch.bfloat16
+    wb = w.detach().bfloat16().requires_grad_()
+    bb = b.detach().bfloat16()
+    hb2 = h.detach().bfloat16().requires_grad_()
+    want = fused_linear_grpo_loss(hb2, wb, c["ids"], c["mask"], c["adv"], bias=bb, **kw)
+    wh, ww = torch.autograd.grad(want.loss, [hb2, wb])
+    assert torch.equal(got.loss, want.loss) and torch.equal(got.logps, want.logps)
+    assert torch.equal(gh, wh) and torch.equal(gw, ww.float())

@@ -168,11 +168,59 @@ def test_long_prompts_are_dropped_and_counted(tmp_path):
     assert 0 < rec["metrics"]["prompts_dropped"] < 160
 
 
-def test_nan_reward_is_an_error(tmp_path, monkeypatch):
+def test_infinite_reward_is_an_error(tmp_path, monkeypatch):
     from ftib.stages import rewards
 
     monkeypatch.setattr(rewards.LanguageReward, "__call__",
-                        lambda self, p, c, r, m: torch.full((len(c),), float("nan")))
-    with pytest.raises(FtibError, match="reward 'language' returned 4 non-finite"):
+                        lambda self, p, c, r, m: torch.full((len(c),), float("inf")))
+    with pytest.raises(FtibError, match="reward 'language' returned 4 infinite"):
         run_grpo(tmp_path, {"data": "ftibworld:tiny", "group_size": 2, "max_new_tokens": 4, "rewards": LANG_ONLY,
                             "train": {"max_steps": 1, "batch_size": 2}})
+
+
+def test_unscorable_completions_get_advantage_zero(tmp_path, monkeypatch):
+    """A reward returning NaN for a completion it cannot score (TRL: None): the step runs,
+    the share is logged, the loss stays finite (the completion's advantage is 0)."""
+    from ftib.stages import rewards
+
+    real = rewards.LanguageReward.__call__
+
+    def half_nan(self, p, c, r, m):
+        out = real(self, p, c, r, m).clone()
+        out[::2] = float("nan")
+        return out
+
+    monkeypatch.setattr(rewards.LanguageReward, "__call__", half_nan)
+    rec, rows = run_grpo(tmp_path, {"data": "ftibworld:tiny", "group_size": 2, "max_new_tokens": 4,
+                                    "rewards": LANG_ONLY, "train": {"max_steps": 1, "batch_size": 2}})
+    assert rec["status"] == "completed"
+    assert rows[-1]["reward_unscorable"] == 0.5 and rows[-1]["reward/language_unscorable"] == 0.5
+    assert rows[-1]["loss"] == rows[-1]["loss"]  # not NaN
+
+
+@pytest.mark.filterwarnings("ignore:.*TRL warns too:UserWarning")
+def test_gspo_two_sided_clip_with_kl_runs(tmp_path):
+    """TRL's newer objectives are stage config: a sequence-level ratio (GSPO), the
+    two-sided clip and the bias-corrected KL, over two optimiser steps per rollout."""
+    rec, rows = run_grpo(tmp_path, {"data": "ftibworld:tiny", "group_size": 2, "max_new_tokens": 4,
+                                    "rewards": LANG_ONLY, "loss_type": "grpo", "importance_sampling_level": "sequence",
+                                    "delta": 1.5, "beta": 0.04, "num_iterations": 2,
+                                    "train": {"max_steps": 2, "batch_size": 2}})
+    assert rec["status"] == "completed"
+    assert all(r["kl"] == r["kl"] and "clip_ratio_region" in r for r in rows if "loss" in r)
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"loss_type": "ppo"}, "loss_type"),
+        ({"importance_sampling_level": "seq"}, "importance_sampling_level"),
+        ({"delta": -1.0}, "delta"),
+        ({"sapo_temperature_neg": 0.0}, "sapo_temperature"),
+    ],
+)
+def test_bad_objectives_are_config_errors(tmp_path, config, match):
+    base = {"data": "ftibworld:tiny", "group_size": 2, "max_new_tokens": 4, "rewards": LANG_ONLY,
+            "train": {"max_steps": 1, "batch_size": 2}}
+    with pytest.raises(ConfigError, match=match):
+        run_grpo(tmp_path, {**base, **config})

@@ -99,14 +99,11 @@ def test_shared_prompt_forward_is_the_plain_forward(prompt_batch):
                               stop_ids=stop, pad_id=tok.pad_token_id)
     cmask = completion_mask(comp, stop, tok.pad_token_id)
     cmask[1, 3:] = 0  # a ragged row
-    ids = torch.cat([batch["input_ids"].repeat_interleave(G, 0), comp], 1)
-    attn = torch.cat([batch["attention_mask"].repeat_interleave(G, 0), cmask], 1)
-    P = batch["input_ids"].shape[1]
     model.train()
     results = []
-    for group in (1, G):
+    for share in (False, True):
         model.zero_grad(set_to_none=True)
-        h = completion_hidden(model, ids, attn, P, comp.shape[1], group)
+        h = completion_hidden(model, batch["input_ids"], batch["attention_mask"], comp, cmask, G, share_prompt=share)
         # A fixed linear read-out (a squared norm would be almost scale-invariant after the
         # final RMSNorm: its layer gradients cancel to rounding noise).
         (h[cmask.bool()] @ torch.linspace(-1, 1, h.shape[-1])).sum().backward()
@@ -137,12 +134,9 @@ def test_loss_logps_are_the_old_logps(prompt_batch):
     comp = sample_completions(model, batch["input_ids"], batch["attention_mask"], group_size=G, max_new_tokens=6,
                               stop_ids=stop, pad_id=tok.pad_token_id, temperature=T)
     cmask = completion_mask(comp, stop, tok.pad_token_id)
-    ids = torch.cat([batch["input_ids"].repeat_interleave(G, 0), comp], 1)
-    attn = torch.cat([batch["attention_mask"].repeat_interleave(G, 0), cmask], 1)
-    P = batch["input_ids"].shape[1]
-    want = token_logps(model, ids, attn, P, comp, temperature=T, group_size=G)
+    want = token_logps(model, batch["input_ids"], batch["attention_mask"], comp, cmask, temperature=T, group_size=G)
     model.train()
-    hidden = completion_hidden(model, ids, attn, P, comp.shape[1], G)
+    hidden = completion_hidden(model, batch["input_ids"], batch["attention_mask"], comp, cmask, G)
     out = fused_linear_grpo_loss(hidden, model.get_output_embeddings().weight, comp, cmask,
                                  torch.randn(comp.shape[0]), loss_type="grpo", temperature=T)
     keep = cmask.bool()

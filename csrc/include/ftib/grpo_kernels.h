@@ -30,12 +30,13 @@ void embedding_similarity(const void *hidden, ScalarKind kind, const float *mask
 
 enum class AdvantageScale : int { group = 0, batch = 1, none = 2 };
 
-// Group-relative advantages as TRL's GRPOTrainer computes them. rewards (n,) float32 with
-// n = groups * group_size; mean and std are per group (unbiased std, 0 for a group of
-// one); adv = (r - group mean) / (s + eps) where s is the group std (`group`), the std
-// of the whole batch (`batch`, unbiased, 0 if n == 1), or adv = r - group mean (`none`).
-// Returns the share of elements whose scaling std is 0 (torch.isclose(s, 0): |s| <= 1e-8),
-// i.e. the share of zero-std groups in `group`/`none` mode.
+// Group-relative advantages as TRL's GRPOTrainer computes them, in float64. rewards (n,)
+// float32 with n = groups * group_size, NaN = unscorable; mean and std are per group over
+// the non-NaN rewards (unbiased std, NaN with fewer than two, 0 for a group of one);
+// adv = (r - group mean) / (s + eps) where s is the group std (`group`), the nan-aware
+// std of the whole batch (`batch`, 0 if n == 1), or adv = r - group mean (`none`); a NaN
+// advantage becomes 0. Returns the share of elements whose scaling std is 0
+// (torch.isclose(s, 0): |s| <= 1e-8), i.e. the share of zero-std groups in `group`/`none`.
 double group_advantages(const float *rewards, std::int64_t n, std::int64_t group_size,
                         AdvantageScale scale, double eps, float *adv, float *group_mean,
                         float *group_std, int threads);
