@@ -135,6 +135,29 @@ class Recipe:
         blob = json.dumps(d, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()
 
+    def point_fingerprints(self) -> dict[str, str]:
+        """One hash per pipeline point: ``base`` (run settings without the device, and
+        the model), each stage id (its input point's hash + its own entry), and each
+        ``<point>/<evaluator id>`` (that point's hash + the evaluator's entry). A stage's
+        hash therefore covers exactly what its result depends on: changing an
+        evaluator or a later stage leaves it unchanged."""
+        d = self.to_dict()
+
+        def h(*parts: Any) -> str:
+            return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+        out = {BASE_POINT: h({k: v for k, v in d["run"].items() if k != "device"}, d["model"])}
+        previous = BASE_POINT
+        for s in d["stages"]:
+            src = s.get("from") or previous
+            out[s["id"]] = h(out[src], s)
+            previous = s["id"]
+        for e in d["evaluators"]:
+            entry = {k: v for k, v in e.items() if k != "after"}
+            for point in e["after"]:
+                out[f"{point}/{e['id']}"] = h(out[point], entry)
+        return out
+
     def data_files(self) -> dict[str, Path]:
         """Every input path named by a config field, keyed by its dotted key."""
         out: dict[str, Path] = {}
