@@ -72,6 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = None
     path = Path(config) if config else packaged_recipe()
     recipe = load_recipe(path, overrides)
+    _preflight(recipe)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / path.stem
     pipeline = Pipeline(recipe, run_dir, force=args.force, progress=not args.no_progress)
     manifest = pipeline.run()
@@ -90,6 +91,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight(recipe) -> None:
+    """Checks that need the model's sizes (context length, rollout memory), before any
+    work; the model library lives outside the kernel, so the CLI wires it in."""
+    from ftib.core.recipe import check_limits
+
+    try:
+        from ftib.models.bundle import model_limits
+    except ImportError:  # pragma: no cover - ftib.models ships with ftib
+        log.warning("ftib.models is not importable; model limits are not checked")
+        return
+    check_limits(recipe, model_limits(recipe.model.name_or_path, recipe.model.preset_overrides))
+
+
 def _print_summary(manifest: dict, run_dir: Path) -> None:
     rows = []
     for sid, rec in manifest.get("stages", {}).items():
@@ -99,6 +113,8 @@ def _print_summary(manifest: dict, run_dir: Path) -> None:
         metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list((rec.get("metrics") or {}).items())[:4])
         rows.append(("eval", key, rec.get("status", "?"), _fmt(rec.get("seconds")), metrics))
     print(f"run directory: {run_dir}")
+    if manifest.get("recomputed"):
+        print(f"recomputed (configuration changed): {', '.join(manifest['recomputed'])}")
     if not rows:
         print("(the recipe lists no stages or evaluators)")
         return
