@@ -38,10 +38,18 @@ overrides:
   Values are read as YAML scalars or lists (true, 3, 1.0e-4, [a, b]). An unknown key,
   a wrong type or a missing file stops the run before any work, naming the key.
 
+  Options (--run-dir, --force ...) may come before, between or after the overrides.
+
 resume:
   Running the same command again on the same --run-dir skips completed stages and
-  evaluations and resumes an interrupted stage from its last step checkpoint. A run
-  directory made by a different configuration is refused unless --force.
+  evaluations and resumes an interrupted stage from its last intact step checkpoint.
+  Changing an evaluator or a later stage recomputes only those entries; a change that
+  leaves no trained stage reusable is refused unless --force. One ftib run holds a
+  run directory at a time.
+
+errors:
+  A user error prints one line naming the file or key and exits with status 2;
+  FTIB_DEBUG=1 also prints the traceback.
 """
 
 
