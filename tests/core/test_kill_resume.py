@@ -76,7 +76,6 @@ def test_kill_at_random_points_of_every_stage_resumes_to_the_same_outputs(tmp_pa
         proc.wait()
     out = subprocess.run(cmd + ["--run-dir", str(killed)], env=env, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "resumes from" in out.stderr or len(done) > 0
     assert not list(killed.rglob(".step-*.tmp-*")), "temporaries of the killed runs are cleaned"
     a_metrics, a_rows = _results(straight)
     b_metrics, b_rows = _results(killed)
