@@ -106,6 +106,10 @@ def test_override_on_a_malformed_section_and_options_anywhere(cli, tmp_path):
     # KEY=VALUE after --run-dir is an override (issue 15, item 9); it reaches the recipe.
     out = cli(TINY, tmp_path / "run", "stages.tiny.train.lr=nan")
     assert out.returncode == 2 and "stages.tiny.train.lr" in out.stderr
+    out = cli(TINY, tmp_path / "ok", "stages.tiny.train.max_steps=2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    manifest = json.loads((tmp_path / "ok" / "manifest.json").read_text())
+    assert manifest["config"]["stages"][0]["config"]["train"]["max_steps"] == 2
 
 
 def test_decompression_bomb_names_the_image(cli, tmp_path):
