@@ -4,13 +4,21 @@ Built-in subcommands: ``run`` and ``list``. More subcommands arrive through the
 ``ftib.commands`` entry-point group: each entry point is a callable
 ``register(subparsers)`` that adds one ``argparse`` subparser and sets
 ``func=handler`` on it (``handler(args) -> int``).
+
+Errors: :func:`main` is the one place user errors become messages. ftib's own errors,
+configuration and YAML errors, Pillow's decompression-bomb refusal, damaged checkpoint
+files and missing or unreadable files print one line ``ftib: error: ...`` (naming the
+file or key) and exit with status 2; ``FTIB_DEBUG=1`` prints the traceback as well.
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from importlib import metadata, resources
 from pathlib import Path
 
@@ -30,10 +38,18 @@ overrides:
   Values are read as YAML scalars or lists (true, 3, 1.0e-4, [a, b]). An unknown key,
   a wrong type or a missing file stops the run before any work, naming the key.
 
+  Options (--run-dir, --force ...) may come before, between or after the overrides.
+
 resume:
   Running the same command again on the same --run-dir skips completed stages and
-  evaluations and resumes an interrupted stage from its last step checkpoint. A run
-  directory made by a different configuration is refused unless --force.
+  evaluations and resumes an interrupted stage from its last intact step checkpoint.
+  Changing an evaluator or a later stage recomputes only those entries; a change that
+  leaves no trained stage reusable is refused unless --force. One ftib run holds a
+  run directory at a time.
+
+errors:
+  A user error prints one line naming the file or key and exits with status 2;
+  FTIB_DEBUG=1 also prints the traceback.
 """
 
 
@@ -64,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = None
     path = Path(config) if config else packaged_recipe()
     recipe = load_recipe(path, overrides)
+    _preflight(recipe)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / path.stem
     pipeline = Pipeline(recipe, run_dir, force=args.force, progress=not args.no_progress)
     manifest = pipeline.run()
@@ -82,6 +99,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight(recipe) -> None:
+    """Checks that need the model's sizes (context length, rollout memory), before any
+    work; the model library lives outside the kernel, so the CLI wires it in."""
+    from ftib.core.recipe import check_limits
+
+    try:
+        from ftib.models.bundle import model_limits
+    except ImportError:  # pragma: no cover - ftib.models ships with ftib
+        log.warning("ftib.models is not importable; model limits are not checked")
+        return
+    check_limits(recipe, model_limits(recipe.model.name_or_path, recipe.model.preset_overrides))
+
+
 def _print_summary(manifest: dict, run_dir: Path) -> None:
     rows = []
     for sid, rec in manifest.get("stages", {}).items():
@@ -91,6 +121,8 @@ def _print_summary(manifest: dict, run_dir: Path) -> None:
         metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list((rec.get("metrics") or {}).items())[:4])
         rows.append(("eval", key, rec.get("status", "?"), _fmt(rec.get("seconds")), metrics))
     print(f"run directory: {run_dir}")
+    if manifest.get("recomputed"):
+        print(f"recomputed (configuration changed): {', '.join(manifest['recomputed'])}")
     if not rows:
         print("(the recipe lists no stages or evaluators)")
         return
@@ -165,27 +197,59 @@ def build_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message of an exception caused by the user's input (recipe, data,
+    run directory), or ``None`` for anything else (a bug, which keeps its traceback)."""
+    if isinstance(exc, FtibError):
+        return str(exc)
+    names = {f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__}
+    if "PIL.Image.DecompressionBombError" in names:
+        return f"image refused by Pillow ({exc})"
+    if "yaml.error.YAMLError" in names:
+        return f"invalid YAML: {exc}"
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+    return None
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; ``ftib run`` takes its KEY=VALUE overrides anywhere among its
+    options (``ftib run r.yaml --run-dir X a.b=1``), which plain argparse refuses once
+    the positionals are consumed."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [x for x in extra if x.startswith("-") or "=" not in x]
+        if getattr(args, "command", None) != "run" or stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    debug = os.environ.get("FTIB_DEBUG", "") not in ("", "0")
     try:
         parser = build_parser()
-    except FtibError as exc:
-        print(f"ftib: error: {exc}", file=sys.stderr)
-        return 2
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
+        args = _parse(parser, argv)
+        logging.basicConfig(level=getattr(logging, args.log_level),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
-    except FtibError as exc:
-        print(f"ftib: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("ftib: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one top-level handler
+        message = user_error(exc)
+        if message is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        message = " ".join(message.split("\n"))
+        print(f"ftib: error: {message}" + ("" if debug else " (FTIB_DEBUG=1 shows the traceback)"),
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

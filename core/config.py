@@ -8,6 +8,7 @@ mapping into one, failing on the first problem with the dotted key that caused i
   ``float``; a numeric string such as YAML's ``1e-4`` is accepted for ``float`` because
   YAML 1.1 reads exponents without a dot as strings);
 * a required key that is missing is named;
+* a ``float`` must be finite (``nan``/``inf`` are refused: they slip past range checks);
 * a field declared with :func:`path_field` must exist on disk (file or directory).
 
 Supported annotations: ``bool``, ``int``, ``float``, ``str``, ``pathlib.Path``,
@@ -18,6 +19,7 @@ Supported annotations: ``bool``, ``int``, ``float``, ``str``, ``pathlib.Path``,
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -109,10 +111,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected int, got {type(value).__name__} {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            return float(value)
-        raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
+            out = float(value)
+        elif isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            out = float(value)
+        else:
+            raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
+        # NaN passes every `x <= 0` range check and inf overflows later: refuse both here.
+        if not math.isfinite(out):
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+        return out
     if tp is str:
         if isinstance(value, str):
             return value

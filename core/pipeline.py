@@ -6,6 +6,16 @@ the next stage; an interrupted stage is started again with ``ctx.resume_from`` s
 its latest step checkpoint; completed evaluations are not repeated. A run directory
 whose manifest was written for a different recipe is refused unless ``force=True``,
 which moves the previous run aside (nothing is deleted) and starts the stages afresh.
+
+Trust (``docs/reliability.md``): the whole run holds :class:`~ftib.core.rundir.RunDirLock`;
+temporaries a killed process left are removed first; a directory with files but no
+manifest is refused (``--force`` archives them). Every point (base, each stage, each
+evaluation) has its own fingerprint (:meth:`Recipe.point_fingerprints`): when only an
+evaluator or a later stage changed, the unchanged stages are kept and only the changed
+entries (and what follows them) are recomputed, their old folders moved to
+``superseded/``; the manifest's ``recomputed`` lists them. A resumed stage's
+``metrics.jsonl`` rows past its step checkpoint are dropped before it continues, so the
+log equals an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -29,12 +39,16 @@ from ftib.core.errors import RunDirError
 from ftib.core.interfaces import DistInfo, EvalResult, RunContext, StageResult
 from ftib.core.recipe import BASE_POINT, EvalEntry, Recipe, StageEntry
 from ftib.core.rundir import (
+    LOCK,
     MANIFEST_VERSION,
     METRICS,
+    SUPERSEDED,
     Manifest,
     MetricsSink,
+    RunDirLock,
     atomic_write_json,
     atomic_write_text,
+    clean_stale_temporaries,
     recover_dir,
     sha256_path,
 )
@@ -139,7 +153,16 @@ def seed_everything(seed: int) -> None:
 
 
 def _latest_step_checkpoint(stage_dir: Path) -> Path | None:
-    """The newest complete step checkpoint under ``stage_dir/steps`` (names sort by step)."""
+    """The newest intact step checkpoint under ``stage_dir/steps`` (names sort by step).
+
+    A step whose files do not match its ``checksums.json`` is reported by path and moved
+    to ``stage_dir/corrupt/`` (kept for inspection, never deleted, and out of the way
+    of pruning and of the step that will be written again under its name); the next
+    older step is tried. Steps without checksums (a plugin's own format) are taken as
+    they are.
+    """
+    from ftib.core.train import CHECKSUMS, verify_step_checkpoint
+
     steps = stage_dir / STEP_CHECKPOINTS
     if not steps.is_dir():
         return None
@@ -150,7 +173,28 @@ def _latest_step_checkpoint(stage_dir: Path) -> Path | None:
         (d for d in steps.iterdir() if d.is_dir() and not d.name.startswith(".")),
         key=lambda d: d.name,
     )
-    return done[-1] if done else None
+    skipped = []
+    for d in reversed(done):
+        problem = verify_step_checkpoint(d) if (d / CHECKSUMS).exists() else None
+        if problem is None:
+            if skipped:
+                log.warning("resuming from the newest intact step checkpoint %s instead", d)
+            return d
+        aside = stage_dir / "corrupt" / f"{d.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(d, aside)
+        skipped.append(d)
+        log.warning("step checkpoint %s is damaged (%s); moved to %s", d, problem, aside)
+    if skipped:
+        log.warning("no intact step checkpoint is left in %s; the stage starts over", steps)
+    return None
+
+
+def _step_number(step_dir: Path) -> int:
+    """The step of a checkpoint folder named ``step-<N>`` (the trainer's format); -1 if
+    the name carries none (a plugin's own format: its rows are then all redone)."""
+    tail = step_dir.name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
 
 
 class Pipeline:
@@ -196,6 +240,7 @@ class Pipeline:
 
     def _open_manifest_main(self) -> Manifest:
         fingerprint = self.recipe.fingerprint()
+        points = self.recipe.point_fingerprints()
         try:
             manifest = Manifest.load(self.run_dir)
         except RunDirError:
@@ -203,16 +248,35 @@ class Pipeline:
                 raise
             manifest = None
             self._archive_previous_run("damaged")
+        if manifest is None:
+            stray = sorted(p.name for p in self.run_dir.iterdir() if p.name not in (LOCK, SUPERSEDED))
+            if stray:
+                if not self.force:
+                    raise RunDirError(
+                        f"run directory {self.run_dir} has no manifest.json but holds {', '.join(stray[:5])}"
+                        f"{' ...' if len(stray) > 5 else ''}: it is not an ftib run (or its manifest was "
+                        f"deleted); use another --run-dir, or --force to move them to superseded/<time>-orphaned/"
+                    )
+                self._archive_previous_run("orphaned", names=stray)
+        recomputed: list[str] = []
         if manifest is not None and manifest.data.get("fingerprint") != fingerprint:
-            if not self.force:
-                diff = _config_diff(manifest.data.get("config", {}), self.recipe.to_dict())
-                raise RunDirError(
-                    f"run directory {self.run_dir} was made by a different configuration "
-                    f"({diff}); use another --run-dir, or --force to start over there "
-                    f"(the old run is moved to superseded/<time>-replaced/)"
-                )
-            self._archive_previous_run("replaced")
-            manifest = None
+            old_points = manifest.data.get("point_fingerprints") or {}
+            done = [k for k, r in manifest.data.get("stages", {}).items() if r.get("status") == "completed"]
+            kept = [k for k in done if k in points and old_points.get(k) == points[k]]
+            # Nothing of the old training would survive: a different run, not a change.
+            if old_points.get(BASE_POINT) != points[BASE_POINT] or (done and not kept):
+                if not self.force:
+                    diff = _config_diff(manifest.data.get("config", {}), self.recipe.to_dict())
+                    raise RunDirError(
+                        f"run directory {self.run_dir} was made by a different configuration "
+                        f"({diff}), so none of its trained stages can be reused "
+                        f"(changing only evaluators or later stages needs no --force): use another --run-dir, or --force to start over there "
+                        f"(the old run is moved to superseded/<time>-replaced/)"
+                    )
+                self._archive_previous_run("replaced")
+                manifest = None
+            else:
+                recomputed = self._invalidate_changed(manifest, old_points, points)
         if manifest is None:
             manifest = Manifest(
                 self.run_dir,
@@ -226,6 +290,10 @@ class Pipeline:
                     "evals": {},
                 },
             )
+        manifest.data["fingerprint"] = fingerprint
+        manifest.data["point_fingerprints"] = points
+        manifest.data["config"] = self.recipe.to_dict()
+        manifest.data["recomputed"] = recomputed
         manifest.data["seed"] = self.recipe.run.seed
         manifest.data["versions"] = package_versions()
         manifest.data["git_commit"] = git_commit()
@@ -239,23 +307,60 @@ class Pipeline:
         manifest.save()
         return manifest
 
-    def _archive_previous_run(self, why: str) -> None:
-        """Move the previous run's manifest, metrics and stage/eval folders aside into
-        ``superseded/<time>-<why>/`` so nothing is lost and no stale step checkpoint can
-        be mistaken for one of the new run."""
-        names = ["manifest.json", METRICS, "stages", "evals"]
-        present = [n for n in names if (self.run_dir / n).exists()]
-        if not present:
-            return
-        target = self.run_dir / "superseded" / f"{time.strftime('%Y%m%d-%H%M%S')}-{why}"
+    def _superseded_dir(self, why: str) -> Path:
+        target = self.run_dir / SUPERSEDED / f"{time.strftime('%Y%m%d-%H%M%S')}-{why}"
         suffix = 0
         while target.exists():
             suffix += 1
             target = target.with_name(f"{target.name.split('+')[0]}+{suffix}")
+        return target
+
+    def _archive_previous_run(self, why: str, names: list[str] | None = None) -> None:
+        """Move the previous run's manifest, metrics and stage/eval folders (or
+        ``names``) aside into ``superseded/<time>-<why>/`` so nothing is lost and no
+        stale step checkpoint can be mistaken for one of the new run."""
+        names = names or ["manifest.json", METRICS, "stages", "evals", "report.md"]
+        present = [n for n in names if (self.run_dir / n).exists()]
+        if not present:
+            return
+        target = self._superseded_dir(why)
         target.mkdir(parents=True)
         for n in present:
             os.replace(self.run_dir / n, target / n)
         log.warning("moved the previous run's %s to %s", ", ".join(present), target)
+
+    def _invalidate_changed(self, manifest: Manifest, old: dict[str, str], new: dict[str, str]) -> list[str]:
+        """Reset the manifest entries whose point fingerprint changed (a changed stage
+        changes every point after it) and move their folders and metrics rows to
+        ``superseded/<time>-changed/``. Returns their names (``stages.<id>``,
+        ``evals.<point>/<id>``), which this run recomputes."""
+        changed: list[tuple[str, str, Path]] = []
+        for section, folder in (("stages", "stages"), ("evals", "evals")):
+            for key in list(manifest.data.get(section, {})):
+                if key in new and old.get(key) == new[key]:
+                    continue
+                changed.append((section, key, self.run_dir / folder / key))
+        if not changed:
+            return []
+        target = self._superseded_dir("changed")
+        sink = MetricsSink(self.run_dir / METRICS)
+        for section, key, folder in changed:
+            rec = manifest.data[section].pop(key)
+            if folder.exists():
+                dest = target / folder.relative_to(self.run_dir)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(folder, dest)
+            if section == "stages":
+                sink.discard({"stage": key})
+            else:
+                point, _, eid = key.partition("/")
+                sink.discard({"eval": eid, "point": point})
+            target.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(target / f"{section}.{key.replace('/', '.')}.json", rec)
+        names = [f"{section}.{key}" for section, key, _ in changed]
+        log.warning("configuration changed for %s: recomputing them (previous results in %s)",
+                    ", ".join(names), target)
+        return names
 
     # -- contexts ------------------------------------------------------------------
     def _context(self, work_dir: Path, model_source: str, bundle: Any, metrics: MetricsSink,
@@ -281,13 +386,23 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         """Run (or resume) everything; return the final manifest data."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = D.rank_device(resolve_device(self.recipe.run.device), self.dist)
-        owns_group = D.setup(self.dist, self.device)
+        # One writer: rank 0 of a job holds the lock for the whole run (the OS frees it
+        # however the process ends); the other ranks of the same job only read.
+        lock = RunDirLock(self.run_dir).acquire() if self.dist.is_main else None
         try:
-            return self._run()
+            if lock is not None:
+                for p in clean_stale_temporaries(self.run_dir):
+                    log.info("removed %s, left by an interrupted process", p)
+            self.device = D.rank_device(resolve_device(self.recipe.run.device), self.dist)
+            owns_group = D.setup(self.dist, self.device)
+            try:
+                return self._run()
+            finally:
+                if owns_group:
+                    D.teardown()
         finally:
-            if owns_group:
-                D.teardown()
+            if lock is not None:
+                lock.release()
 
     def _run(self) -> dict[str, Any]:
         self.dtype = resolve_dtype(self.recipe.run.dtype, self.device)
@@ -346,10 +461,14 @@ class Pipeline:
         resume_from = D.broadcast_object(resume_from)  # rank 0 decides, after recovering renames
         if resume_from is not None:
             log.info("stage %s resumes from %s", stage.id, resume_from)
+        # The rows an interrupted attempt logged past its checkpoint are redone now.
+        dropped = sink.discard({"stage": stage.id}, _step_number(resume_from) if resume_from else -1)
+        if dropped:
+            log.info("stage %s: dropped %d metrics rows of the interrupted attempt", stage.id, dropped)
         seed_everything(self.recipe.run.seed)
         ctx = self._context(work_dir, model_source, bundle, sink.child(stage=stage.id),
                             f"ftib.stage.{stage.id}", resume_from,
-                            run_id=f"{self.recipe.fingerprint()[:16]}/stages/{stage.id}")
+                            run_id=f"{self.recipe.point_fingerprints()[stage.id][:16]}/stages/{stage.id}")
         started = time.time()
         manifest.update("stages", stage.id, name=stage.name, status="running",
                         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), model_source=model_source)
@@ -399,9 +518,10 @@ class Pipeline:
     def _evaluate(self, manifest: Manifest, sink: MetricsSink, ev: EvalEntry, point: str,
                   model_source: str, bundle: Any, key: str) -> None:
         work_dir = self.run_dir / "evals" / point / ev.id
+        sink.discard({"eval": ev.id, "point": point})  # rows of an interrupted attempt
         seed_everything(self.recipe.run.seed)
         ctx = self._context(work_dir, model_source, bundle, sink.child(eval=ev.id, point=point),
-                            f"ftib.eval.{ev.id}", run_id=f"{self.recipe.fingerprint()[:16]}/evals/{key}")
+                            f"ftib.eval.{ev.id}", run_id=f"{self.recipe.point_fingerprints()[key][:16]}/evals/{key}")
         started = time.time()
         manifest.update("evals", key, name=ev.name, status="running")
         try:

@@ -42,6 +42,48 @@ from ftib.core.registry import EVALUATORS, STAGES, Registry
 
 TOP_LEVEL_KEYS = ("run", "model", "stages", "evaluators")
 BASE_POINT = "base"
+#: run settings that do not change results (a run may move device, a limit may rise)
+RESULT_NEUTRAL_RUN_KEYS = ("device", "max_rollout_gib")
+#: Most YAML nodes a recipe may expand to, aliases counted at every use. A real recipe
+#: has a few hundred; an alias bomb ("billion laughs") has billions in a kilobyte.
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node, where: str, memo: dict[int, int], stack: set[int]) -> int:
+    """Nodes ``node`` stands for once every alias is expanded (shared nodes counted at
+    each use), computed on the composed graph in time linear in its distinct nodes."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in stack:
+        raise ConfigError(f"{where}: a YAML alias refers to itself (a recursive structure)")
+    stack.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(c, where, memo, stack) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, where, memo, stack) + _expanded_size(v, where, memo, stack)
+                    for k, v in node.value)
+    stack.discard(key)
+    memo[key] = size
+    return size
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that first bounds the alias expansion (:data:`MAX_YAML_NODES`)
+    on the node graph, before any Python object is built."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, where, {}, set())
+        if size > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: the YAML expands to more than {MAX_YAML_NODES} nodes "
+                              f"({size}, through aliases); refusing it (an alias bomb?)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +93,13 @@ class RunSpec:
     seed: int = 0
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    #: refuse a recipe whose rough rollout memory estimate (see :func:`check_limits`)
+    #: exceeds this many GiB, before any work.
+    max_rollout_gib: float = 32.0
+
+    def __post_init__(self) -> None:
+        if self.max_rollout_gib <= 0:
+            raise ValueError(f"max_rollout_gib must be > 0, got {self.max_rollout_gib}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,9 +180,32 @@ class Recipe:
     def fingerprint(self) -> str:
         """Hash of everything that changes results (run.device excluded: a run may move)."""
         d = self.to_dict()
-        d["run"] = {k: v for k, v in d["run"].items() if k != "device"}
+        d["run"] = {k: v for k, v in d["run"].items() if k not in RESULT_NEUTRAL_RUN_KEYS}
         blob = json.dumps(d, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()
+
+    def point_fingerprints(self) -> dict[str, str]:
+        """One hash per pipeline point: ``base`` (run settings without the device, and
+        the model), each stage id (its input point's hash + its own entry), and each
+        ``<point>/<evaluator id>`` (that point's hash + the evaluator's entry). A stage's
+        hash therefore covers exactly what its result depends on: changing an
+        evaluator or a later stage leaves it unchanged."""
+        d = self.to_dict()
+
+        def h(*parts: Any) -> str:
+            return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+        out = {BASE_POINT: h({k: v for k, v in d["run"].items() if k not in RESULT_NEUTRAL_RUN_KEYS}, d["model"])}
+        previous = BASE_POINT
+        for s in d["stages"]:
+            src = s.get("from") or previous
+            out[s["id"]] = h(out[src], s)
+            previous = s["id"]
+        for e in d["evaluators"]:
+            entry = {k: v for k, v in e.items() if k != "after"}
+            for point in e["after"]:
+                out[f"{point}/{e['id']}"] = h(out[point], entry)
+        return out
 
     def data_files(self) -> dict[str, Path]:
         """Every input path named by a config field, keyed by its dotted key."""
@@ -154,7 +226,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw, f"override {key}") if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
     return key.split("."), value
@@ -187,6 +259,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
                     f"(e.g. stages.sft.lr=1e-4)"
                 )
             entries = raw.setdefault(head, [])
+            if not isinstance(entries, list):
+                raise ConfigError(f"override {'.'.join(path)}: {head} in the recipe is a "
+                                  f"{type(entries).__name__}, not a list of entries")
             idx = _entry_index(entries, path[1], head)
             entry = entries[idx]
             rest = path[2:]
@@ -196,6 +271,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             if rest[0] == "config":  # tolerate the explicit form stages.sft.config.lr
                 rest = rest[1:]
             node = entry.setdefault("config", {}) or {}
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {'.'.join(path)}: {head}.{path[1]}.config in the recipe is a "
+                                  f"{type(node).__name__}, not a mapping")
             entry["config"] = node
         elif head == "model":
             rest = path[1:]
@@ -205,11 +283,17 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             if isinstance(raw.get("model"), str):
                 raw["model"] = {"name_or_path": raw["model"]}
             node = raw.setdefault("model", {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {'.'.join(path)}: model in the recipe is a "
+                                  f"{type(node).__name__}, not a mapping or a name")
         else:
             rest = path[1:]
             if not rest:
                 raise ConfigError("override run: use run.<key>=value")
             node = raw.setdefault("run", {}) or {}
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {'.'.join(path)}: run in the recipe is a "
+                                  f"{type(node).__name__}, not a mapping")
             raw["run"] = node
         for part in rest[:-1]:
             nxt = node.get(part)
@@ -226,7 +310,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_yaml(path.read_text(encoding="utf-8"), f"recipe {str(path)!r}")
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}") from exc
     except UnicodeDecodeError as exc:
@@ -246,6 +330,9 @@ def _entries(raw: Any, section: str) -> list[Mapping[str, Any]]:
     for i, e in enumerate(raw):
         if not isinstance(e, Mapping) or "name" not in e:
             raise ConfigError(f"{section}[{i}]: each entry needs at least a 'name'")
+        for key in ("name", "id"):
+            if key in e and not isinstance(e[key], str):
+                raise ConfigError(f"{section}[{i}].{key}: expected str, got {type(e[key]).__name__} {e[key]!r}")
     return raw
 
 
@@ -308,6 +395,9 @@ def build_recipe(
             after = [points[-1]]
         elif isinstance(after, str):
             after = [after]
+        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+            raise ConfigError(f"{where}.after: expected a stage id or a list of them "
+                              f"({', '.join(points)}), got {after!r}")
         for a in after:
             if a not in points:
                 raise ConfigError(f"{where}.after: {a!r} is not a stage id; {did_you_mean(str(a), points)}")
@@ -328,3 +418,59 @@ def load_recipe(
     resolved against the current directory (as typed on the command line)."""
     raw = apply_overrides(read_yaml(Path(path)), overrides)
     return build_recipe(raw, registry or Registry(), source=Path(path))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelLimits:
+    """What the recipe's model allows (``None``: unknown, not checked)."""
+
+    context: int | None = None  # max_position_embeddings
+    vocab: int | None = None
+    hidden: int | None = None
+    layers: int | None = None
+
+
+#: Config fields that count tokens of one sequence and must fit the model's context.
+LENGTH_FIELDS = ("max_new_tokens", "block_size", "max_length", "max_prompt_length")
+
+
+def rollout_bytes(config: Mapping[str, Any], limits: ModelLimits) -> int | None:
+    """Rough peak memory of one GRPO micro-batch of rollouts, in bytes:
+    ``prompts x G x (prompt + new tokens)`` tokens, each with float32 logits over the
+    vocabulary, a float32 KV cache (2 x layers x hidden) and training activations
+    (about 34 x hidden values per layer and token: Korthikanti et al. 2022, eq. 1
+    without the attention-score term). ``None`` for a config without ``group_size``."""
+    if "group_size" not in config or None in (limits.vocab, limits.hidden, limits.layers):
+        return None
+    prompts = int((config.get("train") or {}).get("batch_size", 1))
+    length = int(config.get("max_prompt_length", 0)) + int(config.get("max_new_tokens", 0))
+    tokens = prompts * int(config["group_size"]) * length
+    per_token = 4 * limits.vocab + 4 * 2 * limits.layers * limits.hidden + 2 * 34 * limits.hidden * limits.layers
+    return tokens * per_token
+
+
+def check_limits(recipe: Recipe, limits: ModelLimits) -> None:
+    """Refuse, before any work, sequence lengths past the model's context and rollouts
+    whose :func:`rollout_bytes` exceed ``run.max_rollout_gib``. Errors name the key."""
+    entries = [(f"stages.{s.id}", cfg.to_dict(s.config)) for s in recipe.stages]
+    entries += [(f"evaluators.{e.id}", cfg.to_dict(e.config)) for e in recipe.evaluators]
+    for where, conf in entries:
+        if not isinstance(conf, Mapping):
+            continue
+        if limits.context is not None:
+            for name in LENGTH_FIELDS:
+                value = conf.get(name)
+                if isinstance(value, int) and value > limits.context:
+                    raise ConfigError(f"{where}.{name}: {value} exceeds the model's context of "
+                                      f"{limits.context} tokens (max_position_embeddings)")
+            both = conf.get("max_prompt_length"), conf.get("max_new_tokens")
+            if all(isinstance(v, int) for v in both) and sum(both) > limits.context:
+                raise ConfigError(f"{where}.max_prompt_length + max_new_tokens = {both[0]} + {both[1]} exceeds "
+                                  f"the model's context of {limits.context} tokens")
+        need = rollout_bytes(conf, limits)
+        if need is not None and need > recipe.run.max_rollout_gib * 2**30:
+            raise ConfigError(
+                f"{where}: one rollout micro-batch needs about {need / 2**30:.1f} GiB (train.batch_size x "
+                f"group_size x (max_prompt_length + max_new_tokens) tokens), above run.max_rollout_gib="
+                f"{recipe.run.max_rollout_gib:g}; lower one of them or raise the limit"
+            )

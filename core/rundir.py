@@ -8,6 +8,8 @@ Layout::
       metrics.jsonl          one JSON object per logged step
       stages/<id>/           a stage's work_dir (its checkpoints live here)
       evals/<point>/<id>/    metrics.json + records.jsonl of one evaluation
+      .ftib.lock             held (``fcntl.flock``) by the one process writing the run
+      superseded/<time>-<why>/  earlier runs or stages moved aside, never deleted
 
 Every file and checkpoint directory is written atomically: first into a temporary
 sibling, then renamed into place, so a crash mid-write leaves the previous version
@@ -20,7 +22,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -32,6 +36,86 @@ from ftib.core.errors import FtibError, RunDirError
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 MANIFEST_VERSION = 1
+LOCK = ".ftib.lock"
+SUPERSEDED = "superseded"
+# The temporaries of atomic_write_bytes / atomic_dir: ``.<name>.tmp-<8 hex>``.
+_TMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
+
+
+class RunDirLock:
+    """One writer per run directory: an exclusive ``fcntl.flock`` on ``<run_dir>/.ftib.lock``.
+
+    The lock belongs to the open file, so the operating system releases it when the
+    process ends in any way (exit, exception, ``kill -9``); there is no stale lock to
+    clean up. The file records the holder (pid, host, start time) for the message the
+    next process prints. ``flock`` is advisory and local: on a network filesystem that
+    does not forward it (some NFS setups) two hosts may both acquire it.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> RunDirLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise RunDirError(
+                f"run directory {self.path.parent} is in use by {holder}; wait for it to finish, "
+                f"stop it, or use another --run-dir (lock: {self.path})"
+            ) from None
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            return f"pid {info['pid']} on host {info['host']} (since {info.get('started', '?')})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process (it has not recorded its pid yet)"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the file releases the lock
+            self._fd = None
+
+    def __enter__(self) -> RunDirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def clean_stale_temporaries(root: Path) -> list[Path]:
+    """Remove the ``.<name>.tmp-<hex>`` files and folders a killed process left under
+    ``root`` (never under ``superseded/``); call only while holding :class:`RunDirLock`.
+    Returns what was removed."""
+    removed = []
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root and SUPERSEDED in dirnames:
+            dirnames.remove(SUPERSEDED)
+        for name in list(dirnames):
+            if _TMP_RE.match(name):
+                shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+                removed.append(Path(dirpath) / name)
+                dirnames.remove(name)
+        for name in filenames:
+            if _TMP_RE.match(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                removed.append(Path(dirpath) / name)
+    return removed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -167,6 +251,34 @@ class MetricsSink:
         line = json.dumps(rec, ensure_ascii=False, allow_nan=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
+
+    def discard(self, match: Mapping[str, Any], after_step: int = -1) -> int:
+        """Drop the rows whose fields equal ``match`` and whose step is > ``after_step``
+        (the rows of an attempt that is about to be redone), rewriting the log
+        atomically; a torn last line (a kill mid-write) is dropped too. Returns how
+        many rows were dropped."""
+        if not self.enabled or not self.path.exists():
+            return 0
+        kept, dropped = [], 0
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:  # the torn tail of a killed write
+                    dropped += 1
+                    continue
+                raise FtibError(f"{self.path}:{i + 1}: not valid JSON") from None
+            if (isinstance(rec, dict) and all(rec.get(k) == v for k, v in match.items())
+                    and int(rec.get("step", 0)) > after_step):
+                dropped += 1
+                continue
+            kept.append(line)
+        if dropped:
+            atomic_write_text(self.path, "".join(x + "\n" for x in kept))
+        return dropped
 
 
 class Manifest:

@@ -66,7 +66,7 @@ import torch
 from ftib.core import distributed as D
 from ftib.core.errors import FtibError, RunDirError
 from ftib.core.interfaces import RunContext
-from ftib.core.rundir import atomic_dir, atomic_write_json
+from ftib.core.rundir import atomic_dir, atomic_write_json, sha256_path
 
 log = logging.getLogger("ftib.train")
 
@@ -197,6 +197,9 @@ class TrainResult:
     losses: list[float]
     metrics: dict[str, float]
     resumed_from: int | None = None
+    #: one dict per optimiser step (all steps, resumed ones included): ``loss`` and
+    #: the task's step-averaged metrics; restored from the step checkpoint on resume.
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -236,27 +239,90 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    """Every RNG stream as tensors and plain values, so that ``rng.pt`` loads with
+    ``torch.load(weights_only=True)`` (no pickled ``numpy`` arrays or Python objects)."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "torch": torch.get_rng_state(),
+    }
     try:
         import numpy as np
 
-        state["numpy"] = np.random.get_state()
+        key, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = {"key": str(key), "state": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
     except ImportError:
         pass
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
     torch.set_rng_state(state["torch"])
     if "numpy" in state:
         import numpy as np
 
-        np.random.set_state(state["numpy"])
+        n = state["numpy"]
+        np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+CHECKSUMS = "checksums.json"
+
+
+def _checksums(step_dir: Path) -> dict[str, str]:
+    """SHA-256 of every file under a step checkpoint (``dcp/`` shards included), by
+    relative path; the manifest of :data:`CHECKSUMS` itself is not listed."""
+    return {f.relative_to(step_dir).as_posix(): sha256_path(f)
+            for f in sorted(step_dir.rglob("*")) if f.is_file() and f.name != CHECKSUMS}
+
+
+def verify_step_checkpoint(step_dir: Path) -> str | None:
+    """Why the step checkpoint ``step_dir`` cannot be trusted to be intact, or ``None``.
+
+    Compares every file with the checksum written beside it (``checksums.json``, the
+    last file a step writes). A checksum detects truncation and bit rot, not tampering:
+    whoever can rewrite a file can rewrite its checksum, which is why every file is
+    also loaded without executing code (see :func:`safe_load`).
+    """
+    step_dir = Path(step_dir)
+    listed = step_dir / CHECKSUMS
+    try:
+        expected = json.loads(listed.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{listed} is missing (the step was not finished)"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{listed} is unreadable ({exc})"
+    if not isinstance(expected, dict) or not all(isinstance(v, str) for v in expected.values()):
+        return f"{listed} is not a mapping of file names to SHA-256 digests"
+    for name, digest in expected.items():
+        f = step_dir / name
+        if not f.is_file():
+            return f"{f} is missing"
+        if sha256_path(f) != digest:
+            return f"{f} does not match its checksum in {CHECKSUMS} (truncated or altered)"
+    extra = sorted(set(_checksums(step_dir)) - set(expected))
+    if extra:
+        return f"{step_dir / extra[0]} is not listed in {CHECKSUMS}"
+    return None
+
+
+def safe_load(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors, containers and plain
+    values only, never code (torch's restricted unpickler). Any failure - a planted
+    pickle, a truncated file - is a :class:`RunDirError` naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure of an untrusted file is the file's
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunDirError(f"{path}: cannot be loaded as a plain tensor file ({type(exc).__name__}: {first}); "
+                          "the step checkpoint is damaged or was not written by ftib") from exc
 
 
 class _DataCursor:
@@ -398,7 +464,8 @@ class Trainer:
         return SummaryWriter(str(self.ctx.work_dir / "tb"))
 
     # -- checkpoints -------------------------------------------------------------------
-    def _save_step(self, step: int, cursor: _DataCursor, losses: list[float]) -> Path:
+    def _save_step(self, step: int, cursor: _DataCursor, losses: list[float], history: list[dict[str, float]],
+                   totals: dict[str, float]) -> Path:
         final = self.steps_dir / STEP_DIR_FORMAT.format(step)
         main = self.ctx.dist.is_main
         with contextlib.ExitStack() as stack:
@@ -424,11 +491,15 @@ class Trainer:
                     "step": step,
                     "data": cursor.state(),
                     "losses": losses,
+                    "history": history,
+                    "totals": totals,
                     "world_size": self.world,
                     "distributed": self.mode,
                     "global_batch": self.cfg.batch_size * self.cfg.grad_accum * self.world,
                     "config": json.loads(json.dumps(dataclasses.asdict(self.cfg))),
                 })
+                # Last: a step without its checksums is an unfinished one.
+                atomic_write_json(d / CHECKSUMS, _checksums(d))
         if main:
             self._prune()
         D.barrier()
@@ -445,12 +516,20 @@ class Trainer:
         for old in done[: -self.cfg.keep_checkpoints]:
             shutil.rmtree(old)
 
-    def _load_step(self, path: Path) -> tuple[int, dict[str, int], list[float]]:
+    def _load_step(self, path: Path) -> dict[str, Any]:
+        if not (path / CHECKSUMS).exists():
+            log.warning("step checkpoint %s has no %s (written by an older ftib): resuming unverified",
+                        path, CHECKSUMS)
+        problem = verify_step_checkpoint(path) if (path / CHECKSUMS).exists() else None
+        if problem is not None:
+            raise RunDirError(f"step checkpoint {path} is damaged: {problem}")
         state_file = path / "trainer_state.json"
         try:
             state = json.loads(state_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RunDirError(f"step checkpoint {path} is unreadable ({exc}); delete it to restart the stage") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunDirError(f"{state_file}: step checkpoint {path} is unreadable ({exc}); delete it to restart the stage") from exc
+        if not isinstance(state, dict) or not {"step", "data", "losses"} <= set(state):
+            raise RunDirError(f"{state_file}: lacks step, data or losses; not an ftib step checkpoint")
         if state.get("run_key") != self.run_key:
             raise RunDirError(
                 f"step checkpoint {path} was written by another run or stage "
@@ -464,35 +543,48 @@ class Trainer:
                     f"step checkpoint {path} holds full (ddp/single-process) tensors; resuming it under "
                     f"fsdp2 is not supported: resume with train.distributed: ddp"
                 )
-            weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
+            weights = safe_load(path / "trainable.pt")
+            if not isinstance(weights, dict):
+                raise RunDirError(f"{path / 'trainable.pt'}: expected a mapping of parameter names to tensors")
             missing = set(self.named_trainable) - set(weights)
             if missing:
                 raise RunDirError(f"step checkpoint {path} lacks parameters {sorted(missing)[:5]}")
             with torch.no_grad():
                 for n, p in self.named_trainable.items():
                     p.copy_(weights[n].to(p.device))
-            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+            self._apply(path / "optimizer.pt", self.optimizer.load_state_dict)
+        self._apply(path / "scheduler.pt", self.scheduler.load_state_dict)
         if self.scaler is not None and (path / "scaler.pt").exists():
-            self.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
+            self._apply(path / "scaler.pt", self.scaler.load_state_dict)
         saved_world = int(state.get("world_size", 1))
         own = path / f"rng-rank{self.rank}.pt"
         if saved_world == self.world and own.exists():
-            _set_rng_state(torch.load(own, weights_only=False))
+            self._apply(own, _set_rng_state)
         elif self.rank == 0:
-            _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+            self._apply(path / "rng.pt", _set_rng_state)
         else:  # a rank the checkpoint did not have: a fresh stream of its own
             D.seed_rank(self.ctx.seed + int(state["step"]) + 1, self.rank)
         global_batch = self.cfg.batch_size * self.cfg.grad_accum * self.world
         if "global_batch" in state and state["global_batch"] != global_batch:
             log.warning("resuming with a global batch of %d samples; the checkpoint was trained with %d "
                         "(world size %d -> %d)", global_batch, state["global_batch"], saved_world, self.world)
-        return int(state["step"]), state["data"], list(state["losses"])
+        return state
+
+    @staticmethod
+    def _apply(path: Path, load: Any) -> None:
+        """Load ``path`` safely and hand it to ``load``; a state of the wrong shape (a
+        file from another optimiser, a damaged mapping) is an error naming the file."""
+        value = safe_load(path)
+        try:
+            load(value)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise RunDirError(f"{path}: does not hold the state this run expects ({type(exc).__name__}: {exc})") from exc
 
     def _load_dcp(self, path: Path) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
+        check_dcp_metadata(path)
         state = self._dcp_state()
         missing = set(self.named_trainable) - {k.split(".", 1)[1] for k in _dcp_keys(path) if k.startswith("model.")}
         if missing:
@@ -535,9 +627,16 @@ class Trainer:
         per_step = cfg.batch_size * self.world  # one micro-batch position over all ranks
         cursor = _DataCursor(len(samples), per_step, ctx.seed)
         start, losses, resumed = 0, [], None
+        # Per-step task metrics and running totals travel in every step checkpoint, so
+        # that what the stage reports at the end does not depend on interruptions.
+        history: list[dict[str, float]] = []
+        totals = {"tokens": 0, "samples": 0, "seconds": 0.0}
         if ctx.resume_from is not None:
-            last, data_pos, losses = self._load_step(Path(ctx.resume_from))
-            cursor = _DataCursor(len(samples), per_step, ctx.seed, **data_pos)
+            state = self._load_step(Path(ctx.resume_from))
+            last, losses = int(state["step"]), list(state["losses"])
+            cursor = _DataCursor(len(samples), per_step, ctx.seed, **state["data"])
+            history = list(state.get("history", []))
+            totals.update(state.get("totals", {}))
             start, resumed = last + 1, last
             log.info("resuming at step %d of %d from %s", start, cfg.max_steps, ctx.resume_from)
         task.model.train()
@@ -546,7 +645,6 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
-        totals = {"tokens": 0, "samples": 0, "seconds": 0.0}
         last_good: Path | None = Path(ctx.resume_from) if ctx.resume_from else None
         params = list(self.named_trainable.values())
         try:
@@ -622,6 +720,7 @@ class Trainer:
                 t_end = time.perf_counter()
                 dt = t_end - t0
                 losses.append(step_loss)
+                history.append({"loss": step_loss, **extra})
                 totals["tokens"] += tokens
                 totals["samples"] += nsamples
                 totals["seconds"] += dt
@@ -646,7 +745,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
                 is_last = step == cfg.max_steps - 1
                 if is_last or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
-                    last_good = self._save_step(step, cursor, losses)
+                    last_good = self._save_step(step, cursor, losses, history, totals)
         finally:
             if bar is not None:
                 bar.close()
@@ -670,7 +769,8 @@ class Trainer:
         metrics["trainable_params"] = float(sum(p.numel() for p in self.named_trainable.values()))
         if self.world > 1:
             metrics["world_size"] = float(self.world)
-        return TrainResult(steps=cfg.max_steps, losses=losses, metrics=metrics, resumed_from=resumed)
+        return TrainResult(steps=cfg.max_steps, losses=losses, metrics=metrics, resumed_from=resumed,
+                           history=history)
 
     def _reduce(self, loss: float, tokens: int, samples: int, extra: dict[str, float], *times: float) -> tuple:
         """Sum loss/tokens/samples over ranks; average task metrics and phase times."""
@@ -700,9 +800,49 @@ class Trainer:
         return final
 
 
+# What a DCP ``.metadata`` file may name. torch reads it with plain ``pickle.load``
+# (torch/distributed/checkpoint/filesystem.py, ``read_metadata``), which runs whatever a
+# crafted file asks for, so ftib first unpickles it with this allow-list and refuses
+# anything else; torch's own load then sees only these harmless constructors.
+_DCP_ALLOWED = {
+    "torch.distributed.checkpoint.metadata": None,  # any name: the metadata dataclasses and enums
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"Path", "PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+def check_dcp_metadata(dcp_dir: Path) -> None:
+    """Refuse a DCP checkpoint whose ``.metadata`` pickle names anything outside
+    :data:`_DCP_ALLOWED` (plus ``torch`` dtypes): :class:`RunDirError` naming the file."""
+    import io
+    import pickle
+
+    path = Path(dcp_dir) / ".metadata"
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            allowed = _DCP_ALLOWED.get(module, set())
+            ok = allowed is None or name in allowed
+            if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+                ok = True
+            if not ok:
+                raise pickle.UnpicklingError(f"{module}.{name} is not allowed in DCP metadata")
+            return super().find_class(module, name)
+
+    try:
+        _Restricted(io.BytesIO(path.read_bytes())).load()
+    except Exception as exc:  # noqa: BLE001 - any failure of an untrusted file is the file's
+        raise RunDirError(f"{path}: refused ({type(exc).__name__}: {exc}); only DCP metadata "
+                          "classes may appear in it") from exc
+
+
 def _dcp_keys(path: Path) -> set[str]:
     import torch.distributed.checkpoint as dcp
 
+    check_dcp_metadata(path)
     return set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
 
 
@@ -715,5 +855,6 @@ def consolidate_checkpoint(step_dir: Path, out_file: Path | None = None) -> Path
     if not (step_dir / "dcp").is_dir():
         raise RunDirError(f"{step_dir} is not an FSDP2 step checkpoint (no dcp/ folder)")
     out = Path(out_file) if out_file else step_dir / "consolidated.pt"
+    check_dcp_metadata(step_dir / "dcp")
     dcp_to_torch_save(step_dir / "dcp", out)
     return out

@@ -108,7 +108,7 @@ def resolve_image(root: Path, ref: Any, where: str, *, verify: bool = True) -> s
         try:
             with Image.open(full) as im:
                 im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"{where}: {ref!r} is not a readable image ({exc})") from exc
     return str(full)
 
@@ -119,7 +119,7 @@ def decode_base64_image(data: str, where: str) -> Image.Image:
         raw = base64.b64decode(data, validate=True)
         img = Image.open(io.BytesIO(raw))
         img.load()
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
+    except (binascii.Error, ValueError, UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
         raise DataError(f"{where}: the image cell is not a base64-encoded image ({exc})") from exc
     return img.convert("RGB")
 

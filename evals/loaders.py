@@ -87,8 +87,11 @@ class Item:
 
         if isinstance(self.image, str):  # base64 (paths are always Path objects)
             return dl.decode_base64_image(self.image, f"item {self.id}")
-        with Image.open(self.image) as img:
-            return img.convert("RGB")
+        try:
+            with Image.open(self.image) as img:
+                return img.convert("RGB")
+        except (Image.DecompressionBombError, OSError, ValueError) as exc:
+            raise dl.DataError(f"item {self.id}: {self.image}: not a usable image ({exc})") from exc
 
 
 def check_data(spec: str | Path) -> None:

@@ -311,7 +311,10 @@ def run_markdown(run_dir: Path) -> str:
               f"{_fmt(manifest.get('last_invocation_seconds'))} s wall",
               f"- machine: {platform.get('system', '?')}, {native.get('hardware_threads', '?')} hardware threads; "
               f"torch {versions.get('torch', '?')}, transformers {versions.get('transformers', '?')}",
-              f"- git commit: {manifest.get('git_commit') or '?'}", "", "## Stages", ""]
+              f"- git commit: {manifest.get('git_commit') or '?'}"]
+    if manifest.get("recomputed"):  # entries whose configuration changed since the last run
+        lines.append(f"- recomputed (configuration changed): {', '.join(manifest['recomputed'])}")
+    lines += ["", "## Stages", ""]
     lines += _stage_table(manifest)
     learning = _learning_table(results)
     if learning:

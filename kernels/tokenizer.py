@@ -323,11 +323,17 @@ class FastTokenizer:
     def decode(self, ids: Sequence[int] | Any, *, skip_special_tokens: bool = True) -> str:
         """Text of ``ids`` (invalid UTF-8 becomes U+FFFD, as in ``tokenizers``).
 
-        ValueError names an unknown id.
+        ValueError names an unknown id; TypeError a value that is not an integer (a
+        float such as 1.7 is refused, not truncated).
         """
         import numpy as np
 
-        data = self._native.decode(np.asarray(ids, dtype=np.int64).reshape(-1), skip_special_tokens)
+        arr = np.asarray(ids)
+        if arr.size and (arr.dtype.kind not in "iu" or arr.dtype == np.bool_):
+            bad = next((x for x in arr.reshape(-1).tolist() if isinstance(x, bool) or not isinstance(x, int)),
+                       arr.reshape(-1)[0])
+            raise TypeError(f"decode: token ids must be integers, got {arr.dtype} (e.g. {bad!r})")
+        data = self._native.decode(arr.astype(np.int64).reshape(-1), skip_special_tokens)
         return data.decode("utf-8", errors="replace")
 
     def pretokenize(self, text: str) -> list[bytes]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from ftib.core.errors import FtibError
 from ftib.models.chat import ChatProcessor
-from ftib.models.presets import PRESETS, is_preset, preset_dir
+from ftib.models.presets import PRESETS, get_preset, is_preset, preset_dir
 
 log = logging.getLogger("ftib.models")
 
@@ -314,3 +314,36 @@ def load_options(ctx: Any) -> dict[str, Any]:
     if not is_preset(str(ctx.model_source)):
         opts.pop("preset_overrides", None)
     return opts
+
+
+def model_limits(name_or_path: str, preset_overrides: Mapping[str, Any] | None = None) -> Any:
+    """The context length and sizes of a model without loading its weights
+    (:class:`ftib.core.recipe.ModelLimits`): from the preset's config, or from
+    ``config.json`` of a local directory; a hub name not on disk gives unknown limits.
+    Checks ``preset_overrides`` (types, known fields) on the way."""
+    import json
+
+    from ftib.core.recipe import ModelLimits
+
+    source = str(name_or_path)
+    if is_preset(source):
+        cfg = get_preset(source, **dict(preset_overrides or {}))
+        return ModelLimits(context=cfg.max_position_embeddings, vocab=cfg.vocab_size, hidden=cfg.hidden_size,
+                           layers=cfg.num_layers)
+    if preset_overrides:
+        raise FtibError(f"model.preset_overrides given but {source!r} is not a preset ({', '.join(PRESETS)})")
+    config = Path(source).expanduser() / "config.json"
+    if not config.is_file():
+        return ModelLimits()
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FtibError(f"{config}: not a readable model config ({exc})") from exc
+    text = data.get("text_config") if isinstance(data.get("text_config"), dict) else data
+
+    def num(key: str) -> int | None:
+        v = text.get(key, data.get(key))
+        return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+    return ModelLimits(context=num("max_position_embeddings"), vocab=num("vocab_size"),
+                       hidden=num("hidden_size"), layers=num("num_hidden_layers"))

@@ -156,8 +156,11 @@ class ChatProcessor:
         loaded = []
         for im in images:
             if isinstance(im, (str, Path)):
-                with Image.open(im) as f:
-                    im = f.convert("RGB")
+                try:
+                    with Image.open(im) as f:
+                        im = f.convert("RGB")
+                except (Image.DecompressionBombError, OSError, ValueError) as exc:
+                    raise FtibError(f"{im}: not a usable image ({exc})") from exc
             elif isinstance(im, Image.Image):
                 im = im.convert("RGB")
             else:

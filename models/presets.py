@@ -125,7 +125,10 @@ def get_preset(name: str, **overrides: Any) -> PresetConfig:
         if key not in fields or key in ("name", "vision"):
             raise FtibError(f"preset {name}: unknown or fixed field {key!r}; "
                             f"{did_you_mean(key, fields - {'name', 'vision'})}")
-    cfg = dataclasses.replace(PRESETS[name], **overrides)
+    from ftib.core.config import build, to_dict
+
+    # Typed like every config field (an image_size of "big" is refused here, naming it).
+    cfg = build(PresetConfig, {**to_dict(PRESETS[name]), **overrides}, where="model.preset_overrides")
     cfg.check()
     return cfg
 

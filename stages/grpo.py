@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -710,9 +709,9 @@ class GRPOStage(Stage):
         task = _GRPOTask(cfg, model, groups, bundle.chat, prompts, rewards, ref_model, save, ctx.logger)
         trainer = Trainer(task, cfg.train, ctx)
         result = trainer.train()
-        rows = [json.loads(line) for line in (ctx.run_dir / "metrics.jsonl").read_text().splitlines()
-                if '"stage": ' in line]
-        mine = [r for r in rows if r.get("stage") == ctx.metrics.scope.get("stage") and "reward_mean" in r]
+        # Every step's metrics, restored from the step checkpoint on resume: the summary
+        # does not depend on interruptions or on what else metrics.jsonl holds.
+        mine = [r for r in result.history if "reward_mean" in r]
         metrics = dict(result.metrics)
         metrics["prompts_dropped"] = float(len(dropped))
         # First vs last 20% of the steps, overall and (several tasks) per task.

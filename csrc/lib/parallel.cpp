@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <exception>
 #include <mutex>
+#include <system_error>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -32,7 +35,15 @@ void parallel_for(std::int64_t n, std::int64_t grain, int threads,
   workers.reserve(static_cast<std::size_t>(parts - 1));
   for (std::int64_t p = 1; p < parts; ++p) {
     const std::int64_t lo = p * step, hi = std::min(n, lo + step);
-    if (lo < hi) workers.emplace_back(run, lo, hi);
+    if (lo >= hi) continue;
+    try {
+      workers.emplace_back(run, lo, hi);
+    } catch (const std::system_error &e) {
+      // Join the started workers (their parts finish) instead of std::terminate.
+      for (auto &w : workers) w.join();
+      throw std::runtime_error("could not start worker thread " + std::to_string(p) + " of " +
+                               std::to_string(parts) + " (" + e.what() + "); use fewer threads");
+    }
   }
   run(0, std::min(n, step));
   for (auto &w : workers) w.join();

@@ -23,6 +23,7 @@
 #include <exception>
 #include <queue>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 
 #include "ftib/unicode_tables.h"
@@ -846,7 +847,18 @@ void run_parallel(std::size_t n, int threads, Fn &&fn) {
     }
   };
   std::vector<std::thread> pool;
-  for (std::size_t k = 1; k < t; ++k) pool.emplace_back(body);
+  for (std::size_t k = 1; k < t; ++k) {
+    try {
+      pool.emplace_back(body);
+    } catch (const std::system_error &e) {
+      // A thread that cannot start must not reach std::terminate (joinable threads
+      // destroyed during unwinding): stop the started ones, then report it.
+      next.store(n);
+      for (auto &th : pool) th.join();
+      throw std::runtime_error("encode_batch: could not start worker thread " + std::to_string(k) + " of " +
+                               std::to_string(t) + " (" + e.what() + "); use fewer num_threads");
+    }
+  }
   body();
   for (auto &th : pool) th.join();
   if (error) std::rethrow_exception(error);

@@ -337,3 +337,39 @@ def test_cpt_explicit_native_request_that_cannot_be_met_raises(base_json, caplog
     with caplog.at_level(logging.INFO, logger="ftib.stages.cpt"):
         assert tokenize_documents(tok, ["abc"]) == [tok("abc", add_special_tokens=False)["input_ids"]]
     assert "Hugging Face tokenizers (native tokenizer unavailable" in caplog.text
+
+
+THREAD_START_FAILS = r'''
+import json, resource, sys
+from ftib.kernels.tokenizer import FastTokenizer
+tok = FastTokenizer.from_str(sys.stdin.read())
+texts = ["བོད་ཡིག་ hello"] * 200
+expected = tok.encode_batch(texts, num_threads=1)
+# Leave no address space for new thread stacks: pthread_create fails with EAGAIN.
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + 64 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    tok.encode_batch(texts, num_threads=64)
+except RuntimeError as exc:
+    print("raised:", exc)
+assert tok.encode_batch(texts, num_threads=1) == expected  # still usable
+print("alive")
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+def test_encode_batch_thread_start_failure_is_a_python_exception(base_json):
+    """A worker thread that cannot start is a RuntimeError, not std::terminate (issue 16)."""
+    out = subprocess.run([sys.executable, "-c", THREAD_START_FAILS], input=base_json, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "raised: encode_batch: could not start worker thread" in out.stdout and "alive" in out.stdout
+
+
+def test_decode_rejects_non_integers(pairs):
+    fast = pairs[0][2]
+    for bad in ([1.7], [True], ["3"], [1, 2.5]):
+        with pytest.raises(TypeError, match="token ids must be integers"):
+            fast.decode(bad)
+    assert fast.decode(np.array([1, 2], dtype=np.int32)) == fast.decode([1, 2])
+    assert fast.decode([]) == ""
