@@ -176,6 +176,12 @@ setup(
             "tokenizer = ftib.models.tokenizer_cli:register",
             "profile = ftib.bench.stage_profiler:register",
         ],
+        # What the kernel calls by name without importing the package (core/interfaces.py, HOOKS).
+        "ftib.hooks": [
+            "run_report = ftib.evals.report:write_run_report",
+            "model_limits = ftib.models.bundle:model_limits",
+            "native_build_info = ftib.kernels.native:build_info",
+        ],
     },
     zip_safe=False,
 )

@@ -87,12 +87,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if pipeline.dist.is_main:  # under torchrun, one summary
         _print_summary(manifest, run_dir)
         if manifest.get("evals"):
-            # The report lives with the evaluators (a plugin package); the kernel only
-            # asks for it by name, so a build without ftib.evals still runs.
-            try:
-                from ftib.evals.report import write_run_report
-            except ImportError:  # pragma: no cover - ftib.evals ships with ftib
-                log.warning("ftib.evals is not importable; no report.md written")
+            # The report lives with the evaluators; the kernel asks for it by hook name.
+            write_run_report = Registry().hook("run_report")
+            if write_run_report is None:
+                log.warning("no 'run_report' hook is installed; no report.md written")
             else:
                 written = write_run_report(run_dir)
                 print(f"report: {written['markdown']}")
@@ -104,10 +102,9 @@ def _preflight(recipe) -> None:
     work; the model library lives outside the kernel, so the CLI wires it in."""
     from ftib.core.recipe import check_limits
 
-    try:
-        from ftib.models.bundle import model_limits
-    except ImportError:  # pragma: no cover - ftib.models ships with ftib
-        log.warning("ftib.models is not importable; model limits are not checked")
+    model_limits = Registry().hook("model_limits")
+    if model_limits is None:
+        log.warning("no 'model_limits' hook is installed; lengths are not checked against the model")
         return
     check_limits(recipe, model_limits(recipe.model.name_or_path, recipe.model.preset_overrides))
 

@@ -18,6 +18,10 @@ Call order for one ``ftib run``:
    to that point are built and ``evaluator.evaluate(ctx)`` is called once.
 4. Rewards are not run by the pipeline: a stage (GRPO) builds them from its own config
    through the registry and calls them on each batch of completions.
+
+Besides the three roles, the kernel calls a few named **hooks** (entry-point group
+``ftib.hooks``, :meth:`ftib.core.registry.Registry.hook`) so that ``core`` never imports
+another package of ftib; :data:`HOOKS` lists each one and its contract.
 """
 
 from __future__ import annotations
@@ -221,10 +225,17 @@ class Reward(_Plugin):
         * Called as ``reward(prompts, completions, references, metadata)`` with four
           sequences of equal length N (``metadata`` items are dicts, possibly empty).
         * Returns a float32 tensor of shape ``(N,)`` on the CPU or on the policy's
-          device; finite values; higher is better. The GRPO stage weights and sums
-          rewards and logs each one separately.
+          device; higher is better; NaN marks a completion the reward cannot score
+          (it gets advantage 0, as in TRL), any other non-finite value is an error.
+          The GRPO stage weights and sums rewards and logs each one separately.
         * Must be deterministic for the same inputs and must not keep gradients.
+        * :meth:`bind` is called once, before the first call, with the policy's device;
+          a reward holding a model moves it there. The default does nothing.
     """
+
+    def bind(self, device: str) -> Reward:
+        """Place whatever the reward computes with on ``device``; return ``self``."""
+        return self
 
     @abc.abstractmethod
     def __call__(
@@ -235,3 +246,18 @@ class Reward(_Plugin):
         metadata: Sequence[Mapping[str, Any]],
     ) -> torch.Tensor:
         """Return rewards ``(N,) float32``."""
+
+
+#: The hooks of ``ftib.hooks``: name -> contract. Each name has at most one provider
+#: (a duplicate is an error, as for plugins); a missing hook disables what it does,
+#: with a log line, never the run.
+HOOKS: dict[str, str] = {
+    "run_report": "run_report(run_dir: Path) -> dict[str, Path]: write the run's report "
+                  "(report.md and plots) from manifest.json and metrics.jsonl after `ftib run`; "
+                  "return the written paths by kind ('markdown', ...).",
+    "model_limits": "model_limits(name_or_path: str, preset_overrides: Mapping | None) -> "
+                    "ftib.core.recipe.ModelLimits: the model's context length and sizes without "
+                    "loading weights, for the checks before any work (recipe.check_limits).",
+    "native_build_info": "native_build_info() -> dict: how the native module was built "
+                         "(compiler, flags, SIMD), recorded in manifest.json.",
+}

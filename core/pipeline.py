@@ -38,6 +38,7 @@ from ftib.core import distributed as D
 from ftib.core.errors import RunDirError
 from ftib.core.interfaces import DistInfo, EvalResult, RunContext, StageResult
 from ftib.core.recipe import BASE_POINT, EvalEntry, Recipe, StageEntry
+from ftib.core.registry import Registry
 from ftib.core.rundir import (
     LOCK,
     MANIFEST_VERSION,
@@ -105,11 +106,15 @@ def git_commit() -> str | None:
 
 
 def native_build_info() -> dict[str, Any] | None:
+    """How the native module was built (the ``native_build_info`` hook), None when no
+    hook is installed or the module is not built."""
+    info = Registry().hook("native_build_info")
+    if info is None:
+        return None
     try:
-        from ftib.kernels import _C  # type: ignore[attr-defined]
+        return dict(info())
     except ImportError:
         return None
-    return dict(_C.build_info())
 
 
 def resolve_device(spec: str) -> str:

@@ -5,6 +5,8 @@ Groups:
     ``ftib.evaluators``  -> :class:`ftib.core.Evaluator` subclasses
     ``ftib.rewards``     -> :class:`ftib.core.Reward` subclasses
     ``ftib.commands``    -> callables ``register(subparsers)`` adding ``ftib`` subcommands
+    ``ftib.hooks``       -> named callables the kernel calls without importing their
+                            package (contracts in :data:`ftib.core.interfaces.HOOKS`)
 
 Built-ins are declared in ftib's own ``setup.py`` under the same groups and are found
 the same way as third-party plugins; "built-in" only means "provided by the ``ftib``
@@ -25,7 +27,8 @@ STAGES = "ftib.stages"
 EVALUATORS = "ftib.evaluators"
 REWARDS = "ftib.rewards"
 COMMANDS = "ftib.commands"
-GROUPS = (STAGES, EVALUATORS, REWARDS, COMMANDS)
+HOOKS = "ftib.hooks"
+GROUPS = (STAGES, EVALUATORS, REWARDS, COMMANDS, HOOKS)
 
 BUILTIN_DIST = "ftib"
 AUTOLOAD_ENV = "FTIB_DISABLE_PLUGIN_AUTOLOAD"
@@ -147,12 +150,22 @@ class Registry:
         self._loaded[key] = obj
         return obj
 
+    def hook(self, name: str) -> Any | None:
+        """The callable registered as hook ``name`` (``ftib.hooks``), or None when no
+        installed package provides it. The kernel reaches the rest of ftib only this
+        way (run report, model limits, native build info), so ``core`` imports no
+        other package; what each hook must do is in :data:`ftib.core.interfaces.HOOKS`."""
+        if name not in self.specs(HOOKS):
+            return None
+        return self.load(HOOKS, name)
+
     @staticmethod
     def _check(group: str, name: str, spec: PluginSpec, obj: Any) -> None:
         base_name = _GROUP_BASES.get(group)
         if base_name is None:
             if not callable(obj):
-                raise PluginError(f"command plugin {name!r} from {spec.provider} is not callable")
+                kind = group.split(".", 1)[1].rstrip("s")
+                raise PluginError(f"{kind} plugin {name!r} from {spec.provider} is not callable")
             return
         from ftib.core import interfaces
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from ftib.data.prompts import statement_prompt
 from ftib.evals.base import BenchConfig, BenchmarkEvaluator
-from ftib.evals.binary_vqa import label_metrics
 from ftib.evals.loaders import Item
+from ftib.evals.metrics import label_metrics
 
 
 class COREVQAEvaluator(BenchmarkEvaluator):

@@ -273,3 +273,18 @@ def rule_shares(rules: Iterable[str], order: Sequence[str] | None = None) -> dic
 def mean(values: Iterable[float]) -> float:
     values = list(values)
     return sum(values) / len(values) if values else math.nan
+
+
+def label_metrics(records: Sequence[dict[str, Any]], labels: tuple[str, str]) -> dict[str, float]:
+    """Accuracy, per-label accuracy, balanced accuracy, positive ratio, unparsed ratio."""
+    correct = [r["correct"] for r in records]
+    per = grouped_accuracy(correct, [r["gold"] for r in records])
+    out = {"accuracy": accuracy(correct)}
+    for lab in labels:
+        out[f"accuracy/{lab}"] = per.get(lab, 0.0)
+    present = [per[lab] for lab in labels if lab in per]
+    out["balanced_accuracy"] = sum(present) / len(present) if present else 0.0
+    b = binary_metrics([r["parsed"] for r in records], [r["gold"] for r in records], labels[0])
+    out[f"{labels[0]}_ratio"] = b["yes_ratio"]
+    out["unparsed_ratio"] = b["unparsed_ratio"]
+    return out
