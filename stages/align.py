@@ -43,6 +43,7 @@ class AlignConfig:
     max_length: int = 512
     overflow: Literal["truncate", "drop"] = "drop"
     grounding_check: int = 0
+    kernel_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
     trainable: TrainableConfig = TrainableConfig(mode="none", train_merger=True)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, warmup_steps=5))
 
@@ -78,4 +79,4 @@ class AlignStage(Stage):
         ]
         return train_chat_stage(ctx, bundle, records, trainable=cfg.trainable, train=cfg.train,
                                 max_length=cfg.max_length, overflow=cfg.overflow,
-                                grounding_check=cfg.grounding_check)
+                                grounding_check=cfg.grounding_check, kernel_impl=cfg.kernel_impl)

@@ -261,14 +261,19 @@ class LabelledLMTask:
     def loss_normaliser(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"][:, 1:] != -100).sum())
 
+    kernel_impl: str = "auto"
+
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> Any:
         """Summed next-token cross-entropy over the labelled tokens of ``batch``.
 
-        With liger-kernel's fused linear cross-entropy on the model
-        (``model.kernels.liger``) the model computes it from the hidden states in chunks
-        (``labels`` passed in, ``num_items_in_batch=1`` selects liger's sum reduction),
-        never materialising ``(tokens, vocab)`` logits; otherwise from the logits here.
-        Both shift the labels the same way (token t predicts label t+1).
+        By default the model returns its last hidden states without logits and
+        :func:`lm_loss_sum` computes the loss in vocabulary chunks with ftib's fused
+        linear cross-entropy (:mod:`ftib.kernels.linear_ce`, ``kernel_impl`` = its
+        ``impl``; ``"reference"`` = eager cross-entropy on full logits). With
+        liger-kernel's fused linear cross-entropy on the model (``model.kernels.liger``)
+        the model computes it instead (``labels`` passed in, ``num_items_in_batch=1``
+        selects liger's sum reduction). All shift the labels the same way (token t
+        predicts label t+1).
         """
         from ftib.core.train import LossOutput
         from ftib.models.bundle import liger_patches
@@ -280,8 +285,8 @@ class LabelledLMTask:
         if "fused_linear_cross_entropy" in liger_patches(self.model):
             out = self.model(**batch, labels=labels, use_cache=False, skip_logits=True, num_items_in_batch=1)
             return LossOutput(loss=out.loss, tokens=tokens, samples=labels.shape[0])
-        out = self.model(**batch, use_cache=False)
-        return LossOutput(loss=shifted_ce_sum(out.logits, labels), tokens=tokens, samples=labels.shape[0])
+        loss = lm_loss_sum(self.model, batch, labels, impl=self.kernel_impl)
+        return LossOutput(loss=loss, tokens=tokens, samples=labels.shape[0])
 
     def save_model(self, out_dir: Path) -> None:
         self._save(out_dir)
@@ -343,6 +348,48 @@ class ChatTask(LabelledLMTask):
         return self.chat.collate([s.tensors for s in items])
 
 
+KERNEL_IMPLS = ("auto", "triton", "torch", "reference")
+
+
+def _linear_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The lm_head as a module computing ``x @ weight.T (+ bias)``; peft's
+    ``modules_to_save`` wrapper resolves ``weight`` to its active trainable copy."""
+    head = model.get_output_embeddings()
+    if isinstance(head, torch.nn.Linear) or type(head).__name__ == "ModulesToSaveWrapper":
+        return head
+    raise FtibError(f"the fused linear cross-entropy needs a plain linear lm_head; {type(model).__name__}'s is "
+                    f"{type(head).__name__} (e.g. LoRA on lm_head): set the stage's kernel_impl: reference")
+
+
+def lm_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor, *,
+                impl: str = "auto") -> torch.Tensor:
+    """Summed next-token cross-entropy of ``labels`` (B, T) (token t predicts label t+1;
+    ``-100`` = no loss), float32, without materialising (tokens, V) logits.
+
+    The model runs with ``logits_to_keep`` an empty index (its lm_head projects nothing)
+    and returns its last hidden states (B, T, H); the lm_head weight then goes through
+    :func:`ftib.kernels.linear_ce.fused_linear_cross_entropy`. The forward is still
+    ``model(...)``, so FSDP2's root hooks and peft wrappers see it. ``impl="reference"``
+    is the eager path: full logits, then :func:`shifted_ce_sum`.
+    """
+    from ftib.models.bundle import liger_patches
+
+    if impl == "reference" or liger_patches(model):  # liger's patched forward keeps its own logits path
+        return shifted_ce_sum(model(**batch, use_cache=False).logits, labels)
+    from ftib.kernels.linear_ce import fused_linear_cross_entropy
+
+    nothing = torch.zeros(0, dtype=torch.long, device=labels.device)
+    out = model(**batch, use_cache=False, logits_to_keep=nothing, output_hidden_states=True)
+    hidden = out.hidden_states[-1]  # the final norm's output (transformers ties it to last_hidden_state)
+    head = _linear_head(model)
+    target = torch.full_like(labels, -100)
+    target[:, :-1] = labels[:, 1:]
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if not torch.is_autocast_enabled(hidden.device.type) and hidden.dtype != weight.dtype:
+        hidden = hidden.to(weight.dtype)  # e.g. a bf16 frozen decoder under a float32 head
+    return fused_linear_cross_entropy(hidden, weight, target, bias=bias, reduction="sum", impl=impl).loss
+
+
 def shifted_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed next-token cross-entropy (token t predicts label t+1; ``-100`` = no loss),
     in float32."""
@@ -374,7 +421,7 @@ def image_grounding(model: torch.nn.Module, chat: Any, records: list[tuple[list[
             for start in range(0, len(encoded), batch_size):
                 batch = {k: v.to(device) for k, v in chat.collate(encoded[start:start + batch_size]).items()}
                 labels = batch.pop("labels")
-                loss_sum += float(shifted_ce_sum(model(**batch).logits, labels))
+                loss_sum += float(lm_loss_sum(model, batch, labels))
                 count += int((labels[:, 1:] != -100).sum())
             totals[name] = loss_sum / max(count, 1)
     finally:
@@ -398,7 +445,8 @@ def split_grounding_records(records: list, n: int) -> tuple[list, list]:
 
 def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list[Any], str]], *,
                      trainable: TrainableConfig, train: Any, max_length: int,
-                     overflow: Literal["truncate", "drop"], grounding_check: int = 0) -> Any:
+                     overflow: Literal["truncate", "drop"], grounding_check: int = 0,
+                     kernel_impl: str = "auto") -> Any:
     """Train ``bundle`` on chat ``records`` (Align, SFT): select the trainable set, run
     the shared loop, write the final checkpoint; data counts go into the metrics. With
     ``grounding_check = n > 0`` the last ``n`` single-image records are held out and
@@ -418,6 +466,7 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
 
     task = ChatTask(model, groups, bundle.chat, records, max_length=max_length, overflow=overflow,
                     save=save, logger=ctx.logger)
+    task.kernel_impl = kernel_impl
     trainer = Trainer(task, train, ctx)
     result = trainer.train()
     metrics = {**result.metrics, **{f"data_{k}": float(v) for k, v in task.stats.items()}, **kernel_metrics(model)}

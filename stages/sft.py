@@ -40,6 +40,7 @@ class SFTConfig:
     max_length: int = 512
     overflow: Literal["truncate", "drop"] = "drop"
     grounding_check: int = 0
+    kernel_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
     trainable: TrainableConfig = TrainableConfig(mode="full")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, warmup_steps=10))
 
@@ -80,4 +81,4 @@ class SFTStage(Stage):
             records = text_task_records(cfg)
         return train_chat_stage(ctx, bundle, records, trainable=cfg.trainable, train=cfg.train,
                                 max_length=cfg.max_length, overflow=cfg.overflow,
-                                grounding_check=cfg.grounding_check)
+                                grounding_check=cfg.grounding_check, kernel_impl=cfg.kernel_impl)

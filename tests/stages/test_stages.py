@@ -233,18 +233,27 @@ class _FakeChat:
 
 class _FakeModel(torch.nn.Module):
     """Bets on the token whose id is the pixel value when ``looks`` is set; uniform
-    over tokens 2 and 3 otherwise."""
+    over tokens 2 and 3 otherwise. HF-like: an identity lm_head over 4-dim hidden
+    states, ``logits_to_keep`` and ``output_hidden_states`` (the fused loss's path)."""
 
     def __init__(self, looks: bool):
         super().__init__()
         self.looks = looks
+        self.lm_head = torch.nn.Linear(4, 4, bias=False)
+        self.lm_head.weight.data = torch.eye(4)
 
-    def forward(self, input_ids, pixel_values):
-        logits = torch.zeros(*input_ids.shape, 4)
-        logits[..., :2] = -1e4
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids, pixel_values, use_cache=None, logits_to_keep=0, output_hidden_states=False):
+        hidden = torch.zeros(*input_ids.shape, 4)
+        hidden[..., :2] = -1e4
         if self.looks:
-            logits[torch.arange(len(pixel_values)), :, pixel_values.view(-1).long()] += 3.0
-        return type("Out", (), {"logits": logits})()
+            hidden[torch.arange(len(pixel_values)), :, pixel_values.view(-1).long()] += 3.0
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        out = type("Out", (), {"logits": self.lm_head(hidden[:, keep])})()
+        out.hidden_states = (hidden,) if output_hidden_states else None
+        return out
 
 
 def test_image_grounding_measures_dependence_on_the_image():
