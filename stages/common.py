@@ -226,9 +226,11 @@ def save_model_dir(model: torch.nn.Module, out_dir: Path, *, processor: Any = No
 def training_bundle(ctx: Any, trainable: TrainableConfig) -> Any:
     """The bundle a training stage starts from, on ``ctx.device``.
 
-    Weights that train are kept in float32 (master weights; autocast handles bf16
-    compute); when only adapters or the vision parts train (``lora``/``none``), the frozen
-    base loads in ``ctx.dtype`` to save memory.
+    With ``full``/``embeddings`` modes the model loads in float32; when only adapters or
+    the vision parts train (``lora``/``none``), the frozen base loads in ``ctx.dtype`` to
+    save memory. Either way the loop keeps every trainable tensor (embeddings, merger,
+    peft's copies included) in ``train.master_weights`` (float32 by default; autocast
+    handles bf16 compute): :func:`ftib.core.train.cast_master_weights`.
     """
     from ftib.models.bundle import load_bundle, load_options
 
