@@ -306,18 +306,25 @@ class ChatTask(LabelledLMTask):
         chat: the bundle's :class:`~ftib.models.chat.ChatProcessor`.
         records: ``(messages, images)`` per conversation, with a source label for errors.
         max_length: token limit per conversation.
-        overflow: ``truncate`` longer conversations or ``drop`` them (both counted).
+        overflow: what a longer conversation gets: ``error`` (stop, naming it),
+            ``truncate`` (cut from the right; dropped if the cut would split an image), or
+            ``drop``. Truncated and dropped ones are counted in the metrics; dropped ones
+            are warned about with their first ids.
+        max_drop_share: more than this share of dropped conversations is an error naming
+            them (default 1%): a budget too small for the data must not silently shrink it.
         save: writes the model checkpoint.
     """
 
     def __init__(self, model: torch.nn.Module, groups: list[ParamGroup], chat: Any,
                  records: list[tuple[list[dict], list[Any], str]], *, max_length: int,
-                 overflow: Literal["truncate", "drop"], save: Any, logger: Any) -> None:
+                 overflow: Literal["error", "truncate", "drop"], save: Any, logger: Any,
+                 max_drop_share: float = 0.01) -> None:
         from ftib.core.errors import FtibError
 
         self.model, self._groups, self.chat, self._save = model, groups, chat, save
         self.samples: list[ChatSample] = []
         self.stats = {"records": len(records), "truncated": 0, "dropped": 0, "no_assistant_tokens": 0}
+        dropped: list[str] = []
         for messages, images, where in records:
             try:
                 full = chat.encode(messages, images)
@@ -325,20 +332,35 @@ class ChatTask(LabelledLMTask):
                 raise FtibError(f"{where}: {exc}") from exc
             except OSError as exc:  # unreadable image file
                 raise FtibError(f"{where}: cannot read an image: {exc}") from exc
-            if full["input_ids"].numel() > max_length:
+            length = full["input_ids"].numel()
+            if length > max_length:
+                if overflow == "error":
+                    raise FtibError(f"{where}: {length} tokens exceed max_length={max_length} (overflow: error; "
+                                    f"raise max_length, lower max_pixels, or set overflow: truncate | drop)")
                 if overflow == "drop":
                     self.stats["dropped"] += 1
+                    dropped.append(f"{where} ({length} tokens)")
                     continue
                 self.stats["truncated"] += 1
                 try:
                     full = chat.encode(messages, images, max_length=max_length)
                 except FtibError:
                     self.stats["dropped"] += 1  # truncation would cut an image
+                    dropped.append(f"{where} ({length} tokens; truncation would cut an image)")
                     continue
             if int((full["labels"] != -100).sum()) == 0:
                 self.stats["no_assistant_tokens"] += 1
                 continue
             self.samples.append(ChatSample(full))
+        if dropped:
+            share = len(dropped) / max(1, len(records))
+            head = "; ".join(dropped[:5])
+            if share > max_drop_share:
+                raise FtibError(f"{len(dropped)} of {len(records)} conversations ({share:.1%}) exceed "
+                                f"max_length={max_length}, more than max_drop_share={max_drop_share:.1%}: {head}"
+                                f"{' ...' if len(dropped) > 5 else ''}; raise max_length or lower max_pixels")
+            logger.warning("dropped %d of %d conversations over max_length=%d: %s%s", len(dropped), len(records),
+                           max_length, head, " ..." if len(dropped) > 5 else "")
         if not self.samples:
             raise FtibError(f"no usable training conversations ({self.stats})")
         logger.info("conversations: %s", self.stats)
@@ -447,18 +469,27 @@ def split_grounding_records(records: list, n: int) -> tuple[list, list]:
 
 def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list[Any], str]], *,
                      trainable: TrainableConfig, train: Any, max_length: int,
-                     overflow: Literal["truncate", "drop"], grounding_check: int = 0,
-                     kernel_impl: str = "auto") -> Any:
+                     overflow: Literal["error", "truncate", "drop"], grounding_check: int = 0,
+                     max_drop_share: float = 0.01,
+                     kernel_impl: str = "auto", pixels: tuple[int | None, int | None] = (None, None),
+                     where: str = "stage") -> Any:
     """Train ``bundle`` on chat ``records`` (Align, SFT): select the trainable set, run
     the shared loop, write the final checkpoint; data counts go into the metrics. With
     ``grounding_check = n > 0`` the last ``n`` single-image records are held out and
     :func:`image_grounding` is measured on them before and after training (metrics
-    ``grounding_*`` and ``grounding_gap_before``)."""
+    ``grounding_*`` and ``grounding_gap_before``). ``pixels`` = (min_pixels, max_pixels)
+    of the images (``None``: the model processor's; :mod:`ftib.models.pixels`), checked
+    against the model's patch grid (errors name ``where``)."""
     from ftib.core import StageResult
     from ftib.core.train import Trainer
 
+    from ftib.models.pixels import with_pixel_budget
+
+    # Inputs are encoded under the stage's pixel budget; the checkpoint keeps the
+    # model's own processor config (bundle.chat).
+    chat = with_pixel_budget(bundle.chat, *pixels, where=where)
     records, held = split_grounding_records(records, grounding_check)
-    before = image_grounding(bundle.model, bundle.chat, held) if held else {}
+    before = image_grounding(bundle.model, chat, held) if held else {}
     model, groups = select_trainable(bundle.model, trainable)
     ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
                     ", ".join(g.name for g in groups))
@@ -466,14 +497,14 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
     def save(out_dir: Path) -> None:
         save_model_dir(model, out_dir, processor=bundle.chat, save_adapter=trainable.lora.save_adapter)
 
-    task = ChatTask(model, groups, bundle.chat, records, max_length=max_length, overflow=overflow,
-                    save=save, logger=ctx.logger)
+    task = ChatTask(model, groups, chat, records, max_length=max_length, overflow=overflow,
+                    save=save, logger=ctx.logger, max_drop_share=max_drop_share)
     task.kernel_impl = kernel_impl
     trainer = Trainer(task, train, ctx)
     result = trainer.train()
     metrics = {**result.metrics, **{f"data_{k}": float(v) for k, v in task.stats.items()}, **kernel_metrics(model)}
     if held:
-        metrics.update(image_grounding(model, bundle.chat, held))
+        metrics.update(image_grounding(model, chat, held))
         if before:
             metrics["grounding_gap_before"] = before["grounding_gap"]
         ctx.logger.info("image grounding on %d held-out records: answer loss %.3f with their images, "
