@@ -166,7 +166,8 @@ def test_bad_sft_inputs_fail_clearly(tmp_path):
     empty = _sft_dir(tmp_path, [])
     with pytest.raises(FtibError, match=r"sft\.jsonl.*empty"):
         run_stage(tmp_path, "sft", {"data": str(empty), "train": {"max_steps": 1}}, run_dir=tmp_path / "r0")
-    with pytest.raises(FtibError, match="no usable training conversations.*'dropped': 8"):
+    # all 8 over max_length: more than max_drop_share (1%), an error naming the file and ids
+    with pytest.raises(FtibError, match=r"8 of 8 conversations \(100\.0%\) exceed max_length=8.*instructions\.jsonl \(id"):
         run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "max_records": 8, "max_length": 8,
                                     "train": {"max_steps": 1}}, run_dir=tmp_path / "r3")
 
