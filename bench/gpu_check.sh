@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check of the GRPO kernels (issue 7): parity of the Triton paths on CUDA, then the
-# similarity / advantages / fused-loss benchmarks, in under 8 minutes on one H100.
+# GPU check of the GRPO kernels (issue 7) and the fused linear cross-entropy (issue 15):
+# parity of the Triton paths on CUDA, then the similarity / advantages / fused-loss /
+# linear-CE benchmarks, in under 10 minutes on one H100.
 #
 #   bash bench/gpu_check.sh            # writes results under ${OUT:-/tmp/ftib-gpu-check}
 #
@@ -28,7 +29,7 @@ PY
 
 # 1. Parity: on a CUDA machine the triton_interp cases compile and run on the GPU.
 timeout 180 python -m pytest tests/kernels/test_similarity.py tests/kernels/test_advantages.py \
-    tests/kernels/test_grpo_loss.py -q -p no:cacheprovider -m "triton_interp" \
+    tests/kernels/test_grpo_loss.py tests/kernels/test_linear_ce.py -q -p no:cacheprovider -m "triton_interp" \
     --junitxml="$out/parity.xml" 2>&1 | tail -5 | tee "$out/parity.txt"
 budget "parity"
 
@@ -42,6 +43,12 @@ timeout 330 python -m pytest bench/test_bench_grpo_loss.py --benchmark-only -m "
     -p no:cacheprovider --benchmark-json="$out/loss.json" 2>&1 | tail -3
 budget "loss"
 
+# 4. Fused linear cross-entropy vs eager vs Liger at the extended 167,680 vocabulary.
+timeout 150 python -m pytest bench/test_bench_linear_ce.py --benchmark-only -m "" -k "full" -q \
+    -p no:cacheprovider --benchmark-json="$out/linear_ce.json" 2>&1 | tail -3
+budget "linear ce"
+
 python -m ftib.bench.ratios "$out/sim_adv.json" | tee "$out/sim_adv.md"
 python -m ftib.bench.ratios "$out/loss.json" | tee "$out/loss.md"
+python -m ftib.bench.ratios "$out/linear_ce.json" | tee "$out/linear_ce.md"
 budget "done"

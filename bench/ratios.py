@@ -33,8 +33,8 @@ def table(path: str) -> str:
         case, impl = _key(b)
         groups[case][impl] = b
     rows = ["| case | impl | median (ms) | eager / impl | liger / impl | peak extra (MiB) "
-            "| workspace (MiB) | peak RSS (MiB) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
+            "| peak extra / eager's | workspace (MiB) | peak RSS (MiB) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     any_work = False
     for case in sorted(groups):
         impls = groups[case]
@@ -47,9 +47,11 @@ def table(path: str) -> str:
             work = info.get("workspace_mib")
             any_work = any_work or work is not None
             peak = info.get("peak_rss_mib", info.get("peak_total_mib"))
+            eager_extra = impls.get("eager", {}).get("extra_info", {}).get("peak_extra_mib")
+            vs_eager = f"{extra / eager_extra:.3f}" if extra is not None and eager_extra else "-"
             rows.append(
                 f"| {re.sub(r'^test_', '', case)} | {info.get('impl', impl)} | {med[impl]:.2f} | "
-                f"{eager} | {liger} | {_mib(extra)} | {_mib(work)} | {_mib(peak)} |"
+                f"{eager} | {liger} | {_mib(extra)} | {vs_eager} | {_mib(work)} | {_mib(peak)} |"
             )
     machine = data.get("machine_info", {})
     head = f"{machine.get('cpu', {}).get('brand_raw', '')} — {data.get('datetime', '')}"

@@ -92,7 +92,12 @@ class TrainConfig:
         schedule: decay after warm-up.
         min_lr_ratio: floor of the decay, as a fraction of ``lr``.
         max_grad_norm: clip the global gradient norm (``None`` = no clipping).
-        precision: ``auto`` = bf16 autocast on CUDA where supported, else fp32.
+        precision: ``auto`` = bf16 autocast on CUDA where supported, or when the run's
+            dtype is bfloat16 (so float32 master weights compute in bf16 too), else fp32.
+        master_weights: dtype the trainable parameters are kept (and updated) in, with
+            their gradients and optimiser state: ``float32`` (default; master weights
+            under bf16 autocast, also for the parts of a bf16-loaded model that train:
+            embeddings, the merger, peft copies) or ``bfloat16`` (pure bf16 training).
         gradient_checkpointing: recompute activations in backward (HF models).
         checkpoint_every: write a step checkpoint every N steps (0 = only the last).
         keep_checkpoints: how many step checkpoints to keep.
@@ -123,6 +128,7 @@ class TrainConfig:
     log_every: int = 1
     tensorboard: bool = False
     distributed: Literal["none", "ddp", "fsdp2"] = "none"
+    master_weights: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum"):
@@ -217,17 +223,31 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
 
 
-def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+def _autocast_dtype(cfg: TrainConfig, device: torch.device, run_dtype: str | None = None) -> torch.dtype | None:
     if cfg.precision == "fp32":
         return None
     if cfg.precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if (device.type == "cuda" and torch.cuda.is_bf16_supported()) or run_dtype == "bfloat16":
             return torch.bfloat16
         return None
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
     if device.type == "cpu" and dtype is torch.float16:
         raise FtibError("train.precision: fp16 autocast needs CUDA; use bf16 or fp32 on the CPU")
     return dtype
+
+
+def cast_master_weights(groups: Sequence[ParamGroup], dtype: torch.dtype) -> int:
+    """Keep every trainable floating-point parameter in ``dtype`` (in place, through
+    ``.data``: the Parameter objects, their hooks and group membership stay); returns
+    how many were cast. Frozen parameters keep the dtype they were loaded in."""
+    seen: set[int] = set()
+    for g in groups:
+        for p in g.params:
+            if id(p) in seen or not p.is_floating_point() or p.dtype == dtype:
+                continue
+            seen.add(id(p))
+            p.data = p.data.to(dtype)
+    return len(seen)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -371,7 +391,7 @@ class Trainer:
         self.task, self.cfg, self.ctx, self.run_key = task, cfg, ctx, ctx.run_id
         self.progress = progress
         self.device = ctx.torch_device()
-        self.autocast_dtype = _autocast_dtype(cfg, self.device)
+        self.autocast_dtype = _autocast_dtype(cfg, self.device, getattr(ctx, "dtype", None))
         self.steps_dir = ctx.work_dir / "steps"
         self.world, self.rank = ctx.dist.world_size, ctx.dist.rank
         self.mode = self._distributed_mode()
@@ -383,6 +403,9 @@ class Trainer:
         stray = [n for n, p in task.model.named_parameters() if p.requires_grad and id(p) not in trainable]
         if stray:
             raise FtibError(f"parameters require grad but are in no group: {stray[:5]}")
+        cast = cast_master_weights(groups, getattr(torch, cfg.master_weights))
+        if cast:
+            log.info("master weights: %d trainable tensors cast to %s", cast, cfg.master_weights)
         names = {id(p): n for n, p in task.model.named_parameters()}
         group_names = [[names[id(p)] for p in g.params] for g in groups]
         if self.mode != "none":

@@ -503,3 +503,14 @@ def load_world(root: Path | str, names: Iterable[str] | None = None, **kw: Any) 
         fn, rel = WORLD_FILES[name]
         out[name] = fn(root / rel, **kw)
     return out
+
+
+def check_pixel_range(min_pixels: int | None, max_pixels: int | None) -> None:
+    """Config-time check of a pixel budget (``min_pixels``/``max_pixels``, Qwen's names):
+    positive, min <= max. The check against the model's patch grid needs the model:
+    :func:`ftib.models.pixels.with_pixel_budget`."""
+    for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None and value < 1:
+            raise ValueError(f"{key} must be >= 1 or null (the model processor's), got {value}")
+    if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
+        raise ValueError(f"min_pixels ({min_pixels}) is above max_pixels ({max_pixels})")

@@ -39,10 +39,14 @@ import warnings
 from typing import NamedTuple
 
 import torch
-import triton
-import triton.language as tl
 
 from ftib.kernels._dispatch import FLOAT_DTYPES, check_tensor, resolve_impl
+# The chunk row passes (Triton and PyTorch) are shared with ftib.kernels.linear_ce.
+from ftib.kernels._vocab_chunks import default_chunk as _default_chunk
+from ftib.kernels._vocab_chunks import grad_rows_torch as _grad_rows_torch
+from ftib.kernels._vocab_chunks import grad_rows_triton as _grad_rows_triton
+from ftib.kernels._vocab_chunks import lse_rows_torch as _rows_torch
+from ftib.kernels._vocab_chunks import lse_rows_triton as _rows_triton
 from ftib.kernels.reference import grpo_loss as reference
 
 _OP = "fused_linear_grpo_loss"
@@ -51,8 +55,6 @@ LOSS_TYPES = reference.LOSS_TYPES
 METRICS = reference.METRICS
 # Loss types whose token sum is divided by the caller's num_items_in_batch (TRL line 3168).
 SUM_NORMALISED = ("dapo", "cispo", "vespo")
-_CPU_CHUNK_BYTES = 128 << 20
-_GPU_CHUNK_BYTES = 512 << 20
 
 
 class GRPOLossOutput(NamedTuple):
@@ -62,108 +64,6 @@ class GRPOLossOutput(NamedTuple):
     loss: torch.Tensor
     metrics: dict[str, torch.Tensor]
     logps: torch.Tensor
-
-
-# ---------------------------------------------------------------------------------------
-# Triton kernels: row passes over one chunk of logits (rows = tokens, columns = vocab)
-# ---------------------------------------------------------------------------------------
-@triton.jit
-def _row_lse_kernel(
-    z_ptr, stride, y_ptr, lse_ptr, zy_ptr, ent_ptr, V, inv_temp,
-    ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr,
-):
-    """Streaming log-sum-exp of z[row] * inv_temp, the chosen logit and the entropy."""
-    row = tl.program_id(0).to(tl.int64)
-    base = z_ptr + row * stride
-    y = tl.load(y_ptr + row)
-    m = float("-inf")
-    s = 0.0
-    t = 0.0
-    zy = 0.0
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
-        ok = cols < V
-        z = tl.load(base + cols, mask=ok, other=float("-inf")).to(tl.float32) * inv_temp
-        m_new = tl.maximum(m, tl.max(z, axis=0))
-        rescale = tl.exp(m - m_new)
-        e = tl.exp(z - m_new)
-        s = s * rescale + tl.sum(e, axis=0)
-        if ENTROPY:
-            t = t * rescale + tl.sum(e * tl.where(ok, z, 0.0), axis=0)
-        zy += tl.sum(tl.where(cols == y, z, 0.0), axis=0)
-        m = m_new
-    lse = m + tl.log(s)
-    tl.store(lse_ptr + row, lse)
-    tl.store(zy_ptr + row, zy)
-    if ENTROPY:
-        tl.store(ent_ptr + row, lse - t / s)
-
-
-@triton.jit
-def _row_grad_kernel(
-    z_ptr, stride, y_ptr, lse_ptr, g_ptr, V, inv_temp, BLOCK_V: tl.constexpr
-):
-    """In place: z[row] <- g[row] * inv_temp * (onehot(y) - softmax(z[row] * inv_temp))."""
-    row = tl.program_id(0).to(tl.int64)
-    base = z_ptr + row * stride
-    y = tl.load(y_ptr + row)
-    lse = tl.load(lse_ptr + row)
-    gs = tl.load(g_ptr + row) * inv_temp
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
-        ok = cols < V
-        z = tl.load(base + cols, mask=ok, other=0.0).to(tl.float32) * inv_temp
-        p = tl.exp(z - lse)
-        dz = gs * (tl.where(cols == y, 1.0, 0.0) - p)
-        tl.store(base + cols, dz.to(z_ptr.dtype.element_ty), mask=ok)
-
-
-def _rows_triton(z, y, temperature, entropy):
-    n, V = z.shape
-    lse = torch.empty(n, dtype=torch.float32, device=z.device)
-    zy = torch.empty_like(lse)
-    ent = torch.empty_like(lse) if entropy else lse
-    BLOCK_V = min(4096, triton.next_power_of_2(V))
-    _row_lse_kernel[(n,)](
-        z, z.stride(0), y, lse, zy, ent, V, 1.0 / temperature, ENTROPY=entropy, BLOCK_V=BLOCK_V
-    )
-    return lse, zy, (ent if entropy else None)
-
-
-def _grad_rows_triton(z, y, lse, g, temperature):
-    n, V = z.shape
-    BLOCK_V = min(4096, triton.next_power_of_2(V))
-    _row_grad_kernel[(n,)](z, z.stride(0), y, lse, g, V, 1.0 / temperature, BLOCK_V=BLOCK_V)
-    return z
-
-
-# ---------------------------------------------------------------------------------------
-# The same two row passes in PyTorch (CPU)
-# ---------------------------------------------------------------------------------------
-def _rows_torch(z, y, temperature, entropy):
-    # In place and without (chunk, V) temporaries: z becomes softmax(z / temperature),
-    # which is all the gradient pass needs (5 passes over the buffer in total).
-    if temperature != 1.0:
-        z.mul_(1.0 / temperature)
-    zy = z.gather(1, y.unsqueeze(1)).squeeze(1)
-    m = z.amax(dim=1, keepdim=True)
-    z.sub_(m).exp_()
-    s = z.sum(dim=1, keepdim=True)
-    lse = (m + s.log()).squeeze(1)
-    z.div_(s)
-    ent = None
-    if entropy:
-        # H = -sum p log p, with 0 log 0 = 0.
-        ent = -torch.xlogy(z, z).sum(dim=1)
-    return lse, zy, ent
-
-
-def _grad_rows_torch(z, y, lse, g, temperature):
-    # z holds softmax probabilities (from _rows_torch).
-    gs = g * (1.0 / temperature)
-    z.mul_(gs.neg().unsqueeze(1))
-    z.scatter_add_(1, y.unsqueeze(1), gs.unsqueeze(1).to(z.dtype))
-    return z
 
 
 # ---------------------------------------------------------------------------------------
@@ -585,11 +485,6 @@ _grpo_op.register_autograd(_grpo_backward, setup_context=_grpo_setup_context)
 # ---------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------
-def _default_chunk(V: int, itemsize: int, device: torch.device) -> int:
-    budget = _GPU_CHUNK_BYTES if device.type == "cuda" else _CPU_CHUNK_BYTES
-    return max(16, budget // max(1, V * itemsize))
-
-
 def fused_linear_grpo_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,

@@ -41,8 +41,12 @@ class AlignConfig:
     data: str = "ftibworld"
     max_records: int | None = None
     max_length: int = 512
-    overflow: Literal["truncate", "drop"] = "drop"
+    overflow: Literal["error", "truncate", "drop"] = "drop"
+    max_drop_share: float = 0.01
     grounding_check: int = 0
+    kernel_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     trainable: TrainableConfig = TrainableConfig(mode="none", train_merger=True)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, warmup_steps=5))
 
@@ -50,6 +54,11 @@ class AlignConfig:
         from ftib.data.sources import check_spec
 
         check_spec(self.data, "data")
+        from ftib.data.loaders import check_pixel_range
+
+        check_pixel_range(self.min_pixels, self.max_pixels)
+        if not 0.0 <= self.max_drop_share <= 1.0:
+            raise ValueError(f"max_drop_share must lie in [0, 1], got {self.max_drop_share}")
 
 
 class AlignStage(Stage):
@@ -78,4 +87,6 @@ class AlignStage(Stage):
         ]
         return train_chat_stage(ctx, bundle, records, trainable=cfg.trainable, train=cfg.train,
                                 max_length=cfg.max_length, overflow=cfg.overflow,
-                                grounding_check=cfg.grounding_check)
+                                grounding_check=cfg.grounding_check, kernel_impl=cfg.kernel_impl,
+                                pixels=(cfg.min_pixels, cfg.max_pixels), max_drop_share=cfg.max_drop_share,
+                                where="stages.align")

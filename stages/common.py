@@ -226,9 +226,11 @@ def save_model_dir(model: torch.nn.Module, out_dir: Path, *, processor: Any = No
 def training_bundle(ctx: Any, trainable: TrainableConfig) -> Any:
     """The bundle a training stage starts from, on ``ctx.device``.
 
-    Weights that train are kept in float32 (master weights; autocast handles bf16
-    compute); when only adapters or the vision parts train (``lora``/``none``), the frozen
-    base loads in ``ctx.dtype`` to save memory.
+    With ``full``/``embeddings`` modes the model loads in float32; when only adapters or
+    the vision parts train (``lora``/``none``), the frozen base loads in ``ctx.dtype`` to
+    save memory. Either way the loop keeps every trainable tensor (embeddings, merger,
+    peft's copies included) in ``train.master_weights`` (float32 by default; autocast
+    handles bf16 compute): :func:`ftib.core.train.cast_master_weights`.
     """
     from ftib.models.bundle import load_bundle, load_options
 
@@ -261,14 +263,19 @@ class LabelledLMTask:
     def loss_normaliser(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"][:, 1:] != -100).sum())
 
+    kernel_impl: str = "auto"
+
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> Any:
         """Summed next-token cross-entropy over the labelled tokens of ``batch``.
 
-        With liger-kernel's fused linear cross-entropy on the model
-        (``model.kernels.liger``) the model computes it from the hidden states in chunks
-        (``labels`` passed in, ``num_items_in_batch=1`` selects liger's sum reduction),
-        never materialising ``(tokens, vocab)`` logits; otherwise from the logits here.
-        Both shift the labels the same way (token t predicts label t+1).
+        By default the model returns its last hidden states without logits and
+        :func:`lm_loss_sum` computes the loss in vocabulary chunks with ftib's fused
+        linear cross-entropy (:mod:`ftib.kernels.linear_ce`, ``kernel_impl`` = its
+        ``impl``; ``"reference"`` = eager cross-entropy on full logits). With
+        liger-kernel's fused linear cross-entropy on the model (``model.kernels.liger``)
+        the model computes it instead (``labels`` passed in, ``num_items_in_batch=1``
+        selects liger's sum reduction). All shift the labels the same way (token t
+        predicts label t+1).
         """
         from ftib.core.train import LossOutput
         from ftib.models.bundle import liger_patches
@@ -280,8 +287,8 @@ class LabelledLMTask:
         if "fused_linear_cross_entropy" in liger_patches(self.model):
             out = self.model(**batch, labels=labels, use_cache=False, skip_logits=True, num_items_in_batch=1)
             return LossOutput(loss=out.loss, tokens=tokens, samples=labels.shape[0])
-        out = self.model(**batch, use_cache=False)
-        return LossOutput(loss=shifted_ce_sum(out.logits, labels), tokens=tokens, samples=labels.shape[0])
+        loss = lm_loss_sum(self.model, batch, labels, impl=self.kernel_impl)
+        return LossOutput(loss=loss, tokens=tokens, samples=labels.shape[0])
 
     def save_model(self, out_dir: Path) -> None:
         self._save(out_dir)
@@ -299,18 +306,25 @@ class ChatTask(LabelledLMTask):
         chat: the bundle's :class:`~ftib.models.chat.ChatProcessor`.
         records: ``(messages, images)`` per conversation, with a source label for errors.
         max_length: token limit per conversation.
-        overflow: ``truncate`` longer conversations or ``drop`` them (both counted).
+        overflow: what a longer conversation gets: ``error`` (stop, naming it),
+            ``truncate`` (cut from the right; dropped if the cut would split an image), or
+            ``drop``. Truncated and dropped ones are counted in the metrics; dropped ones
+            are warned about with their first ids.
+        max_drop_share: more than this share of dropped conversations is an error naming
+            them (default 1%): a budget too small for the data must not silently shrink it.
         save: writes the model checkpoint.
     """
 
     def __init__(self, model: torch.nn.Module, groups: list[ParamGroup], chat: Any,
                  records: list[tuple[list[dict], list[Any], str]], *, max_length: int,
-                 overflow: Literal["truncate", "drop"], save: Any, logger: Any) -> None:
+                 overflow: Literal["error", "truncate", "drop"], save: Any, logger: Any,
+                 max_drop_share: float = 0.01) -> None:
         from ftib.core.errors import FtibError
 
         self.model, self._groups, self.chat, self._save = model, groups, chat, save
         self.samples: list[ChatSample] = []
         self.stats = {"records": len(records), "truncated": 0, "dropped": 0, "no_assistant_tokens": 0}
+        dropped: list[str] = []
         for messages, images, where in records:
             try:
                 full = chat.encode(messages, images)
@@ -318,20 +332,35 @@ class ChatTask(LabelledLMTask):
                 raise FtibError(f"{where}: {exc}") from exc
             except OSError as exc:  # unreadable image file
                 raise FtibError(f"{where}: cannot read an image: {exc}") from exc
-            if full["input_ids"].numel() > max_length:
+            length = full["input_ids"].numel()
+            if length > max_length:
+                if overflow == "error":
+                    raise FtibError(f"{where}: {length} tokens exceed max_length={max_length} (overflow: error; "
+                                    f"raise max_length, lower max_pixels, or set overflow: truncate | drop)")
                 if overflow == "drop":
                     self.stats["dropped"] += 1
+                    dropped.append(f"{where} ({length} tokens)")
                     continue
                 self.stats["truncated"] += 1
                 try:
                     full = chat.encode(messages, images, max_length=max_length)
                 except FtibError:
                     self.stats["dropped"] += 1  # truncation would cut an image
+                    dropped.append(f"{where} ({length} tokens; truncation would cut an image)")
                     continue
             if int((full["labels"] != -100).sum()) == 0:
                 self.stats["no_assistant_tokens"] += 1
                 continue
             self.samples.append(ChatSample(full))
+        if dropped:
+            share = len(dropped) / max(1, len(records))
+            head = "; ".join(dropped[:5])
+            if share > max_drop_share:
+                raise FtibError(f"{len(dropped)} of {len(records)} conversations ({share:.1%}) exceed "
+                                f"max_length={max_length}, more than max_drop_share={max_drop_share:.1%}: {head}"
+                                f"{' ...' if len(dropped) > 5 else ''}; raise max_length or lower max_pixels")
+            logger.warning("dropped %d of %d conversations over max_length=%d: %s%s", len(dropped), len(records),
+                           max_length, head, " ..." if len(dropped) > 5 else "")
         if not self.samples:
             raise FtibError(f"no usable training conversations ({self.stats})")
         logger.info("conversations: %s", self.stats)
@@ -341,6 +370,48 @@ class ChatTask(LabelledLMTask):
 
     def collate(self, items: list[ChatSample]) -> dict[str, torch.Tensor]:
         return self.chat.collate([s.tensors for s in items])
+
+
+KERNEL_IMPLS = ("auto", "triton", "torch", "reference")
+
+
+def _linear_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The lm_head as a module computing ``x @ weight.T (+ bias)``; peft's
+    ``modules_to_save`` wrapper resolves ``weight`` to its active trainable copy."""
+    head = model.get_output_embeddings()
+    if isinstance(head, torch.nn.Linear) or type(head).__name__ == "ModulesToSaveWrapper":
+        return head
+    raise FtibError(f"the fused linear cross-entropy needs a plain linear lm_head; {type(model).__name__}'s is "
+                    f"{type(head).__name__} (e.g. LoRA on lm_head): set the stage's kernel_impl: reference")
+
+
+def lm_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor, *,
+                impl: str = "auto") -> torch.Tensor:
+    """Summed next-token cross-entropy of ``labels`` (B, T) (token t predicts label t+1;
+    ``-100`` = no loss), float32, without materialising (tokens, V) logits.
+
+    The model runs with ``logits_to_keep`` an empty index (its lm_head projects nothing)
+    and returns its last hidden states (B, T, H); the lm_head weight then goes through
+    :func:`ftib.kernels.linear_ce.fused_linear_cross_entropy`. The forward is still
+    ``model(...)``, so FSDP2's root hooks and peft wrappers see it. ``impl="reference"``
+    is the eager path: full logits, then :func:`shifted_ce_sum`.
+    """
+    from ftib.models.bundle import liger_patches
+
+    if impl == "reference" or liger_patches(model):  # liger's patched forward keeps its own logits path
+        return shifted_ce_sum(model(**batch, use_cache=False).logits, labels)
+    from ftib.kernels.linear_ce import fused_linear_cross_entropy
+
+    nothing = torch.zeros(0, dtype=torch.long, device=labels.device)
+    out = model(**batch, use_cache=False, logits_to_keep=nothing, output_hidden_states=True)
+    hidden = out.hidden_states[-1]  # the final norm's output (transformers ties it to last_hidden_state)
+    head = _linear_head(model)
+    target = torch.full_like(labels, -100)
+    target[:, :-1] = labels[:, 1:]
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if not torch.is_autocast_enabled(hidden.device.type) and hidden.dtype != weight.dtype:
+        hidden = hidden.to(weight.dtype)  # e.g. a bf16 frozen decoder under a float32 head
+    return fused_linear_cross_entropy(hidden, weight, target, bias=bias, reduction="sum", impl=impl).loss
 
 
 def shifted_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -374,7 +445,7 @@ def image_grounding(model: torch.nn.Module, chat: Any, records: list[tuple[list[
             for start in range(0, len(encoded), batch_size):
                 batch = {k: v.to(device) for k, v in chat.collate(encoded[start:start + batch_size]).items()}
                 labels = batch.pop("labels")
-                loss_sum += float(shifted_ce_sum(model(**batch).logits, labels))
+                loss_sum += float(lm_loss_sum(model, batch, labels))
                 count += int((labels[:, 1:] != -100).sum())
             totals[name] = loss_sum / max(count, 1)
     finally:
@@ -398,17 +469,27 @@ def split_grounding_records(records: list, n: int) -> tuple[list, list]:
 
 def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list[Any], str]], *,
                      trainable: TrainableConfig, train: Any, max_length: int,
-                     overflow: Literal["truncate", "drop"], grounding_check: int = 0) -> Any:
+                     overflow: Literal["error", "truncate", "drop"], grounding_check: int = 0,
+                     max_drop_share: float = 0.01,
+                     kernel_impl: str = "auto", pixels: tuple[int | None, int | None] = (None, None),
+                     where: str = "stage") -> Any:
     """Train ``bundle`` on chat ``records`` (Align, SFT): select the trainable set, run
     the shared loop, write the final checkpoint; data counts go into the metrics. With
     ``grounding_check = n > 0`` the last ``n`` single-image records are held out and
     :func:`image_grounding` is measured on them before and after training (metrics
-    ``grounding_*`` and ``grounding_gap_before``)."""
+    ``grounding_*`` and ``grounding_gap_before``). ``pixels`` = (min_pixels, max_pixels)
+    of the images (``None``: the model processor's; :mod:`ftib.models.pixels`), checked
+    against the model's patch grid (errors name ``where``)."""
     from ftib.core import StageResult
     from ftib.core.train import Trainer
 
+    from ftib.models.pixels import with_pixel_budget
+
+    # Inputs are encoded under the stage's pixel budget; the checkpoint keeps the
+    # model's own processor config (bundle.chat).
+    chat = with_pixel_budget(bundle.chat, *pixels, where=where)
     records, held = split_grounding_records(records, grounding_check)
-    before = image_grounding(bundle.model, bundle.chat, held) if held else {}
+    before = image_grounding(bundle.model, chat, held) if held else {}
     model, groups = select_trainable(bundle.model, trainable)
     ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
                     ", ".join(g.name for g in groups))
@@ -416,13 +497,14 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
     def save(out_dir: Path) -> None:
         save_model_dir(model, out_dir, processor=bundle.chat, save_adapter=trainable.lora.save_adapter)
 
-    task = ChatTask(model, groups, bundle.chat, records, max_length=max_length, overflow=overflow,
-                    save=save, logger=ctx.logger)
+    task = ChatTask(model, groups, chat, records, max_length=max_length, overflow=overflow,
+                    save=save, logger=ctx.logger, max_drop_share=max_drop_share)
+    task.kernel_impl = kernel_impl
     trainer = Trainer(task, train, ctx)
     result = trainer.train()
     metrics = {**result.metrics, **{f"data_{k}": float(v) for k, v in task.stats.items()}, **kernel_metrics(model)}
     if held:
-        metrics.update(image_grounding(model, bundle.chat, held))
+        metrics.update(image_grounding(model, chat, held))
         if before:
             metrics["grounding_gap_before"] = before["grounding_gap"]
         ctx.logger.info("image grounding on %d held-out records: answer loss %.3f with their images, "

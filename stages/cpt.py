@@ -79,6 +79,7 @@ class CPTConfig:
     packing: bool = True
     max_documents: int | None = None
     extend: ExtendSpec | None = None
+    kernel_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
     trainable: TrainableConfig = TrainableConfig(mode="full")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, warmup_steps=10))
 
@@ -257,6 +258,7 @@ class CPTStage(Stage):
                            save_adapter=cfg.trainable.lora.save_adapter)
 
         task = _CPTTask(model, groups, rows, pad_id, cfg.packing, save)
+        task.kernel_impl = cfg.kernel_impl
         trainer = Trainer(task, cfg.train, ctx)
         result = trainer.train()
         final = trainer.save_final()

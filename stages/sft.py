@@ -38,8 +38,12 @@ class SFTConfig:
     source: Literal["instructions", "translation", "headline"] = "instructions"
     max_records: int | None = None
     max_length: int = 512
-    overflow: Literal["truncate", "drop"] = "drop"
+    overflow: Literal["error", "truncate", "drop"] = "drop"
+    max_drop_share: float = 0.01
     grounding_check: int = 0
+    kernel_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     trainable: TrainableConfig = TrainableConfig(mode="full")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, warmup_steps=10))
 
@@ -47,6 +51,11 @@ class SFTConfig:
         from ftib.data.sources import check_spec
 
         check_spec(self.data, "data")
+        from ftib.data.loaders import check_pixel_range
+
+        check_pixel_range(self.min_pixels, self.max_pixels)
+        if not 0.0 <= self.max_drop_share <= 1.0:
+            raise ValueError(f"max_drop_share must lie in [0, 1], got {self.max_drop_share}")
 
 
 def text_task_records(cfg: SFTConfig) -> list[tuple[list[dict], list, str]]:
@@ -80,4 +89,6 @@ class SFTStage(Stage):
             records = text_task_records(cfg)
         return train_chat_stage(ctx, bundle, records, trainable=cfg.trainable, train=cfg.train,
                                 max_length=cfg.max_length, overflow=cfg.overflow,
-                                grounding_check=cfg.grounding_check)
+                                grounding_check=cfg.grounding_check, kernel_impl=cfg.kernel_impl,
+                                pixels=(cfg.min_pixels, cfg.max_pixels), max_drop_share=cfg.max_drop_share,
+                                where="stages.sft")

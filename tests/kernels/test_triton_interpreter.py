@@ -20,7 +20,8 @@ HERE = Path(__file__).resolve().parent
 @pytest.mark.skipif(torch.cuda.is_available(), reason="Triton cases run directly on CUDA")
 def test_triton_cases_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
-    files = [str(HERE / f) for f in ("test_similarity.py", "test_advantages.py", "test_grpo_loss.py")]
+    files = [str(HERE / f) for f in ("test_similarity.py", "test_advantages.py", "test_grpo_loss.py",
+                                          "test_linear_ce.py")]
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider",
          "-m", "triton_interp and not slow", "-W", "ignore::RuntimeWarning"],

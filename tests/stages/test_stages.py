@@ -166,7 +166,8 @@ def test_bad_sft_inputs_fail_clearly(tmp_path):
     empty = _sft_dir(tmp_path, [])
     with pytest.raises(FtibError, match=r"sft\.jsonl.*empty"):
         run_stage(tmp_path, "sft", {"data": str(empty), "train": {"max_steps": 1}}, run_dir=tmp_path / "r0")
-    with pytest.raises(FtibError, match="no usable training conversations.*'dropped': 8"):
+    # all 8 over max_length: more than max_drop_share (1%), an error naming the file and ids
+    with pytest.raises(FtibError, match=r"8 of 8 conversations \(100\.0%\) exceed max_length=8.*instructions\.jsonl \(id"):
         run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "max_records": 8, "max_length": 8,
                                     "train": {"max_steps": 1}}, run_dir=tmp_path / "r3")
 
@@ -233,18 +234,27 @@ class _FakeChat:
 
 class _FakeModel(torch.nn.Module):
     """Bets on the token whose id is the pixel value when ``looks`` is set; uniform
-    over tokens 2 and 3 otherwise."""
+    over tokens 2 and 3 otherwise. HF-like: an identity lm_head over 4-dim hidden
+    states, ``logits_to_keep`` and ``output_hidden_states`` (the fused loss's path)."""
 
     def __init__(self, looks: bool):
         super().__init__()
         self.looks = looks
+        self.lm_head = torch.nn.Linear(4, 4, bias=False)
+        self.lm_head.weight.data = torch.eye(4)
 
-    def forward(self, input_ids, pixel_values):
-        logits = torch.zeros(*input_ids.shape, 4)
-        logits[..., :2] = -1e4
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids, pixel_values, use_cache=None, logits_to_keep=0, output_hidden_states=False):
+        hidden = torch.zeros(*input_ids.shape, 4)
+        hidden[..., :2] = -1e4
         if self.looks:
-            logits[torch.arange(len(pixel_values)), :, pixel_values.view(-1).long()] += 3.0
-        return type("Out", (), {"logits": logits})()
+            hidden[torch.arange(len(pixel_values)), :, pixel_values.view(-1).long()] += 3.0
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        out = type("Out", (), {"logits": self.lm_head(hidden[:, keep])})()
+        out.hidden_states = (hidden,) if output_hidden_states else None
+        return out
 
 
 def test_image_grounding_measures_dependence_on_the_image():
