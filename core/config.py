@@ -53,6 +53,18 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+def _same_shape(value: Any, tp: Any) -> bool:
+    """Whether ``value`` has the container shape of annotation ``tp`` (mapping for a
+    dataclass or dict, sequence for a list or tuple, a scalar for the rest)."""
+    origin = typing.get_origin(tp) or tp
+    is_dc = dataclasses.is_dataclass(tp) and isinstance(tp, type)
+    if isinstance(value, Mapping):
+        return is_dc or origin in (dict, Mapping)
+    if isinstance(value, (list, tuple)):
+        return origin in (list, tuple)
+    return not (is_dc or origin in (dict, Mapping, list, tuple))
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Convert/check ``value`` against annotation ``tp``; raise ConfigError at ``where``."""
     if tp is Any:
@@ -63,16 +75,21 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin is typing.Union or origin is types.UnionType:
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        arms = [a for a in args if a is not type(None)]
+        errors: dict[Any, ConfigError] = {}
+        for arg in arms:
             try:
                 return _convert(value, arg, where)
             except ConfigError as exc:
-                errors.append(str(exc))
+                errors[arg] = exc
+        # The arm the value was meant for (a mapping for a nested dataclass, a list for
+        # a list...) knows what is wrong inside it: say that, not just the union's name.
+        meant = [a for a in arms if _same_shape(value, a)]
+        if len(meant) == 1:
+            raise errors[meant[0]]
         raise ConfigError(
             f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+            + "".join(f"\n  as {_type_name(a)}: {e}" for a, e in errors.items())
         )
     if origin is Literal:
         if value in args:
