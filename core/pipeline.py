@@ -313,11 +313,14 @@ class Pipeline:
         return manifest
 
     def _superseded_dir(self, why: str) -> Path:
-        target = self.run_dir / SUPERSEDED / f"{time.strftime('%Y%m%d-%H%M%S')}-{why}"
+        # ``<time>[.<n>]-<why>``: two supersessions within one second stay apart and
+        # every folder still ends in its reason.
+        stamp = time.strftime('%Y%m%d-%H%M%S')
+        target = self.run_dir / SUPERSEDED / f"{stamp}-{why}"
         suffix = 0
         while target.exists():
             suffix += 1
-            target = target.with_name(f"{target.name.split('+')[0]}+{suffix}")
+            target = self.run_dir / SUPERSEDED / f"{stamp}.{suffix}-{why}"
         return target
 
     def _archive_previous_run(self, why: str, names: list[str] | None = None) -> None:
