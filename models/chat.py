@@ -310,11 +310,6 @@ class ChatProcessor:
         self.pad_token_id = self.tokenizer.pad_token_id
         if self.pad_token_id is None:
             raise FtibError("the tokenizer has no pad token")
-        if not getattr(self.tokenizer, "chat_template", None):
-            where = f" in {self.source_dir}" if self.source_dir else ""
-            raise FtibError(f"the tokenizer{where} has no chat template (no chat_template.jinja, "
-                            "chat_template.json or tokenizer_config.json 'chat_template'); ftib renders "
-                            "every conversation through the model's own template")
 
     @property
     def multimodal(self) -> bool:
@@ -351,6 +346,11 @@ class ChatProcessor:
     def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = False,
                enable_thinking: bool | None = None) -> Rendering:
         """:func:`render_template` with this processor's tokenizer."""
+        if not getattr(self.tokenizer, "chat_template", None):
+                where = f" in {self.source_dir}" if self.source_dir else ""
+                raise FtibError(f"the tokenizer{where} has no chat template (no chat_template.jinja, "
+                                "chat_template.json or tokenizer_config.json 'chat_template'); ftib renders "
+                                "every conversation through the model's own template")
         return render_template(self.tokenizer, messages, add_generation_prompt=add_generation_prompt,
                                enable_thinking=enable_thinking)
 

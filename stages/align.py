@@ -10,6 +10,8 @@ the user shows the image and asks for a description in Tibetan, the assistant an
 with the caption — encoded by the bundle's one chat processor, with the loss on the
 caption tokens only.
 
+``enable_thinking`` (default ``false``) goes to the model's chat template (see SFT).
+
 ``grounding_check: n`` holds the last ``n`` captions out of training and measures, before
 and after training, their caption loss with their own images and with shifted images
 (:func:`ftib.stages.common.image_grounding`); the difference, ``grounding_gap``, is how
@@ -43,6 +45,7 @@ class AlignConfig:
     max_length: int = 512
     overflow: Literal["truncate", "drop"] = "drop"
     grounding_check: int = 0
+    enable_thinking: bool | None = False
     trainable: TrainableConfig = TrainableConfig(mode="none", train_merger=True)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, warmup_steps=5))
 
@@ -78,4 +81,4 @@ class AlignStage(Stage):
         ]
         return train_chat_stage(ctx, bundle, records, trainable=cfg.trainable, train=cfg.train,
                                 max_length=cfg.max_length, overflow=cfg.overflow,
-                                grounding_check=cfg.grounding_check)
+                                grounding_check=cfg.grounding_check, enable_thinking=cfg.enable_thinking)

@@ -301,11 +301,13 @@ class ChatTask(LabelledLMTask):
         max_length: token limit per conversation.
         overflow: ``truncate`` longer conversations or ``drop`` them (both counted).
         save: writes the model checkpoint.
+        enable_thinking: passed to the model's chat template (``None``: its default).
     """
 
     def __init__(self, model: torch.nn.Module, groups: list[ParamGroup], chat: Any,
                  records: list[tuple[list[dict], list[Any], str]], *, max_length: int,
-                 overflow: Literal["truncate", "drop"], save: Any, logger: Any) -> None:
+                 overflow: Literal["truncate", "drop"], save: Any, logger: Any,
+                 enable_thinking: bool | None = False) -> None:
         from ftib.core.errors import FtibError
 
         self.model, self._groups, self.chat, self._save = model, groups, chat, save
@@ -313,7 +315,7 @@ class ChatTask(LabelledLMTask):
         self.stats = {"records": len(records), "truncated": 0, "dropped": 0, "no_assistant_tokens": 0}
         for messages, images, where in records:
             try:
-                full = chat.encode(messages, images)
+                full = chat.encode(messages, images, enable_thinking=enable_thinking)
             except FtibError as exc:
                 raise FtibError(f"{where}: {exc}") from exc
             except OSError as exc:  # unreadable image file
@@ -324,7 +326,7 @@ class ChatTask(LabelledLMTask):
                     continue
                 self.stats["truncated"] += 1
                 try:
-                    full = chat.encode(messages, images, max_length=max_length)
+                    full = chat.encode(messages, images, max_length=max_length, enable_thinking=enable_thinking)
                 except FtibError:
                     self.stats["dropped"] += 1  # truncation would cut an image
                     continue
@@ -353,7 +355,7 @@ def shifted_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def image_grounding(model: torch.nn.Module, chat: Any, records: list[tuple[list[dict], list[Any], str]],
-                    batch_size: int = 16) -> dict[str, float]:
+                    batch_size: int = 16, *, enable_thinking: bool | None = False) -> dict[str, float]:
     """How much the model's answers depend on their images: the mean answer-token loss of
     ``records`` with their own images and with the images shifted by one record (each
     conversation shown the next one's image). ``gap = shuffled - matched`` is ~0 for a
@@ -370,7 +372,8 @@ def image_grounding(model: torch.nn.Module, chat: Any, records: list[tuple[list[
         totals = {}
         for name, shift in (("matched", 0), ("shuffled", 1)):
             loss_sum, count = 0.0, 0
-            encoded = [chat.encode(m, rows[(i + shift) % len(rows)][1]) for i, (m, _) in enumerate(rows)]
+            encoded = [chat.encode(m, rows[(i + shift) % len(rows)][1], enable_thinking=enable_thinking)
+                       for i, (m, _) in enumerate(rows)]
             for start in range(0, len(encoded), batch_size):
                 batch = {k: v.to(device) for k, v in chat.collate(encoded[start:start + batch_size]).items()}
                 labels = batch.pop("labels")
@@ -398,17 +401,19 @@ def split_grounding_records(records: list, n: int) -> tuple[list, list]:
 
 def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list[Any], str]], *,
                      trainable: TrainableConfig, train: Any, max_length: int,
-                     overflow: Literal["truncate", "drop"], grounding_check: int = 0) -> Any:
+                     overflow: Literal["truncate", "drop"], grounding_check: int = 0,
+                     enable_thinking: bool | None = False) -> Any:
     """Train ``bundle`` on chat ``records`` (Align, SFT): select the trainable set, run
     the shared loop, write the final checkpoint; data counts go into the metrics. With
     ``grounding_check = n > 0`` the last ``n`` single-image records are held out and
     :func:`image_grounding` is measured on them before and after training (metrics
-    ``grounding_*`` and ``grounding_gap_before``)."""
+    ``grounding_*`` and ``grounding_gap_before``). ``enable_thinking`` goes to the
+    model's chat template for every conversation."""
     from ftib.core import StageResult
     from ftib.core.train import Trainer
 
     records, held = split_grounding_records(records, grounding_check)
-    before = image_grounding(bundle.model, bundle.chat, held) if held else {}
+    before = image_grounding(bundle.model, bundle.chat, held, enable_thinking=enable_thinking) if held else {}
     model, groups = select_trainable(bundle.model, trainable)
     ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
                     ", ".join(g.name for g in groups))
@@ -417,12 +422,12 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
         save_model_dir(model, out_dir, processor=bundle.chat, save_adapter=trainable.lora.save_adapter)
 
     task = ChatTask(model, groups, bundle.chat, records, max_length=max_length, overflow=overflow,
-                    save=save, logger=ctx.logger)
+                    save=save, logger=ctx.logger, enable_thinking=enable_thinking)
     trainer = Trainer(task, train, ctx)
     result = trainer.train()
     metrics = {**result.metrics, **{f"data_{k}": float(v) for k, v in task.stats.items()}, **kernel_metrics(model)}
     if held:
-        metrics.update(image_grounding(model, bundle.chat, held))
+        metrics.update(image_grounding(model, bundle.chat, held, enable_thinking=enable_thinking))
         if before:
             metrics["grounding_gap_before"] = before["grounding_gap"]
         ctx.logger.info("image grounding on %d held-out records: answer loss %.3f with their images, "

@@ -12,6 +12,11 @@ the assistant's is rejected by the loader with its file and row; conversations l
 than ``max_length`` are dropped or truncated (``overflow``) and counted in the metrics.
 Packing is not used for SFT: conversations are padded per micro-batch.
 
+``enable_thinking`` (default ``false``) goes to the model's chat template: with Qwen3's
+template and ``false`` the reply is trained after the empty ``<think>\n\n</think>\n\n``
+that the generation prompt then holds, as the model will be prompted; ``true`` trains the
+model to write that block itself; ``null`` is the template's default.
+
 ``source: translation | headline`` trains on the GRPO task files instead (prompt →
 reference as one chat turn): the SFT warm-up of the two-stage semantic-GRPO recipe.
 
@@ -40,6 +45,7 @@ class SFTConfig:
     max_length: int = 512
     overflow: Literal["truncate", "drop"] = "drop"
     grounding_check: int = 0
+    enable_thinking: bool | None = False
     trainable: TrainableConfig = TrainableConfig(mode="full")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, warmup_steps=10))
 
@@ -80,4 +86,4 @@ class SFTStage(Stage):
             records = text_task_records(cfg)
         return train_chat_stage(ctx, bundle, records, trainable=cfg.trainable, train=cfg.train,
                                 max_length=cfg.max_length, overflow=cfg.overflow,
-                                grounding_check=cfg.grounding_check)
+                                grounding_check=cfg.grounding_check, enable_thinking=cfg.enable_thinking)
