@@ -206,7 +206,7 @@ def save_model_dir(model: torch.nn.Module, out_dir: Path, *, processor: Any = No
                    save_adapter: bool = False) -> None:
     """Save a transformers-loadable checkpoint. A LoRA model is merged into a copy of its
     base weights (the training model is left as it is); with ``save_adapter`` the peft
-    adapter is also written to ``out_dir/adapter``."""
+    adapter is also written to ``out_dir/adapter`` (:func:`save_adapter_dir`)."""
     import copy
 
     from peft import PeftModel
@@ -214,13 +214,72 @@ def save_model_dir(model: torch.nn.Module, out_dir: Path, *, processor: Any = No
     target = model
     if isinstance(model, PeftModel):
         if save_adapter:
-            model.save_pretrained(out_dir / "adapter")
+            save_adapter_dir(model, out_dir / "adapter", processor=processor, tokenizer=tokenizer)
         target = copy.deepcopy(model).merge_and_unload()
     target.save_pretrained(out_dir)
     if processor is not None:
         processor.save_pretrained(out_dir)
     elif tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+
+
+ADAPTER_README = """
+## Loading this adapter with plain transformers + peft
+
+This adapter was trained by ftib on `{base}`. Its embedding matrices have
+**{vocab} rows** (`ftib.vocab_size` in `adapter_config.json`: the tokenizer, saved in
+this folder, has {n_tok} tokens, padded to {vocab} rows). Resize the base to that size —
+the one call besides peft's own (a no-op when the sizes already agree) — then load:
+
+```python
+from transformers import {auto}, AutoTokenizer
+from peft import PeftModel
+
+base = {auto}.from_pretrained("{base}")
+base.resize_token_embeddings({vocab})
+model = PeftModel.from_pretrained(base, "path/to/this/adapter")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/adapter")
+```
+
+`ftib export --merge RUN_DIR/stages/<id> OUT` writes the merged model as a plain
+Hugging Face directory instead.
+"""
+
+
+def save_adapter_dir(model: Any, out: Path, *, processor: Any = None, tokenizer: Any = None) -> Path:
+    """Write a peft adapter a user can load without ftib.
+
+    peft's own files (``adapter_config.json``, ``adapter_model.safetensors``, README),
+    with ``base_model_name_or_path`` made absolute for a local base, plus the
+    tokenizer/processor (:meth:`~ftib.models.chat.ChatProcessor.save_pretrained`, the
+    base's formats included) and the embedding row count a base must be resized to
+    (``"ftib": {"vocab_size": N}`` in ``adapter_config.json`` — peft ignores the key — and
+    the README's loading snippet; Hugging Face's ``resize_token_embeddings`` is the one
+    call needed after a vocabulary extension).
+    """
+    import json
+
+    cfg = model.peft_config["default"]
+    base = str(cfg.base_model_name_or_path or "")
+    if base and Path(base).is_dir():
+        cfg.base_model_name_or_path = base = str(Path(base).resolve())
+    model.save_pretrained(out)
+    if processor is not None:
+        processor.save_pretrained(out)
+    elif tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    conf_path = out / "adapter_config.json"
+    conf = json.loads(conf_path.read_text(encoding="utf-8"))
+    conf["ftib"] = {"vocab_size": vocab}
+    conf_path.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tok = processor.tokenizer if processor is not None else tokenizer
+    auto = "AutoModelForImageTextToText" if is_vlm(model) else "AutoModelForCausalLM"
+    readme = out / "README.md"
+    head = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    readme.write_text(head + ADAPTER_README.format(base=base, vocab=vocab, auto=auto,
+                                                   n_tok=len(tok) if tok is not None else "?"), encoding="utf-8")
+    return out
 
 
 def training_bundle(ctx: Any, trainable: TrainableConfig) -> Any:
