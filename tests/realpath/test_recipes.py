@@ -95,9 +95,11 @@ def test_recipe_runs_end_to_end_on_its_standin(recipe, standin, minilm_path, tmp
                                                     enable_thinking=False), sid
         if rec.get("metrics", {}).get("added_tokens"):
             assert len(tok) > len(base_tok)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for sid, st in ((s.get("id", s["name"]), s) for s in raw["stages"]):
-        if st["name"] == "grpo":
-            assert "think_block_share" in manifest["stages"][sid]["metrics"]
+        if st["name"] == "grpo":  # every rollout step says how many completions held a think block
+            steps = [r for r in rows if r.get("stage") == sid and "reward_mean" in r]
+            assert steps and all("think_block_share" in r for r in steps)
     for path in (run_dir / "evals").rglob("*.records.jsonl") if (run_dir / "evals").is_dir() else ():
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         if rows and "parsed" in rows[0] and isinstance(rows[0].get("prediction"), str):
