@@ -177,3 +177,11 @@ def test_unsupported_family_names_the_supported_ones(tmp_path):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=64)).save_pretrained(tmp_path / "g")
     with pytest.raises(Exception, match="Qwen3-VL"):
         load_bundle(tmp_path / "g")
+
+
+def test_cpt_documents_end_with_endoftext_not_the_turn_end(qwen3):
+    from ftib.models.chat import document_end_id
+
+    vocab = qwen3.tokenizer.get_vocab()
+    assert qwen3.tokenizer.eos_token == "<|im_end|>"  # Qwen3's tokenizer: EOS is the chat turn end
+    assert document_end_id(qwen3.tokenizer) == vocab["<|endoftext|>"]
