@@ -33,9 +33,9 @@ def standin(tmp_path_factory):
         _require()
         if family not in built:
             fam = standins.FAMILIES[family]
-            if fam.ranks + fam.hub not in tokenizers:
-                tokenizers[fam.ranks + fam.hub] = standins.build_tokenizer(fam, root / f"tok-{family}")
-            built[family] = standins.build_standin(family, root / family, tokenizer_dir=tokenizers[fam.ranks + fam.hub])
+            if fam.ranks not in tokenizers:
+                tokenizers[fam.ranks] = standins.build_tokenizer(fam, root / f"tok-{family}")
+            built[family] = standins.build_standin(family, root / family, tokenizer_dir=tokenizers[fam.ranks])
         return built[family]
 
     return get

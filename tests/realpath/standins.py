@@ -151,12 +151,18 @@ def build_tokenizer(family: Family, out: Path) -> Path:
             raise RuntimeError(f"{family.name}: {t['content']} got id {got}, the hub has {t['id']}")
     out.mkdir(parents=True, exist_ok=True)
     backend.save(str(out / "tokenizer.json"))
+    write_tokenizer_config(family, out)
+    return out
+
+
+def write_tokenizer_config(family: Family, out: Path) -> None:
+    """The hub's ``tokenizer_config.json`` byte for byte (Qwen3.5's from the derived table)."""
     src = HUB / family.hub / "tokenizer_config.json"
     if src.is_file():
         shutil.copyfile(src, out / "tokenizer_config.json")
     else:
+        _, config = _added_tokens(family)
         (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
-    return out
 
 
 _FORMAT_FILES = ("generation_config.json", "chat_template.json", "chat_template.jinja", "preprocessor_config.json",
@@ -165,7 +171,8 @@ _FORMAT_FILES = ("generation_config.json", "chat_template.json", "chat_template.
 
 def build_standin(family_name: str, out: Path, *, tokenizer_dir: Path | None = None, seed: int = 0) -> Path:
     """Write the stand-in snapshot of ``family_name`` (``qwen3-vl``, ``qwen3``, ``qwen3.5``)
-    to ``out``. ``tokenizer_dir``: a directory from :func:`build_tokenizer` to reuse."""
+    to ``out``. ``tokenizer_dir``: a directory from :func:`build_tokenizer` to reuse (for a
+    family with the same rank file)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -190,8 +197,10 @@ def build_standin(family_name: str, out: Path, *, tokenizer_dir: Path | None = N
     own = tokenizer_dir is None
     if own:
         tokenizer_dir = build_tokenizer(family, out / ".tokenizer")
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(tokenizer_dir / name, out / name)
+    # tokenizer.json depends on the rank file only (Qwen3 and Qwen3-VL share it, with the
+    # same added tokens); the config is each repo's own.
+    shutil.copyfile(tokenizer_dir / "tokenizer.json", out / "tokenizer.json")
+    write_tokenizer_config(family, out)
     if own:
         shutil.rmtree(tokenizer_dir)
     return out

