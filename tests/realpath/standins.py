@@ -27,9 +27,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-HUB = Path(__file__).resolve().parents[2].parent.parent / "shared" / "assets" / "hub"
-if not HUB.is_dir():
-    HUB = Path("/work/shared/assets/hub")
+_REPO = Path(__file__).resolve().parents[2]
+#: ``../shared/assets/hub`` beside the checkout (or beside its parent, for a worktree
+#: folder one level deeper); absent -> every user of the stand-ins skips.
+HUB = next((c for c in (_REPO.parent / "shared" / "assets" / "hub", _REPO.parent.parent / "shared" / "assets" / "hub")
+            if c.is_dir()), _REPO.parent / "shared" / "assets" / "hub")
 
 
 @dataclass(frozen=True, kw_only=True)
