@@ -174,6 +174,7 @@ setup(
             "eval = ftib.evals.cli:register",
             "reward-encoder = ftib.stages.reward_encoder:register",
             "tokenizer = ftib.models.tokenizer_cli:register",
+            "export = ftib.models.export:register",
             "profile = ftib.bench.stage_profiler:register",
         ],
         # What the kernel calls by name without importing the package (core/interfaces.py, HOOKS).

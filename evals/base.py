@@ -28,6 +28,7 @@ from ftib.evals import extract as ex
 from ftib.evals.generate import Decoding, Generator, TransformersGenerator, generator_from_context
 from ftib.evals.loaders import Item, check_data, load_items
 from ftib.evals.metrics import rule_shares
+from ftib.models.chat import strip_thinking
 
 log = logging.getLogger("ftib.evals")
 
@@ -54,6 +55,9 @@ class BenchConfig:
         judge_max_new_tokens: the judge's reply length cap.
         do_sample, temperature, top_p: sampling instead of greedy decoding (off by
             default; results then vary with the seed).
+        enable_thinking: passed to the model's chat template (``False``: Qwen3 answers
+            without thinking; ``None``: the template's default). Replies are scored after
+            any think block, with the strip rule recorded per item (``think_strip``).
     """
 
     data: str = "ftibworld"
@@ -66,6 +70,7 @@ class BenchConfig:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    enable_thinking: bool | None = False
 
     def __post_init__(self) -> None:
         check_data(self.data)
@@ -99,7 +104,7 @@ class BenchmarkEvaluator(Evaluator):
     def decoding(self) -> Decoding:
         c = self.config
         return Decoding(max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, do_sample=c.do_sample,
-                        temperature=c.temperature, top_p=c.top_p)
+                        temperature=c.temperature, top_p=c.top_p, enable_thinking=c.enable_thinking)
 
     def allowed(self, item: Item) -> Mapping[str, str]:
         if self.answer_kind == "choice":
@@ -125,8 +130,9 @@ class BenchmarkEvaluator(Evaluator):
             raise ValueError(f"{len(replies)} replies for {len(items)} items")
         records: list[dict[str, Any]] = []
         for item, reply in zip(items, replies):
-            parsed = self.parse(item, reply)
-            parsed = ex.resolve(parsed, judge, self.prompt(item), reply, self.allowed(item))
+            answer, think_strip = strip_thinking(reply)
+            parsed = self.parse(item, answer)
+            parsed = ex.resolve(parsed, judge, self.prompt(item), answer, self.allowed(item))
             records.append({
                 "id": item.id,
                 "prediction": reply,
@@ -135,6 +141,7 @@ class BenchmarkEvaluator(Evaluator):
                 "correct": parsed.value is not None and parsed.value == item.gold,
                 "rule": parsed.rule,
                 "evidence": parsed.evidence,
+                "think_strip": think_strip,
                 **{k: v for k, v in item.meta.items() if k not in ("image_id",)},
             })
         metrics, details = self.metrics(items, records)

@@ -31,6 +31,7 @@ class Decoding:
         do_sample: ``False`` is greedy decoding (the default for evaluation).
         temperature, top_p: only used when sampling.
         batch_size: prompts per ``generate`` call (left-padded).
+        enable_thinking: passed to the model's chat template (``None``: its default).
     """
 
     max_new_tokens: int = 16
@@ -38,6 +39,7 @@ class Decoding:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 8
+    enable_thinking: bool | None = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,8 +61,10 @@ class TransformersGenerator:
 
     Each prompt becomes one user turn (an image part first when there is an image), is
     encoded by the bundle's ``ChatProcessor`` with the generation prompt, and batches are
-    left-padded for ``model.generate``. The reply is the decoded new tokens, special
-    tokens dropped, stripped.
+    left-padded for ``model.generate``, which stops on every eos id of the model's
+    generation config (:meth:`~ftib.models.chat.ChatProcessor.stop_ids`). The reply is
+    the decoded new tokens, special tokens dropped, stripped; a think block stays in it
+    (the evaluators score after it and record the strip rule).
     """
 
     def __init__(self, bundle: Any) -> None:
@@ -102,7 +106,7 @@ class TransformersGenerator:
 
                     raise FtibError("the benchmark has images but the model is text-only")
                 enc = chat.encode(self._messages(text, image), [image] if image is not None else [],
-                                  add_generation_prompt=True)
+                                  add_generation_prompt=True, enable_thinking=decoding.enable_thinking)
                 enc.pop("labels")
                 encoded.append(enc)
             batch = chat.collate(encoded, padding_side="left")
@@ -111,6 +115,7 @@ class TransformersGenerator:
                 "max_new_tokens": decoding.max_new_tokens,
                 "do_sample": decoding.do_sample,
                 "pad_token_id": chat.pad_token_id,
+                "eos_token_id": chat.stop_ids(model),
             }
             if decoding.do_sample:
                 kwargs.update(temperature=decoding.temperature, top_p=decoding.top_p)

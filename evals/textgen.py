@@ -18,6 +18,7 @@ from ftib.core.interfaces import EvalResult, Evaluator, RunContext
 from ftib.evals.generate import Decoding, Generator, generator_from_context
 from ftib.evals.loaders import Item, check_data, load_items
 from ftib.evals.metrics import mean
+from ftib.models.chat import strip_thinking
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +33,9 @@ class TextTaskConfig:
             directory, or ``ftibworld-encoder`` (the FTibWorld reward encoder of the
             GRPO stage, trained on first use and cached); ``None`` skips it.
         do_sample, temperature, top_p: sampling instead of greedy decoding (off by default).
+    enable_thinking: passed to the model's chat template (``False``: Qwen3 answers
+        without thinking; ``None``: the template's default). Replies are scored after
+        any think block, with the strip rule recorded per item (``think_strip``).
     """
 
     data: str = "ftibworld"
@@ -42,6 +46,7 @@ class TextTaskConfig:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    enable_thinking: bool | None = False
 
     def __post_init__(self) -> None:
         check_data(self.data)
@@ -72,7 +77,9 @@ class TextTaskEvaluator(Evaluator):
         raise NotImplementedError
 
     def clean(self, reply: str) -> str:
-        """The part of a reply that is scored: stripped, first non-empty line."""
+        """The part of a reply that is scored: after any think block
+        (:func:`~ftib.models.chat.strip_thinking`), stripped, first non-empty line."""
+        reply, _ = strip_thinking(reply)
         for line in reply.strip().splitlines():
             if line.strip():
                 return line.strip()
@@ -95,7 +102,8 @@ class TextTaskEvaluator(Evaluator):
                 row["similarity"] = s
         metrics["empty_ratio"] = sum(not h for h in hyps) / len(hyps) if hyps else 0.0
         records = [
-            {"id": it.id, "prediction": reply, "parsed": h, "gold": it.gold, "correct": None, **row}
+            {"id": it.id, "prediction": reply, "parsed": h, "gold": it.gold, "correct": None,
+             "think_strip": strip_thinking(reply)[1], **row}
             for it, reply, h, row in zip(items, replies, hyps, per_item)
         ]
         details = {"items": len(items),
@@ -114,7 +122,7 @@ class TextTaskEvaluator(Evaluator):
         items = self.load() if items is None else list(items)
         c = self.config
         decoding = Decoding(max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, do_sample=c.do_sample,
-                            temperature=c.temperature, top_p=c.top_p)
+                            temperature=c.temperature, top_p=c.top_p, enable_thinking=c.enable_thinking)
         replies = generator.generate([(self.prompt(it), None) for it in items], decoding)
         if len(replies) != len(items):
             raise RuntimeError(f"the generator returned {len(replies)} replies for {len(items)} prompts")

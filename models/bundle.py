@@ -71,10 +71,12 @@ class ModelBundle:
 
     def with_tokenizer(self, tokenizer: Any) -> ModelBundle:
         """The same model with another tokenizer (e.g. after vocabulary extension)."""
-        return dataclasses.replace(self, tokenizer=tokenizer, chat=ChatProcessor(tokenizer, self.image_processor))
+        return dataclasses.replace(self, tokenizer=tokenizer,
+                                   chat=ChatProcessor(tokenizer, self.image_processor, source_dir=self.chat.source_dir))
 
     def save(self, out: Path | str) -> Path:
-        """``save_pretrained`` model, tokenizer (with the chat template) and processor."""
+        """``save_pretrained`` model, tokenizer (with its own chat template) and processor,
+        keeping the source checkpoint's format files (:data:`ftib.models.chat.FORMAT_FILES`)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out)
@@ -153,6 +155,7 @@ def load_bundle(
         hint = "" if path else (f"; it is not a preset ({', '.join(PRESETS)}) nor a local directory, "
                                 "and the hub could not provide it")
         raise FtibError(f"cannot load model {source!r}{hint}: {exc}") from exc
+    _check_family(config, str(path / "config.json") if path is not None else source)
     kwargs: dict[str, Any] = dict(common)
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
@@ -168,6 +171,8 @@ def load_bundle(
         raise FtibError(f"model.attn_implementation: {attn_implementation!r} cannot be used for "
                         f"{source!r}: {exc}") from exc
     tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    if path is not None:
+        _template_fallback(tokenizer, path)
     image_processor = AutoImageProcessor.from_pretrained(location, backend="pil", **common) if multimodal else None
     if device is not None:
         model.to(device)
@@ -176,7 +181,39 @@ def load_bundle(
     if kernels.get("liger"):
         extra["kernels"] = {"liger": list(apply_liger(model))}
     return ModelBundle(model=model, tokenizer=tokenizer, image_processor=image_processor,
-                       chat=ChatProcessor(tokenizer, image_processor), source=source, path=path, extra=extra)
+                       chat=ChatProcessor(tokenizer, image_processor, source_dir=path), source=source, path=path,
+                       extra=extra)
+
+
+#: The model families ftib's stages know the anatomy and chat format of
+#: (``config.model_type``).
+#: Each is covered by a hub-faithful stand-in in ``tests/realpath``.
+SUPPORTED_MODEL_TYPES = {"qwen3": "Qwen3", "qwen3_vl": "Qwen3-VL", "qwen3_5": "Qwen3.5"}
+
+
+def _check_family(config: Any, where: str) -> None:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise FtibError(f"{where}: model_type {model_type!r} is not a supported family; ftib supports "
+                        + ", ".join(f"{v} ({k})" for k, v in SUPPORTED_MODEL_TYPES.items()))
+
+
+def _template_fallback(tokenizer: Any, path: Path) -> None:
+    """Give the tokenizer its checkpoint's chat template when transformers did not attach
+    one: ``chat_template.jinja``, then the processor-level ``chat_template.json`` (how
+    Qwen3-VL ships it). Without any, :class:`ChatProcessor` fails naming the files."""
+    if getattr(tokenizer, "chat_template", None):
+        return
+    import json
+
+    if (path / "chat_template.jinja").is_file():
+        tokenizer.chat_template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+    elif (path / "chat_template.json").is_file():
+        try:
+            tokenizer.chat_template = json.loads((path / "chat_template.json").read_text(encoding="utf-8"))[
+                "chat_template"]
+        except (ValueError, KeyError) as exc:
+            raise FtibError(f"{path / 'chat_template.json'}: no readable 'chat_template' ({exc})") from exc
 
 
 def _is_cuda(device: Any) -> bool:

@@ -10,6 +10,8 @@ the user shows the image and asks for a description in Tibetan, the assistant an
 with the caption — encoded by the bundle's one chat processor, with the loss on the
 caption tokens only.
 
+``enable_thinking`` (default ``false``) goes to the model's chat template (see SFT).
+
 ``grounding_check: n`` holds the last ``n`` captions out of training and measures, before
 and after training, their caption loss with their own images and with shifted images
 (:func:`ftib.stages.common.image_grounding`); the difference, ``grounding_gap``, is how
@@ -47,6 +49,7 @@ class AlignConfig:
     kernel_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
     min_pixels: int | None = None
     max_pixels: int | None = None
+    enable_thinking: bool | None = False
     trainable: TrainableConfig = TrainableConfig(mode="none", train_merger=True)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, warmup_steps=5))
 
@@ -89,4 +92,5 @@ class AlignStage(Stage):
                                 max_length=cfg.max_length, overflow=cfg.overflow,
                                 grounding_check=cfg.grounding_check, kernel_impl=cfg.kernel_impl,
                                 pixels=(cfg.min_pixels, cfg.max_pixels), max_drop_share=cfg.max_drop_share,
-                                where="stages.align")
+                                where="stages.align",
+                                enable_thinking=cfg.enable_thinking)

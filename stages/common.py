@@ -206,7 +206,7 @@ def save_model_dir(model: torch.nn.Module, out_dir: Path, *, processor: Any = No
                    save_adapter: bool = False) -> None:
     """Save a transformers-loadable checkpoint. A LoRA model is merged into a copy of its
     base weights (the training model is left as it is); with ``save_adapter`` the peft
-    adapter is also written to ``out_dir/adapter``."""
+    adapter is also written to ``out_dir/adapter`` (:func:`save_adapter_dir`)."""
     import copy
 
     from peft import PeftModel
@@ -214,13 +214,72 @@ def save_model_dir(model: torch.nn.Module, out_dir: Path, *, processor: Any = No
     target = model
     if isinstance(model, PeftModel):
         if save_adapter:
-            model.save_pretrained(out_dir / "adapter")
+            save_adapter_dir(model, out_dir / "adapter", processor=processor, tokenizer=tokenizer)
         target = copy.deepcopy(model).merge_and_unload()
     target.save_pretrained(out_dir)
     if processor is not None:
         processor.save_pretrained(out_dir)
     elif tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+
+
+ADAPTER_README = """
+## Loading this adapter with plain transformers + peft
+
+This adapter was trained by ftib on `{base}`. Its embedding matrices have
+**{vocab} rows** (`ftib.vocab_size` in `adapter_config.json`: the tokenizer, saved in
+this folder, has {n_tok} tokens, padded to {vocab} rows). Resize the base to that size —
+the one call besides peft's own (a no-op when the sizes already agree) — then load:
+
+```python
+from transformers import {auto}, AutoTokenizer
+from peft import PeftModel
+
+base = {auto}.from_pretrained("{base}")
+base.resize_token_embeddings({vocab})
+model = PeftModel.from_pretrained(base, "path/to/this/adapter")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/adapter")
+```
+
+`ftib export --merge RUN_DIR/stages/<id> OUT` writes the merged model as a plain
+Hugging Face directory instead.
+"""
+
+
+def save_adapter_dir(model: Any, out: Path, *, processor: Any = None, tokenizer: Any = None) -> Path:
+    """Write a peft adapter a user can load without ftib.
+
+    peft's own files (``adapter_config.json``, ``adapter_model.safetensors``, README),
+    with ``base_model_name_or_path`` made absolute for a local base, plus the
+    tokenizer/processor (:meth:`~ftib.models.chat.ChatProcessor.save_pretrained`, the
+    base's formats included) and the embedding row count a base must be resized to
+    (``"ftib": {"vocab_size": N}`` in ``adapter_config.json`` — peft ignores the key — and
+    the README's loading snippet; Hugging Face's ``resize_token_embeddings`` is the one
+    call needed after a vocabulary extension).
+    """
+    import json
+
+    cfg = model.peft_config["default"]
+    base = str(cfg.base_model_name_or_path or "")
+    if base and Path(base).is_dir():
+        cfg.base_model_name_or_path = base = str(Path(base).resolve())
+    model.save_pretrained(out)
+    if processor is not None:
+        processor.save_pretrained(out)
+    elif tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    conf_path = out / "adapter_config.json"
+    conf = json.loads(conf_path.read_text(encoding="utf-8"))
+    conf["ftib"] = {"vocab_size": vocab}
+    conf_path.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tok = processor.tokenizer if processor is not None else tokenizer
+    auto = "AutoModelForImageTextToText" if is_vlm(model) else "AutoModelForCausalLM"
+    readme = out / "README.md"
+    head = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    readme.write_text(head + ADAPTER_README.format(base=base, vocab=vocab, auto=auto,
+                                                   n_tok=len(tok) if tok is not None else "?"), encoding="utf-8")
+    return out
 
 
 def training_bundle(ctx: Any, trainable: TrainableConfig) -> Any:
@@ -313,12 +372,13 @@ class ChatTask(LabelledLMTask):
         max_drop_share: more than this share of dropped conversations is an error naming
             them (default 1%): a budget too small for the data must not silently shrink it.
         save: writes the model checkpoint.
+        enable_thinking: passed to the model's chat template (``None``: its default).
     """
 
     def __init__(self, model: torch.nn.Module, groups: list[ParamGroup], chat: Any,
                  records: list[tuple[list[dict], list[Any], str]], *, max_length: int,
                  overflow: Literal["error", "truncate", "drop"], save: Any, logger: Any,
-                 max_drop_share: float = 0.01) -> None:
+                 max_drop_share: float = 0.01, enable_thinking: bool | None = False) -> None:
         from ftib.core.errors import FtibError
 
         self.model, self._groups, self.chat, self._save = model, groups, chat, save
@@ -327,7 +387,7 @@ class ChatTask(LabelledLMTask):
         dropped: list[str] = []
         for messages, images, where in records:
             try:
-                full = chat.encode(messages, images)
+                full = chat.encode(messages, images, enable_thinking=enable_thinking)
             except FtibError as exc:
                 raise FtibError(f"{where}: {exc}") from exc
             except OSError as exc:  # unreadable image file
@@ -343,7 +403,7 @@ class ChatTask(LabelledLMTask):
                     continue
                 self.stats["truncated"] += 1
                 try:
-                    full = chat.encode(messages, images, max_length=max_length)
+                    full = chat.encode(messages, images, max_length=max_length, enable_thinking=enable_thinking)
                 except FtibError:
                     self.stats["dropped"] += 1  # truncation would cut an image
                     dropped.append(f"{where} ({length} tokens; truncation would cut an image)")
@@ -424,7 +484,7 @@ def shifted_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def image_grounding(model: torch.nn.Module, chat: Any, records: list[tuple[list[dict], list[Any], str]],
-                    batch_size: int = 16) -> dict[str, float]:
+                    batch_size: int = 16, *, enable_thinking: bool | None = False) -> dict[str, float]:
     """How much the model's answers depend on their images: the mean answer-token loss of
     ``records`` with their own images and with the images shifted by one record (each
     conversation shown the next one's image). ``gap = shuffled - matched`` is ~0 for a
@@ -441,7 +501,8 @@ def image_grounding(model: torch.nn.Module, chat: Any, records: list[tuple[list[
         totals = {}
         for name, shift in (("matched", 0), ("shuffled", 1)):
             loss_sum, count = 0.0, 0
-            encoded = [chat.encode(m, rows[(i + shift) % len(rows)][1]) for i, (m, _) in enumerate(rows)]
+            encoded = [chat.encode(m, rows[(i + shift) % len(rows)][1], enable_thinking=enable_thinking)
+                       for i, (m, _) in enumerate(rows)]
             for start in range(0, len(encoded), batch_size):
                 batch = {k: v.to(device) for k, v in chat.collate(encoded[start:start + batch_size]).items()}
                 labels = batch.pop("labels")
@@ -472,14 +533,15 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
                      overflow: Literal["error", "truncate", "drop"], grounding_check: int = 0,
                      max_drop_share: float = 0.01,
                      kernel_impl: str = "auto", pixels: tuple[int | None, int | None] = (None, None),
-                     where: str = "stage") -> Any:
+                     where: str = "stage", enable_thinking: bool | None = False) -> Any:
     """Train ``bundle`` on chat ``records`` (Align, SFT): select the trainable set, run
     the shared loop, write the final checkpoint; data counts go into the metrics. With
     ``grounding_check = n > 0`` the last ``n`` single-image records are held out and
     :func:`image_grounding` is measured on them before and after training (metrics
     ``grounding_*`` and ``grounding_gap_before``). ``pixels`` = (min_pixels, max_pixels)
     of the images (``None``: the model processor's; :mod:`ftib.models.pixels`), checked
-    against the model's patch grid (errors name ``where``)."""
+    against the model's patch grid (errors name ``where``). ``enable_thinking`` goes to the
+    model's chat template for every conversation."""
     from ftib.core import StageResult
     from ftib.core.train import Trainer
 
@@ -489,7 +551,7 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
     # model's own processor config (bundle.chat).
     chat = with_pixel_budget(bundle.chat, *pixels, where=where)
     records, held = split_grounding_records(records, grounding_check)
-    before = image_grounding(bundle.model, chat, held) if held else {}
+    before = image_grounding(bundle.model, chat, held, enable_thinking=enable_thinking) if held else {}
     model, groups = select_trainable(bundle.model, trainable)
     ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
                     ", ".join(g.name for g in groups))
@@ -498,13 +560,14 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
         save_model_dir(model, out_dir, processor=bundle.chat, save_adapter=trainable.lora.save_adapter)
 
     task = ChatTask(model, groups, chat, records, max_length=max_length, overflow=overflow,
-                    save=save, logger=ctx.logger, max_drop_share=max_drop_share)
+                    save=save, logger=ctx.logger, max_drop_share=max_drop_share,
+                    enable_thinking=enable_thinking)
     task.kernel_impl = kernel_impl
     trainer = Trainer(task, train, ctx)
     result = trainer.train()
     metrics = {**result.metrics, **{f"data_{k}": float(v) for k, v in task.stats.items()}, **kernel_metrics(model)}
     if held:
-        metrics.update(image_grounding(model, chat, held))
+        metrics.update(image_grounding(model, chat, held, enable_thinking=enable_thinking))
         if before:
             metrics["grounding_gap_before"] = before["grounding_gap"]
         ctx.logger.info("image grounding on %d held-out records: answer loss %.3f with their images, "

@@ -12,7 +12,10 @@ Algorithmic choices, in order:
    it and lands on the same tokenizer.
 2. *Normalisation*: every document goes through :func:`ftib.kernels.tibetan.normalize`
    (the mark-reordering rules that ``tokenizer.json`` cannot express).
-3. *Tokenisation* through ``datasets.map(batched=True)``; an EOS token ends every document.
+3. *Tokenisation* through ``datasets.map(batched=True)``; the model's document end ends
+   every document (``<|endoftext|>`` for Qwen, its pretraining separator — not the chat
+   turn end ``<|im_end|>`` that Qwen3's tokenizer names as EOS;
+   :func:`ftib.models.chat.document_end_id`).
 4. *Packing* (default) into ``block_size`` blocks with per-document positions and labels
    that never cross a document (:mod:`ftib.data.packing`; a document longer than a block
    continues in the next one, counted as ``data_split_documents``); or, with
@@ -226,9 +229,9 @@ class CPTStage(Stage):
         elif cfg.trainable.mode == "new_embeddings":
             raise ConfigError("stages.cpt.trainable.mode: new_embeddings needs `extend` (no tokens are added)")
         ids = tokenize_documents(tokenizer, docs)
-        eos = tokenizer.eos_token_id
-        if eos is None:
-            raise FtibError("the tokenizer has no EOS token; CPT ends every document with one")
+        from ftib.models.chat import document_end_id
+
+        eos = document_end_id(tokenizer)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         data_stats: dict[str, float] = {"data_empty_documents": float(sum(not d for d in ids))}
         if cfg.packing:

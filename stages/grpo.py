@@ -106,6 +106,10 @@ class GRPOConfig:
             rows and samples the nucleus without sorting the vocabulary) or
             ``transformers`` (``model.generate``). Both sample the same distribution.
         max_prompt_length: prompts longer than this (tokens) are dropped and counted.
+        enable_thinking: passed to the model's chat template for the prompts (``False``:
+            Qwen3's empty think block closes the prompt, the model answers directly;
+            ``None``: the template's default). Rewards always score the answer after
+            any think block (:func:`ftib.models.chat.strip_thinking`).
         rewards: reward terms, summed with their weights.
         beta: KL coefficient (0 skips the reference model).
         num_iterations: optimiser steps per rollout (TRL's ``num_iterations``, mu in
@@ -137,6 +141,7 @@ class GRPOConfig:
     top_k: int = 0
     sampler: Literal["ftib", "transformers"] = "ftib"
     max_prompt_length: int = 256
+    enable_thinking: bool | None = False
     rewards: tuple[RewardSpec, ...] = field(default_factory=_default_rewards)
     beta: float = 0.0
     num_iterations: int = 1
@@ -487,7 +492,8 @@ class _GRPOTask:
         self.cfg, self.model, self._groups, self.chat = stage_cfg, model, groups, chat
         self.prompts, self.rewards, self.ref_model, self._save, self.log = prompts, rewards, ref_model, save, logger
         tok = chat.tokenizer
-        self.stop_ids = {i for i in (tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id) if i is not None}
+        # Every eos id of the generation config (Qwen3: <|im_end|> and <|endoftext|>).
+        self.stop_ids = set(chat.stop_ids(model))
         self.pad_id = tok.pad_token_id
         # "reference": the eager references of both ops (advantages' is impl="torch").
         ref = stage_cfg.kernel_impl == "reference"
@@ -548,7 +554,8 @@ class _GRPOTask:
         cfg, G = self.cfg, self.cfg.group_size
         device = next(self.model.parameters()).device
         t0 = time.perf_counter()
-        encs = [self.chat.encode([{"role": "user", "content": it["prompt"]}], add_generation_prompt=True) for it in items]
+        encs = [self.chat.encode([{"role": "user", "content": it["prompt"]}], add_generation_prompt=True,
+                                 enable_thinking=cfg.enable_thinking) for it in items]
         for it, e in zip(items, encs):
             if e["input_ids"].numel() > cfg.max_prompt_length:
                 raise FtibError(f"prompt {it['id']} has {e['input_ids'].numel()} tokens, more than "
@@ -568,7 +575,10 @@ class _GRPOTask:
             comp = torch.full((comp.shape[0], 1), self.pad_id, dtype=comp.dtype, device=comp.device)
         cmask = completion_mask(comp, self.stop_ids, self.pad_id)
         comp = comp.masked_fill(cmask == 0, self.pad_id)
-        texts = [self.chat.decode(row[m.bool()]) for row, m in zip(comp, cmask)]
+        from ftib.models.chat import strip_thinking
+
+        split = [strip_thinking(self.chat.decode(row[m.bool()])) for row, m in zip(comp, cmask)]
+        texts = [answer for answer, _ in split]  # what the rewards score: the answer, no think block
         rep = [it for it in items for _ in range(G)]
         t1 = time.perf_counter()
         rewards, rmetrics = self.rewards([r["prompt"] for r in rep], texts, [r["reference"] for r in rep],
@@ -599,6 +609,7 @@ class _GRPOTask:
             "zero_std_groups": float(adv.zero_std_fraction), **rmetrics,
             "completion_len_mean": float(lengths.mean()), "completion_len_max": float(lengths.max()),
             "target_language_share": sum(in_lang) / len(in_lang),
+            "think_block_share": sum(rule != "none" for _, rule in split) / len(split),
             "time/generation_s": t_gen, "time/reward_s": t_rew, "time/ref_logps_s": t_ref,
         }
         return Rollout(batch["input_ids"], batch["attention_mask"], comp, cmask, adv.advantages, ref, metrics)
@@ -663,11 +674,13 @@ def _context_length(model: torch.nn.Module) -> int | None:
     return int(n) if n else None
 
 
-def _fitting_prompts(prompts: list[dict[str, Any]], chat, max_len: int) -> tuple[list[dict[str, Any]], list[str]]:
+def _fitting_prompts(prompts: list[dict[str, Any]], chat, max_len: int, *, enable_thinking: bool | None = False
+                     ) -> tuple[list[dict[str, Any]], list[str]]:
     """The prompts whose chat encoding has at most ``max_len`` tokens, and the ids of the others."""
     keep, dropped = [], []
     for p in prompts:
-        n = chat.encode([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True)["input_ids"].numel()
+        n = chat.encode([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True,
+                        enable_thinking=enable_thinking)["input_ids"].numel()
         (keep if n <= max_len else dropped).append(p if n <= max_len else p["id"])
     return keep, dropped
 
@@ -686,7 +699,7 @@ class GRPOStage(Stage):
                             f"exceeds the model's context of {context} tokens (max_position_embeddings); "
                             "lower one of them")
         prompts, dropped = _fitting_prompts(read_prompts(cfg.data, cfg.tasks, cfg.max_prompts), bundle.chat,
-                                            cfg.max_prompt_length)
+                                            cfg.max_prompt_length, enable_thinking=cfg.enable_thinking)
         if dropped:
             ctx.logger.warning("dropped %d of %d prompts longer than max_prompt_length=%d tokens (first: %s)",
                                len(dropped), len(dropped) + len(prompts), cfg.max_prompt_length, dropped[0])

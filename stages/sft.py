@@ -12,6 +12,11 @@ the assistant's is rejected by the loader with its file and row; conversations l
 than ``max_length`` are dropped or truncated (``overflow``) and counted in the metrics.
 Packing is not used for SFT: conversations are padded per micro-batch.
 
+``enable_thinking`` (default ``false``) goes to the model's chat template: with Qwen3's
+template and ``false`` the reply is trained after the empty ``<think>\n\n</think>\n\n``
+that the generation prompt then holds, as the model will be prompted; ``true`` trains the
+model to write that block itself; ``null`` is the template's default.
+
 ``source: translation | headline`` trains on the GRPO task files instead (prompt →
 reference as one chat turn): the SFT warm-up of the two-stage semantic-GRPO recipe.
 
@@ -44,6 +49,7 @@ class SFTConfig:
     kernel_impl: Literal["auto", "triton", "torch", "reference"] = "auto"
     min_pixels: int | None = None
     max_pixels: int | None = None
+    enable_thinking: bool | None = False
     trainable: TrainableConfig = TrainableConfig(mode="full")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, warmup_steps=10))
 
@@ -91,4 +97,5 @@ class SFTStage(Stage):
                                 max_length=cfg.max_length, overflow=cfg.overflow,
                                 grounding_check=cfg.grounding_check, kernel_impl=cfg.kernel_impl,
                                 pixels=(cfg.min_pixels, cfg.max_pixels), max_drop_share=cfg.max_drop_share,
-                                where="stages.sft")
+                                where="stages.sft",
+                                enable_thinking=cfg.enable_thinking)

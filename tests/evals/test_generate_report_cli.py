@@ -99,7 +99,7 @@ def test_ftib_eval_cli(world, tmp_path, capsys):
     for bench in ("mmbench", "pope", "mme"):
         doc = json.loads((ev / f"{bench}.json").read_text(encoding="utf-8"))
         assert doc["details"]["decoding"] == {"max_new_tokens": 4, "do_sample": False, "temperature": 1.0,
-                                              "top_p": 1.0, "batch_size": 8}
+                                              "top_p": 1.0, "batch_size": 8, "enable_thinking": False}
         lines = (ev / f"{bench}.records.jsonl").read_text(encoding="utf-8").splitlines()
         assert len(lines) == doc["details"]["items"]
         assert {"id", "prediction", "parsed", "gold", "correct", "rule"} <= set(json.loads(lines[0]))

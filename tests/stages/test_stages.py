@@ -224,7 +224,7 @@ def test_sft_on_translation_pairs_learns(tmp_path):
 class _FakeChat:
     """A conversation is its answer token id; an image is a number."""
 
-    def encode(self, messages, images):
+    def encode(self, messages, images, enable_thinking=None):
         return {"input_ids": torch.tensor([1, messages]), "labels": torch.tensor([-100, messages]),
                 "pixel_values": torch.tensor([float(images[0])])}
 
