@@ -26,7 +26,7 @@ from ftib.core.config import path_field
 from ftib.core.interfaces import EvalResult, Evaluator, RunContext
 from ftib.evals import extract as ex
 from ftib.evals.generate import Decoding, Generator, TransformersGenerator, generator_from_context
-from ftib.evals.loaders import Item, check_data, load_items
+from ftib.evals.loaders import LANGS, Item, check_data, load_items
 from ftib.evals.metrics import rule_shares
 
 log = logging.getLogger("ftib.evals")
@@ -54,6 +54,9 @@ class BenchConfig:
         judge_max_new_tokens: the judge's reply length cap.
         do_sample, temperature, top_p: sampling instead of greedy decoding (off by
             default; results then vary with the seed).
+        lang: ``bo`` (Tibetan) or ``zh`` (Chinese): which copy of FTibBench-mini a
+            FTibWorld ``data`` reads, and the language of the answering instruction
+            in the prompt (:mod:`ftib.data.prompts`).
     """
 
     data: str = "ftibworld"
@@ -66,9 +69,12 @@ class BenchConfig:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    lang: str = "bo"
 
     def __post_init__(self) -> None:
         check_data(self.data)
+        if self.lang not in LANGS:
+            raise ValueError(f"lang must be one of {', '.join(LANGS)}, got {self.lang!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -89,7 +95,8 @@ class BenchmarkEvaluator(Evaluator):
 
     # -- the pieces ---------------------------------------------------------------
     def load(self) -> list[Item]:
-        return load_items(self.bench, self.config.data, self.config.images, self.config.limit)
+        return load_items(self.bench, self.config.data, self.config.images, self.config.limit,
+                          lang=self.config.lang)
 
     def prompt(self, item: Item) -> str:
         raise NotImplementedError

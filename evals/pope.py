@@ -29,7 +29,7 @@ class PopeEvaluator(BenchmarkEvaluator):
     answer_kind = "yes_no"
 
     def prompt(self, item: Item) -> str:
-        return yes_no_prompt(item.question)
+        return yes_no_prompt(item.question, self.config.lang)
 
     def metrics(self, items: Sequence[Item], records: Sequence[dict[str, Any]]):
         splits = sorted({it.meta["split"] for it in items},
