@@ -209,52 +209,14 @@ def _numel(shape) -> int:
     return n
 
 
-#: The Chinese subset the default test scores the shipped model on: evaluator -> limit,
-#: on the tiny FTibWorld (seed 0), whose benchmark images are none of the pretraining's.
-SUBSET = {"pope": 24, "mmbench": 12, "binary_vqa": 40}
-SUBSET_METRICS = {"pope": ("random/accuracy", "popular/accuracy", "adversarial/accuracy"),
-                  "mmbench": ("circular", "vanilla"), "binary_vqa": ("accuracy",)}
-
-
-def subset_scores(world: Path | str, name: str = "ftibworld-base", lang: str = "zh") -> dict[str, Any]:
-    """Scores of shipped preset ``name`` on the :data:`SUBSET` of FTibBench-mini in ``lang``
-    from the FTibWorld build ``world``, with the item counts behind each."""
-    from ftib.evals.binary_vqa import BinaryVQAEvaluator
-    from ftib.evals.generate import TransformersGenerator
-    from ftib.evals.mmbench import MMBenchEvaluator
-    from ftib.evals.pope import PopeEvaluator
-    from ftib.models.bundle import load_bundle
-
-    classes = {"pope": PopeEvaluator, "mmbench": MMBenchEvaluator, "binary_vqa": BinaryVQAEvaluator}
-    gen = TransformersGenerator(load_bundle(name))
-    out: dict[str, Any] = {}
-    for bench, limit in SUBSET.items():
-        cls = classes[bench]
-        ev = cls(cls.Config(data=str(world), lang=lang, limit=limit))
-        res = ev.run(gen)
-        out[bench] = {"items": res.details["items"], **{k: res.metrics[k] for k in SUBSET_METRICS[bench]}}
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ftib.models.ship", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--name", default="ftibworld-base")
     p.add_argument("--stage", default=None, help="stage id to ship (default: the last completed)")
-    p.add_argument("--subset-scores", nargs=2, metavar=("WORLD", "OUT"),
-                   help="instead: score the shipped preset on the Chinese test subset of FTibWorld build WORLD "
-                        "and write OUT (tests/assets/ftibworld_base_zh_subset.json)")
     a = p.parse_args(argv)
-    if a.subset_scores:
-        world, out = a.subset_scores
-        payload = {"command": f"python -m ftib.models.ship --subset-scores <tiny FTibWorld, seed 0> {out}",
-                   "world": "ftib data build --size tiny --seed 0", "lang": "zh", "subset": SUBSET,
-                   "scores": subset_scores(world, a.name)}
-        Path(out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        print(json.dumps(payload["scores"], indent=2))
-        return 0
     if not a.run_dir:
-        p.error("give a run directory (or --subset-scores)")
+        p.error("give a run directory")
     print(ship(a.run_dir, a.name, a.stage))
     return 0
 

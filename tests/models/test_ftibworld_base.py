@@ -1,7 +1,7 @@
 """The shipped `ftibworld-base` preset: checksums, bad names, its tokenizer, its Chinese scores.
 
 The stored scores (tests/assets/ftibworld_base_zh_subset.json) were produced by the command
-recorded in that file (``python -m ftib.models.ship --subset-scores ...``); the recipe's loss
+recorded in that file (``python -m ftib.evals.shipped_scores ...``); the recipe's loss
 curve (tests/assets/ftibworld_base_curve.json) by the command recorded there.
 """
 
@@ -82,7 +82,7 @@ def test_base_tokenizer_has_no_tibetan_and_pays_bytes_for_it():
 def test_shipped_model_chinese_scores_on_a_subset(tmp_path_factory):
     """The shipped weights give the stored Chinese scores (within one item per score)."""
     from ftib.data.world import build_world
-    from ftib.models.ship import subset_scores
+    from ftib.evals.shipped_scores import subset_scores
 
     stored = json.loads((ASSETS / "ftibworld_base_zh_subset.json").read_text())
     world = tmp_path_factory.mktemp("world") / "w"
