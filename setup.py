@@ -93,7 +93,8 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
-    package_data={"ftib.configs": ["*.yaml"]},
+    # the shipped presets' weights, tokenizer, processor, model card and checksums
+    package_data={"ftib.configs": ["*.yaml"], "ftib.models": ["assets/*/*"]},
     include_package_data=False,
     ext_modules=[CMakeExtension("ftib.kernels._C", ROOT)],
     cmdclass={"build_ext": CMakeBuild},

@@ -486,6 +486,14 @@ WORLD_FILES: dict[str, tuple[Callable[..., datasets.Dataset], str]] = {
     "pope_adversarial": (load_pope, "bench/pope/ftibworld_pope_adversarial.json"),
     "binaryvqa": (load_binaryvqa, "bench/binaryvqa/questions.csv"),
     "corevqa": (load_corevqa, "bench/corevqa/COREVQA.csv"),
+    # FTibBench-mini in Chinese: the same images and questions (ftib.data.world.build.ZH_ROOT)
+    "mmbench_zh": (load_mmbench, "bench/zh/mmbench/FTibWorld_MMBench_DEV_ZH.tsv"),
+    "mme_zh": (load_mme, "bench/zh/mme"),
+    "pope_random_zh": (load_pope, "bench/zh/pope/ftibworld_pope_random.json"),
+    "pope_popular_zh": (load_pope, "bench/zh/pope/ftibworld_pope_popular.json"),
+    "pope_adversarial_zh": (load_pope, "bench/zh/pope/ftibworld_pope_adversarial.json"),
+    "binaryvqa_zh": (load_binaryvqa, "bench/zh/binaryvqa/questions.csv"),
+    "corevqa_zh": (load_corevqa, "bench/zh/corevqa/COREVQA.csv"),
 }
 
 

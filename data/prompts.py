@@ -15,12 +15,22 @@ from ftib.data.world.grammar import end
 OPTION_LETTERS = ("A", "B", "C", "D")
 
 
-def yes_no_prompt(question: str) -> str:
+def instruction(key: str, lang: str = "bo") -> str:
+    """The answering instruction ``key`` in ``lang`` (Tibetan closed with shad)."""
+    if lang not in lx.INSTRUCTIONS:
+        from ftib.core.errors import did_you_mean
+
+        raise ValueError(f"unknown prompt language {lang!r}; {did_you_mean(lang, lx.INSTRUCTIONS)}")
+    text = lx.INSTRUCTIONS[lang][key]
+    return end(text) if lang == "bo" else text
+
+
+def yes_no_prompt(question: str, lang: str = "bo") -> str:
     """A polar question followed by "please give a short answer"."""
-    return f"{question.strip()} {end(lx.ANSWER_SHORT)}"
+    return f"{question.strip()} {instruction('answer_short', lang)}"
 
 
-def multiple_choice_prompt(question: str, options: Mapping[str, str], hint: str = "") -> str:
+def multiple_choice_prompt(question: str, options: Mapping[str, str], hint: str = "", lang: str = "bo") -> str:
     """MMBench-style prompt: optional hint, question, lettered options, instruction.
 
     Args:
@@ -28,6 +38,7 @@ def multiple_choice_prompt(question: str, options: Mapping[str, str], hint: str 
         options: letter -> option text, in letter order; empty options are skipped
             (MMBench rows may have only two or three options).
         hint: context shown before the question (MMBench's ``hint`` column).
+        lang: language of the closing instruction.
     """
     lines = [hint.strip()] if hint and hint.strip() else []
     lines.append(question.strip())
@@ -35,13 +46,18 @@ def multiple_choice_prompt(question: str, options: Mapping[str, str], hint: str 
         text = options.get(letter)
         if text is not None and str(text).strip():
             lines.append(f"{letter}. {str(text).strip()}")
-    lines.append(end(lx.ANSWER_LETTER))
+    lines.append(instruction("answer_letter", lang))
     return "\n".join(lines)
 
 
-def statement_prompt(statement: str) -> str:
+def statement_prompt(statement: str, lang: str = "bo") -> str:
     """"Is the statement below true or false?" followed by the statement."""
-    return f"{end(lx.TRUE_OR_FALSE)}\n{statement.strip()}"
+    return f"{instruction('true_or_false', lang)}\n{statement.strip()}"
+
+
+def describe_prompt(lang: str = "bo") -> str:
+    """"Describe this picture."."""
+    return instruction("describe", lang)
 
 
 def translation_prompt(source: str) -> str:

@@ -1,7 +1,9 @@
 """Where a stage's or evaluator's data comes from: a local path, or FTibWorld.
 
-A data spec in a recipe is either a path, or ``ftibworld[:SIZE[:SEED]]`` naming the
-embedded default (``ftibworld`` = size ``small``, seed 0). A FTibWorld build is made on
+A data spec in a recipe is either a path, or ``ftibworld[:SIZE[:SEED]][/PATH]`` naming the
+embedded default (``ftibworld`` = size ``small``, seed 0); ``/PATH`` names a file inside
+the build instead of the stage's standard part (``ftibworld:base/pretrain/instructions.jsonl``:
+the multilingual base model's Chinese/English instructions). A FTibWorld build is made on
 first use into the cache (``$FTIB_CACHE_DIR/world/<size>-seed<seed>``, default
 ``~/.cache/ftib``), atomically, and reused afterwards; the part a stage needs is a path
 inside it (e.g. ``sft/instructions.jsonl``).
@@ -20,13 +22,22 @@ WORLD_PREFIX = "ftibworld"
 
 
 def is_world_spec(spec: str) -> bool:
-    return spec == WORLD_PREFIX or spec.startswith(WORLD_PREFIX + ":")
+    return spec == WORLD_PREFIX or spec.startswith((WORLD_PREFIX + ":", WORLD_PREFIX + "/"))
+
+
+def split_world_spec(spec: str) -> tuple[str, str | None]:
+    """``"ftibworld:base/pretrain/corpus.jsonl"`` -> ("ftibworld:base", "pretrain/corpus.jsonl")."""
+    head, sep, path = spec.partition("/")
+    if sep and (not path or path.startswith("/") or ".." in Path(path).parts):
+        raise ConfigError(f"data spec {spec!r}: the path after the world must be relative, inside the build")
+    return head, (path if sep else None)
 
 
 def parse_world_spec(spec: str) -> tuple[str, int]:
-    """``"ftibworld:tiny:3"`` -> ("tiny", 3)."""
+    """``"ftibworld:tiny:3"`` -> ("tiny", 3) (a ``/PATH`` suffix is ignored)."""
     from ftib.data.world.build import DEFAULT_SIZE, SIZES
 
+    spec = split_world_spec(spec)[0]
     parts = spec.split(":")
     size = parts[1] if len(parts) > 1 and parts[1] else DEFAULT_SIZE
     if size not in SIZES:
@@ -38,7 +49,7 @@ def parse_world_spec(spec: str) -> tuple[str, int]:
     except ValueError:
         raise ConfigError(f"data spec {spec!r}: the seed must be an integer") from None
     if len(parts) > 3:
-        raise ConfigError(f"data spec {spec!r}: expected ftibworld[:SIZE[:SEED]]")
+        raise ConfigError(f"data spec {spec!r}: expected ftibworld[:SIZE[:SEED]][/PATH]")
     return size, seed
 
 
@@ -64,9 +75,11 @@ def world_root(spec: str) -> Path:
 
 
 def resolve(spec: str, part: str) -> Path:
-    """The file or folder for ``spec``: ``world_root(spec) / part`` for a world spec,
-    else the path itself."""
+    """The file or folder for ``spec``: ``world_root(spec) / part`` for a world spec
+    (``world_root(spec) / PATH`` when the spec names one), else the path itself."""
     if is_world_spec(spec):
+        inside = split_world_spec(spec)[1]
+        part = inside or part
         path = world_root(spec) / part
         if not path.exists():
             raise ConfigError(f"FTibWorld build {world_root(spec)} has no {part}")

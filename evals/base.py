@@ -26,7 +26,7 @@ from ftib.core.config import path_field
 from ftib.core.interfaces import EvalResult, Evaluator, RunContext
 from ftib.evals import extract as ex
 from ftib.evals.generate import Decoding, Generator, TransformersGenerator, generator_from_context
-from ftib.evals.loaders import Item, check_data, load_items
+from ftib.evals.loaders import LANGS, Item, check_data, load_items
 from ftib.evals.metrics import rule_shares
 from ftib.models.chat import strip_thinking
 
@@ -58,6 +58,9 @@ class BenchConfig:
         enable_thinking: passed to the model's chat template (``False``: Qwen3 answers
             without thinking; ``None``: the template's default). Replies are scored after
             any think block, with the strip rule recorded per item (``think_strip``).
+        lang: ``bo`` (Tibetan) or ``zh`` (Chinese): which copy of FTibBench-mini a
+            FTibWorld ``data`` reads, and the language of the answering instruction
+            in the prompt (:mod:`ftib.data.prompts`).
     """
 
     data: str = "ftibworld"
@@ -71,9 +74,12 @@ class BenchConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     enable_thinking: bool | None = False
+    lang: str = "bo"
 
     def __post_init__(self) -> None:
         check_data(self.data)
+        if self.lang not in LANGS:
+            raise ValueError(f"lang must be one of {', '.join(LANGS)}, got {self.lang!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
         if not (self.temperature > 0 and 0 < self.top_p <= 1):
@@ -96,7 +102,8 @@ class BenchmarkEvaluator(Evaluator):
 
     # -- the pieces ---------------------------------------------------------------
     def load(self) -> list[Item]:
-        return load_items(self.bench, self.config.data, self.config.images, self.config.limit)
+        return load_items(self.bench, self.config.data, self.config.images, self.config.limit,
+                          lang=self.config.lang)
 
     def prompt(self, item: Item) -> str:
         raise NotImplementedError

@@ -27,7 +27,7 @@ class BinaryVQAEvaluator(BenchmarkEvaluator):
     answer_kind = "yes_no"
 
     def prompt(self, item: Item) -> str:
-        return yes_no_prompt(item.question)
+        return yes_no_prompt(item.question, self.config.lang)
 
     def metrics(self, items: Sequence[Item], records: Sequence[dict[str, Any]]):
         return label_metrics(records, ("yes", "no")), {}

@@ -25,7 +25,7 @@ class COREVQAEvaluator(BenchmarkEvaluator):
     answer_kind = "true_false"
 
     def prompt(self, item: Item) -> str:
-        return statement_prompt(item.question)
+        return statement_prompt(item.question, self.config.lang)
 
     def metrics(self, items: Sequence[Item], records: Sequence[dict[str, Any]]):
         return label_metrics(records, ("true", "false")), {}

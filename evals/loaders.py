@@ -13,6 +13,10 @@ evaluators share, and finds a benchmark's files from what a config names:
   ``*popular*``, ``*adversarial*`` for POPE; the MME release folder itself);
 * a FTibWorld build (a folder with ``world.json``): the benchmark's standard place in
   it (:data:`ftib.data.loaders.WORLD_FILES`).
+
+``lang`` picks the language of a FTibWorld build's copy of a benchmark: ``bo``
+(Tibetan, ``bench/``) or ``zh`` (Chinese, ``bench/zh/``: the same images and questions).
+A file or folder given directly is read as it is, whatever ``lang`` says.
 """
 
 from __future__ import annotations
@@ -51,6 +55,23 @@ _GLOBS: dict[str, tuple[str, ...]] = {
     "alignment_tax": ("*.jsonl",),
 }
 POPE_SPLITS = ("random", "popular", "adversarial")
+#: Languages of FTibBench-mini; the Chinese copy's parts carry a ``_zh`` suffix.
+LANGS = ("bo", "zh")
+#: Benchmarks that have a Chinese copy in a FTibWorld build.
+TRANSLATED = ("mmbench", "mme", "pope", "binary_vqa", "corevqa")
+
+
+def world_parts(bench: str, lang: str = "bo") -> tuple[str, ...]:
+    """The FTibWorld parts of ``bench`` in ``lang``."""
+    if lang not in LANGS:
+        from ftib.core.errors import did_you_mean
+
+        raise DataError(f"{bench}: unknown benchmark language {lang!r}; {did_you_mean(lang, LANGS)}")
+    if lang == "bo":
+        return WORLD_PARTS[bench]
+    if bench not in TRANSLATED:
+        raise DataError(f"{bench}: FTibWorld has no {lang} copy (only {', '.join(TRANSLATED)})")
+    return tuple(f"{part}_{lang}" for part in WORLD_PARTS[bench])
 
 
 @dataclass
@@ -104,7 +125,7 @@ def check_data(spec: str | Path) -> None:
         raise ValueError(str(exc)) from None
 
 
-def find_files(bench: str, data: str | Path) -> list[Path]:
+def find_files(bench: str, data: str | Path, lang: str = "bo") -> list[Path]:
     """The files (or, for MME, the folder) of ``bench`` given a config's ``data``."""
     if sources.is_world_spec(str(data)):
         data = sources.world_root(str(data))
@@ -112,7 +133,7 @@ def find_files(bench: str, data: str | Path) -> list[Path]:
     if not data.exists():
         raise DataError(f"{bench}: {data} does not exist")
     if (data / "world.json").is_file():
-        return [data / dl.WORLD_FILES[part][1] for part in WORLD_PARTS[bench]]
+        return [data / dl.WORLD_FILES[part][1] for part in world_parts(bench, lang)]
     if bench == "mme" or data.is_file():
         return [data]
     found: list[Path] = []
@@ -213,7 +234,8 @@ _READERS: dict[str, Callable[[Path, Path | None], list[Item]]] = {
 }
 
 
-def load_items(bench: str, data: str | Path, images: Path | None = None, limit: int | None = None) -> list[Item]:
+def load_items(bench: str, data: str | Path, images: Path | None = None, limit: int | None = None,
+               lang: str = "bo") -> list[Item]:
     """Read and validate ``bench`` from ``data`` (see the module docstring).
 
     Args:
@@ -224,11 +246,12 @@ def load_items(bench: str, data: str | Path, images: Path | None = None, limit: 
         limit: keep the first ``limit`` items of each file (MMBench: the first ``limit``
             questions with all their rotations; MME: the first ``limit`` images of each
             subtask with both their questions).
+        lang: ``bo`` or ``zh``: which language's copy of a FTibWorld build to read.
     """
     from ftib.evals import interop
 
     items: list[Item] = []
-    for f in find_files(bench, data):
+    for f in find_files(bench, data, lang):
         if f.is_file() and f.suffix.lower() == ".tsv" and bench in interop.YORN_BENCHES:
             got = interop.read_vlmeval_yorn(bench, f)  # VLMEvalKit's yes/no TSV
         else:

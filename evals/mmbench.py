@@ -38,7 +38,7 @@ class MMBenchEvaluator(BenchmarkEvaluator):
     answer_kind = "choice"
 
     def prompt(self, item: Item) -> str:
-        return multiple_choice_prompt(item.question, item.options, item.hint)
+        return multiple_choice_prompt(item.question, item.options, item.hint, lang=self.config.lang)
 
     def metrics(self, items: Sequence[Item], records: Sequence[dict[str, Any]]):
         res = circular_eval(

@@ -44,7 +44,7 @@ class PopeEvaluator(BenchmarkEvaluator):
     answer_kind = "yes_no"
 
     def prompt(self, item: Item) -> str:
-        return yes_no_prompt(item.question)
+        return yes_no_prompt(item.question, self.config.lang)
 
     def parse(self, item: Item, reply: str) -> ex.Parsed:
         if self.config.parse == "official":

@@ -27,7 +27,7 @@ from typing import Any
 
 from ftib.core.errors import FtibError
 from ftib.models.chat import ChatProcessor
-from ftib.models.presets import PRESETS, get_preset, is_preset, preset_dir
+from ftib.models.presets import PRESETS, get_preset, is_preset, looks_like_preset, preset_dir
 
 log = logging.getLogger("ftib.models")
 
@@ -124,6 +124,13 @@ def load_bundle(
                               AutoModelForImageTextToText, AutoTokenizer)
 
     source = str(name_or_path)
+    meant = looks_like_preset(source)
+    if meant is not None:
+        from ftib.core.errors import did_you_mean
+        from ftib.models.presets import all_preset_names
+
+        raise FtibError(f"unknown model preset {source!r} (not a local directory either); "
+                        f"{did_you_mean(source, all_preset_names())}")
     if preset_overrides and not is_preset(source):
         raise FtibError(f"preset_overrides given but {source!r} is not a preset ({', '.join(PRESETS)})")
     if is_preset(source):

@@ -10,6 +10,19 @@ deterministic: the same config gives the same files (weights bit-for-bit).
 :func:`preset_dir` caches builds under ``$FTIB_CACHE_DIR/presets/<name>-<hash>``
 (default ``~/.cache/ftib``), the hash covering the config and the generator versions,
 so ``load_bundle("tiny-qwen3-vl")`` builds once and then loads from disk.
+
+Two kinds of preset:
+
+* *built* presets (:data:`PRESETS`): random-init weights, built locally in seconds; the
+  fast stand-ins for tests (``tiny-qwen3-vl``, ``tiny-qwen3``) and the starting point of
+  the base model's pretraining recipe (``ftibworld-base-init``, whose tokenizer is
+  trained on Chinese and English only).
+* *shipped* presets (:data:`SHIPPED`): pretrained weights that come with the package,
+  in ``models/assets/<name>/`` with a ``SHA256SUMS`` file. ``ftibworld-base`` is the
+  multilingual (zh/en) FTibWorld base model, reproduced by
+  ``ftib run configs/ftibworld-base.yaml``; its model card is ``README.md`` in its folder.
+  A shipped file that is missing or fails its checksum is an error naming the file,
+  never a silent rebuild.
 """
 
 from __future__ import annotations
@@ -51,6 +64,10 @@ class PresetConfig:
     vocab_size: int = 2048
     tokenizer_docs: int = 1500
     tokenizer_seed: int = 0
+    #: ``world``: the tokenizer learns from FTibWorld text in all three languages;
+    #: ``zh_en``: from its Chinese and English text only (no Tibetan merges, so Tibetan
+    #: falls back to bytes, as in a Chinese/English model such as Qwen).
+    tokenizer_corpus: str = "world"
     hidden_size: int = 96
     intermediate_size: int = 256
     num_layers: int = 2
@@ -77,10 +94,14 @@ class PresetConfig:
         """Hash of the config and of the tokenizer's training text, so that a change to the
         FTibWorld grammar never reuses a stale cached build."""
         blob = json.dumps({"config": dataclasses.asdict(self), "format": PRESET_FORMAT_VERSION,
-                           "corpus": _corpus_digest(self.tokenizer_seed, self.tokenizer_docs)}, sort_keys=True)
+                           "corpus": _corpus_digest(self.tokenizer_corpus, self.tokenizer_seed,
+                                                    self.tokenizer_docs)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def check(self) -> None:
+        if self.tokenizer_corpus not in TOKENIZER_CORPORA:
+            raise FtibError(f"preset {self.name}: tokenizer_corpus {self.tokenizer_corpus!r}; "
+                            f"{did_you_mean(self.tokenizer_corpus, TOKENIZER_CORPORA)}")
         if self.hidden_size % self.num_heads:
             raise FtibError(f"preset {self.name}: hidden_size {self.hidden_size} is not divisible by "
                             f"num_heads {self.num_heads}")
@@ -96,12 +117,20 @@ class PresetConfig:
                 raise FtibError(f"preset {self.name}: head_dim must be even and >= 6 for M-RoPE")
 
 
-@functools.lru_cache(maxsize=8)
-def _corpus_digest(seed: int, docs: int) -> str:
-    from ftib.data.world.build import text_corpus
+TOKENIZER_CORPORA = ("world", "zh_en")
 
+
+def tokenizer_corpus(kind: str, seed: int, docs: int) -> list[str]:
+    """The tokenizer training text of a preset (see :attr:`PresetConfig.tokenizer_corpus`)."""
+    from ftib.data.world.build import pretrain_text_corpus, text_corpus
+
+    return pretrain_text_corpus(seed, docs) if kind == "zh_en" else text_corpus(seed, docs)
+
+
+@functools.lru_cache(maxsize=8)
+def _corpus_digest(kind: str, seed: int, docs: int) -> str:
     h = hashlib.sha256()
-    for text in text_corpus(seed, docs):
+    for text in tokenizer_corpus(kind, seed, docs):
         h.update(text.encode("utf-8") + b"\0")
     return h.hexdigest()
 
@@ -109,17 +138,89 @@ def _corpus_digest(seed: int, docs: int) -> str:
 PRESETS: dict[str, PresetConfig] = {
     "tiny-qwen3-vl": PresetConfig(name="tiny-qwen3-vl", vision=True),
     "tiny-qwen3": PresetConfig(name="tiny-qwen3", vision=False),
+    # The random-init start of `configs/ftibworld-base.yaml`: 48-pixel images (one LM
+    # token per scene cell), a tokenizer without Tibetan.
+    "ftibworld-base-init": PresetConfig(name="ftibworld-base-init", vision=True, image_size=48,
+                                        tokenizer_corpus="zh_en", hidden_size=128, intermediate_size=320,
+                                        num_layers=3, num_heads=4, num_kv_heads=2),
 }
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+CHECKSUMS = "SHA256SUMS"
+#: Shipped (pretrained) presets: name -> their folder in the package.
+SHIPPED: dict[str, Path] = {"ftibworld-base": ASSETS / "ftibworld-base"}
+
+
+def all_preset_names() -> list[str]:
+    return sorted(set(PRESETS) | set(SHIPPED))
 
 
 def is_preset(name: str) -> bool:
-    return name in PRESETS
+    return name in PRESETS or name in SHIPPED
+
+
+def looks_like_preset(name: str) -> str | None:
+    """The preset ``name`` was probably meant to be (a typo), or None.
+
+    Hub names carry an organisation (``Qwen/Qwen3-VL-8B-Instruct``) and local paths a
+    separator, so only a bare name close to a preset's is flagged."""
+    from ftib.core.errors import closest
+
+    if "/" in name or "\\" in name or Path(name).expanduser().exists() or is_preset(name):
+        return None
+    return closest(name, all_preset_names())
+
+
+def write_checksums(folder: Path | str) -> Path:
+    """Write ``SHA256SUMS`` (``<sha256>  <file>`` per file, sorted) for a shipped preset."""
+    folder = Path(folder)
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(folder).as_posix()}"
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != CHECKSUMS]
+    out = folder / CHECKSUMS
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def verify_shipped(name: str) -> Path:
+    """The folder of shipped preset ``name`` after checking every file against ``SHA256SUMS``.
+
+    Raises:
+        FtibError: the folder, its checksum list or a listed file is missing, or a file's
+            hash differs (naming the file and both hashes).
+    """
+    folder = SHIPPED[name]
+    sums = folder / CHECKSUMS
+    if not sums.is_file():
+        raise FtibError(f"shipped preset {name}: {sums} is missing (the package is incomplete; reinstall ftib "
+                        f"or rebuild the weights with `ftib run configs/{name}.yaml`)")
+    listed = 0
+    for ln, line in enumerate(sums.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, _, rel = line.partition("  ")
+        if len(digest) != 64 or not rel:
+            raise FtibError(f"{sums}:{ln}: expected '<sha256>  <file>'")
+        path = folder / rel
+        if not path.is_file():
+            raise FtibError(f"shipped preset {name}: {path} is missing (listed in {sums})")
+        got = hashlib.sha256(path.read_bytes()).hexdigest()
+        if got != digest:
+            raise FtibError(f"shipped preset {name}: {path} fails its checksum (sha256 {got}, {sums} says "
+                            f"{digest}); the file is corrupt or was changed - reinstall ftib or rebuild it with "
+                            f"`ftib run configs/{name}.yaml`")
+        listed += 1
+    if not listed:
+        raise FtibError(f"shipped preset {name}: {sums} lists no files")
+    return folder
 
 
 def get_preset(name: str, **overrides: Any) -> PresetConfig:
     """The preset ``name`` with fields replaced by ``overrides`` (unknown ones are errors)."""
+    if name in SHIPPED:
+        raise FtibError(f"preset {name!r} is shipped pretrained weights; it has no build config "
+                        "and takes no preset_overrides")
     if name not in PRESETS:
-        raise FtibError(f"unknown model preset {name!r}; {did_you_mean(name, PRESETS)}")
+        raise FtibError(f"unknown model preset {name!r}; {did_you_mean(name, all_preset_names())}")
     fields = {f.name for f in dataclasses.fields(PresetConfig)}
     for key in overrides:
         if key not in fields or key in ("name", "vision"):
@@ -215,13 +316,13 @@ def build_preset(cfg: PresetConfig, out: Path | str) -> Path:
     from transformers import Qwen3ForCausalLM, Qwen3VLForConditionalGeneration
     from transformers import GenerationConfig
 
-    from ftib.data.world.build import text_corpus
     from ftib.models.chat import CHAT_TEMPLATE
     from ftib.models.tokenizer import train_bpe_tokenizer
 
     cfg.check()
     out = Path(out)
-    tokenizer = train_bpe_tokenizer(text_corpus(cfg.tokenizer_seed, cfg.tokenizer_docs), cfg.vocab_size)
+    tokenizer = train_bpe_tokenizer(tokenizer_corpus(cfg.tokenizer_corpus, cfg.tokenizer_seed, cfg.tokenizer_docs),
+                                    cfg.vocab_size)
     tokenizer.chat_template = CHAT_TEMPLATE
     conf = model_config(cfg, tokenizer)
     with torch.random.fork_rng(devices=[]):
@@ -243,7 +344,13 @@ def build_preset(cfg: PresetConfig, out: Path | str) -> Path:
 
 
 def preset_dir(name: str, *, cache_dir: Path | str | None = None, **overrides: Any) -> Path:
-    """Directory of preset ``name`` in the cache, building it on first use."""
+    """Directory of preset ``name``: a built preset in the cache (built on first use), or
+    a shipped preset's package folder after its checksums pass."""
+    if name in SHIPPED:
+        if overrides:
+            raise FtibError(f"preset {name!r} is shipped pretrained weights; preset_overrides "
+                            f"{sorted(overrides)} cannot apply")
+        return verify_shipped(name)
     cfg = get_preset(name, **overrides)
     root = Path(cache_dir) if cache_dir else cache_root()
     path = root / "presets" / f"{cfg.name}-{cfg.fingerprint()}"

@@ -59,6 +59,12 @@ class WorldSize:
     corevqa: int
     translation_test: int
     headline_test: int
+    #: Pretraining data of the multilingual base model (``pretrain/``, Chinese and
+    #: English only): scenes with captions and questions, and text documents. Zero in
+    #: the sizes the adaptation recipes use; only the ``base`` size writes them.
+    pretrain_scenes: int = 0
+    pretrain_questions_per_scene: int = 6
+    pretrain_text: int = 0
 
 
 SIZES: dict[str, WorldSize] = {
@@ -73,6 +79,9 @@ SIZES: dict[str, WorldSize] = {
                         pope_images=150, binaryvqa=500, corevqa=500, translation_test=300,
                         headline_test=150),
 }
+# The base model's world: the "small" world (so FTibBench-mini is the same files, byte
+# for byte) plus the Chinese/English pretraining part.
+SIZES["base"] = dataclasses.replace(SIZES["small"], pretrain_scenes=6000, pretrain_text=6000)
 DEFAULT_SIZE = "small"
 DEFAULT_IMAGE_SIZE = 64
 
@@ -108,7 +117,7 @@ def caption(scene: Scene, rng: random.Random) -> g.Sentence:
         held = scene.positions(o)
         if held:  # inner cells of a 4x4 grid have no position word
             sents.append(g.located(g.NP(W[o.category], W[o.colour], definite=True), W[rng.choice(held)]))
-    if len(scene.objects) > 1:
+    if 1 < len(scene.objects) <= len(lx.NUMBERS):  # crowded 4x4 scenes may exceed the numbers
         sents.append(g.total(len(scene.objects), rng))
     return g.Sentence(g.paragraph([s.bo for s in sents]), "".join(s.zh for s in sents),
                       " ".join(s.en for s in sents))
@@ -191,8 +200,29 @@ def statement(scene: Scene, rng: random.Random, truth: bool) -> g.Sentence | Non
     return g.located(g.NP(W[o.category], W[o.colour], definite=True), W[pos])
 
 
-def multiple_choice(scene: Scene, rng: random.Random) -> tuple[str, list[str], int, str, str] | None:
-    """(question, four options, gold option index, category, l2-category) or None."""
+@dataclass(frozen=True)
+class MultipleChoice:
+    """An MMBench-style question about a scene, in every language of the world.
+
+    Attributes:
+        question: the question (``.bo``, ``.zh``, ``.en``).
+        options: the four options in display order, as lexicon words.
+        gold: index of the right option in ``options``.
+        category, l2: MMBench's ``category`` and ``l2-category``.
+    """
+
+    question: g.Sentence
+    options: tuple[lx.Word, ...]
+    gold: int
+    category: str
+    l2: str
+
+    def option_texts(self, lang: str) -> list[str]:
+        return [getattr(o, lang) for o in self.options]
+
+
+def multiple_choice(scene: Scene, rng: random.Random) -> MultipleChoice | None:
+    """A four-option question about ``scene`` or None when the scene cannot support it."""
     kind = rng.choice(("colour", "count", "position", "existence"))
     if kind == "colour":
         uniq = scene.unique_by_category()
@@ -201,14 +231,14 @@ def multiple_choice(scene: Scene, rng: random.Random) -> tuple[str, list[str], i
         o = rng.choice(uniq)
         qa = g.ask_colour(g.NP(W[o.category]), W[o.colour])
         wrong = rng.sample([c.key for c in lx.COLOURS if c.key != o.colour], 3)
-        opts = [W[k].bo for k in [o.colour] + wrong]
+        opts = [W[k] for k in [o.colour] + wrong]
         cat, l2 = "attribute_recognition", "finegrained_perception (instance-level)"
     elif kind == "count":
         cat_key = rng.choice(sorted(scene.categories()))
         n = scene.counts()[cat_key]
         qa = g.ask_count(W[cat_key], n, rng)
         wrong = rng.sample([k for k in range(1, 7) if k != n], 3)
-        opts = [g.number(k).bo for k in [n] + wrong]
+        opts = [g.number(k) for k in [n] + wrong]
         cat, l2 = "object_counting", "finegrained_perception (instance-level)"
     elif kind == "position":
         uniq = [o for o in scene.unique_by_category_colour() if scene.positions(o)]
@@ -221,7 +251,7 @@ def multiple_choice(scene: Scene, rng: random.Random) -> tuple[str, list[str], i
         others = [p.key for p in lx.POSITIONS if p.key not in held]
         if len(others) < 3:
             return None
-        opts = [W[k].bo for k in [pos] + rng.sample(others, 3)]
+        opts = [W[k] for k in [pos] + rng.sample(others, 3)]
         cat, l2 = "object_localization", "finegrained_perception (instance-level)"
     else:
         cats = scene.categories()
@@ -231,12 +261,12 @@ def multiple_choice(scene: Scene, rng: random.Random) -> tuple[str, list[str], i
         present = rng.choice(sorted(cats))
         q = g.ask_which_object(rng)
         qa = g.QA(q, g.Sentence(W[present].bo, W[present].zh, W[present].en), present)
-        opts = [W[k].bo for k in [present] + rng.sample(absent, 3)]
+        opts = [W[k] for k in [present] + rng.sample(absent, 3)]
         cat, l2 = "object_existence", "coarse_perception"
     order = list(range(4))
     rng.shuffle(order)
     shuffled = [opts[i] for i in order]
-    return qa.question.bo, shuffled, order.index(0), cat, l2
+    return MultipleChoice(qa.question, tuple(shuffled), order.index(0), cat, l2)
 
 
 # ------------------------------------------------------------------------------ builder
@@ -256,6 +286,12 @@ class _Writer:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         return data
+
+    def image_bytes(self, rel: str, data: bytes) -> None:
+        """Write an already encoded image (a copy shared by two benchmark languages)."""
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
     def jsonl(self, rel: str, rows: list[dict[str, Any]]) -> None:
         self.bytes(rel, _jsonl(rows), len(rows))
@@ -437,17 +473,22 @@ def build_world(out: Path | str, *, size: str = DEFAULT_SIZE, seed: int = 0,
     with atomic_dir(out) as tmp:
         w = _Writer(tmp, image_size)
         train_scenes: set = set()
+        bench_scenes: set = set()
         _build_cpt(w, sz, seed)
         _build_align(w, sz, seed, train_scenes)
         _build_sft(w, sz, seed, train_scenes)
         train_src = _build_grpo(w, sz, seed)
         _build_general(w, sz, seed)
         _build_text_tests(w, sz, seed, train_src)
-        _build_mmbench(w, sz, seed, train_scenes)
-        _build_mme(w, sz, seed, train_scenes)
-        _build_pope(w, sz, seed, train_scenes)
-        _build_binaryvqa(w, sz, seed, train_scenes)
-        _build_corevqa(w, sz, seed, train_scenes)
+        _build_mmbench(w, sz, seed, train_scenes, bench_scenes)
+        _build_mme(w, sz, seed, train_scenes, bench_scenes)
+        _build_pope(w, sz, seed, train_scenes, bench_scenes)
+        _build_binaryvqa(w, sz, seed, train_scenes, bench_scenes)
+        _build_corevqa(w, sz, seed, train_scenes, bench_scenes)
+        # Last, so that the benchmarks are those of a build without it; it excludes
+        # every benchmark scene.
+        if sz.pretrain_scenes or sz.pretrain_text:
+            _build_pretrain(w, sz, seed, bench_scenes)
         manifest = _manifest(w, size, seed, image_size)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / CARD).write_text(render_card(manifest), encoding="utf-8")
@@ -491,45 +532,64 @@ SFT_TASKS = ("describe", "count", "colour", "position", "yes_no", "multiple_choi
 SFT_WEIGHTS = (0.12, 0.12, 0.12, 0.1, 0.2, 0.12, 0.08, 0.08, 0.06)
 
 
-def _sft_record(scene: Scene, rng: random.Random, task: str) -> tuple[str, str] | None:
-    """(user prompt, assistant answer) for an image task, or None if unsupported."""
+def _sft_record(scene: Scene, rng: random.Random, task: str, lang: str = "bo") -> tuple[str, str] | None:
+    """(user prompt, assistant answer) for an image task in ``lang``, or None if unsupported.
+
+    The random draws do not depend on ``lang``: the same stream gives the same question in
+    every language."""
     if task == "describe":
-        return g.end(lx.DESCRIBE), caption(scene, rng).bo
+        return prompts.describe_prompt(lang), getattr(caption(scene, rng), lang)
     if task == "count":
-        if rng.random() < 0.3 and len(scene.objects) > 1:
+        if rng.random() < 0.3 and 1 < len(scene.objects) <= len(lx.NUMBERS):
             qa = g.ask_total(len(scene.objects), rng)
         else:
             cat = rng.choice(sorted(scene.categories()))
             qa = g.ask_count(W[cat], scene.counts()[cat], rng)
-        return qa.question.bo, qa.answer.bo
+        return getattr(qa.question, lang), getattr(qa.answer, lang)
     if task == "colour":
         uniq = scene.unique_by_category()
         if not uniq:
             return None
         o = rng.choice(uniq)
         qa = g.ask_colour(g.NP(W[o.category]), W[o.colour])
-        return qa.question.bo, qa.answer.bo
+        return getattr(qa.question, lang), getattr(qa.answer, lang)
     if task == "position":
         uniq = [o for o in scene.unique_by_category_colour() if scene.positions(o)]
         if not uniq:
             return None
         o = rng.choice(uniq)
         qa = g.ask_position(g.NP(W[o.category], W[o.colour]), W[rng.choice(scene.positions(o))])
-        return qa.question.bo, qa.answer.bo
+        return getattr(qa.question, lang), getattr(qa.answer, lang)
     if task == "yes_no":
         qa = polar_question(scene, rng, rng.choice(MME_SUBTASKS), rng.random() < 0.5)
-        return None if qa is None else (prompts.yes_no_prompt(qa.question.bo), qa.answer.bo)
+        return None if qa is None else (prompts.yes_no_prompt(getattr(qa.question, lang), lang),
+                                        getattr(qa.answer, lang))
+    if task == "pope":
+        # Existence probes with POPE's three kinds of negatives (random, frequent,
+        # co-occurring), so that a model trained on them cannot answer from priors.
+        cats = sorted(scene.categories())
+        if rng.random() < 0.5:
+            qa = g.ask_exists(W[rng.choice(cats)], True, rng)
+        else:
+            absent = len(lx.OBJECTS) - len(cats)
+            if absent < 1:
+                return None
+            split = rng.choice(POPE_SPLITS)
+            neg = _pope_negatives(scene, split, min(3, absent), rng)
+            qa = g.ask_exists(W[rng.choice(neg)], False, rng)
+        return prompts.yes_no_prompt(getattr(qa.question, lang), lang), getattr(qa.answer, lang)
     if task == "multiple_choice":
         mc = multiple_choice(scene, rng)
         if mc is None:
             return None
-        q, opts, gold, _, _ = mc
-        return prompts.multiple_choice_prompt(q, dict(zip(prompts.OPTION_LETTERS, opts))), \
-            prompts.OPTION_LETTERS[gold]
+        question = getattr(mc.question, lang)
+        return prompts.multiple_choice_prompt(question, dict(zip(prompts.OPTION_LETTERS, mc.option_texts(lang))),
+                                              lang=lang), prompts.OPTION_LETTERS[mc.gold]
     if task == "true_false":
         truth = rng.random() < 0.5
         st = statement(scene, rng, truth)
-        return None if st is None else (prompts.statement_prompt(st.bo), g.statement_answer(truth).bo)
+        return None if st is None else (prompts.statement_prompt(getattr(st, lang), lang),
+                                        getattr(g.statement_answer(truth), lang))
     raise ValueError(task)
 
 
@@ -605,7 +665,150 @@ def _build_text_tests(w: _Writer, sz: WorldSize, seed: int, train_src: dict[str,
     w.jsonl("bench/headline/test.jsonl", _with_ids("hlt", hl))
 
 
+# --------------------------------------------------------- the base model's pretraining
+
+PRETRAIN_LANGS = ("zh", "en")
+PRETRAIN_LANG_WEIGHTS = (0.7, 0.3)  # Chinese is the dominant language the benchmarks measure
+PRETRAIN_TASKS = ("pope", "yes_no", "multiple_choice", "true_false", "count", "colour", "position")
+PRETRAIN_TASK_WEIGHTS = (0.22, 0.22, 0.16, 0.12, 0.1, 0.09, 0.09)
+PRETRAIN_CROWDED = 0.15  # share of COREVQA-like 4x4 scenes with 8-14 objects
+
+
+def _text_doc(rng: random.Random, lang: str) -> tuple[str, str]:
+    """A Chinese or English document of the world (the counterpart of :func:`_cpt_doc`)."""
+    sep = "" if lang == "zh" else " "
+    kind = rng.choice(("description", "narrative", "arithmetic", "counting", "qa"))
+    if kind == "description":
+        return kind, getattr(caption(sample_scene(rng), rng), lang)
+    if kind == "narrative":
+        sents = [_event(rng) for _ in range(rng.randint(2, 4))]
+        if rng.random() < 0.5:
+            sents.append(g.also_there(rng.choice(lx.PLACES), g.NP(rng.choice(lx.OBJECTS), count=rng.randint(1, 5))))
+        return kind, sep.join(getattr(x, lang) for x in sents)
+    if kind == "arithmetic":
+        sents = []
+        for _ in range(rng.randint(3, 5)):
+            obj = rng.choice(lx.OBJECTS)
+            a = rng.randint(1, 9)
+            if rng.random() < 0.5:
+                sents.append(g.addition(obj, a, rng.randint(1, 10 - a)))
+            else:
+                a = rng.randint(2, 10)
+                sents.append(g.subtraction(obj, a, rng.randint(1, a - 1)))
+        return kind, sep.join(getattr(x, lang) for x in sents)
+    if kind == "counting":
+        sents = [g.exists(g.NP(rng.choice(lx.OBJECTS), rng.choice(lx.COLOURS), count=rng.randint(1, 10)), rng)
+                 for _ in range(rng.randint(2, 4))]
+        return kind, sep.join(getattr(x, lang) for x in sents)
+    item = _general_item(rng)
+    return kind, item["text"] if item["lang"] == lang else _general_item(rng)["text"]
+
+
+def _pretrain_scene(rng: random.Random, exclude: set) -> Scene:
+    if rng.random() < PRETRAIN_CROWDED:
+        return _scenes(rng, 1, exclude=exclude, n_min=8, n_max=14, grid=4,
+                       accept=lambda s: max(s.counts().values()) <= 10)[0]
+    return _scenes(rng, 1, exclude=exclude)[0]
+
+
+def _build_pretrain(w: _Writer, sz: WorldSize, seed: int, bench_scenes: set) -> None:
+    """``pretrain/``: the Chinese/English data of the multilingual base model.
+
+    * ``pretrain/captions.jsonl``: one zh and one en caption chat per scene (SFT schema);
+    * ``pretrain/instructions.jsonl``: the captions again and, per scene,
+      ``pretrain_questions_per_scene`` questions
+      of every FTibBench type (POPE-style existence with random, frequent and co-occurring
+      negatives, MME's five yes/no kinds, MMBench multiple choice, COREVQA statements,
+      open count/colour/position), asked exactly as the Chinese benchmarks ask them,
+      plus text-only general questions (arithmetic, comparison, successor);
+    * ``pretrain/corpus.jsonl``: zh/en documents of the world (CPT schema).
+
+    Scenes never equal a benchmark scene; Tibetan never occurs.
+    """
+    rng = _rng(seed, "train/pretrain")
+    captions: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for i in range(sz.pretrain_scenes):
+        scene = _pretrain_scene(rng, bench_scenes)
+        rel = f"images/{i:06d}.png"
+        w.image(f"pretrain/{rel}", scene)
+        cap = caption(scene, rng)
+        for lang in PRETRAIN_LANGS:
+            chat = _chat(prompts.describe_prompt(lang), getattr(cap, lang), image=True)
+            captions.append({"id": f"ptc-{len(captions):06d}", "task": "describe", "lang": lang, "images": [rel],
+                             "messages": chat})
+            # also in the instruction mixture: captions keep the vision tower's gradient
+            # rich while it trains on short answers
+            rows.append({"id": f"pti-{len(rows):06d}", "task": "describe", "lang": lang, "images": [rel],
+                         "messages": chat})
+        made = 0
+        tries = 0
+        while made < sz.pretrain_questions_per_scene and tries < 4 * sz.pretrain_questions_per_scene:
+            tries += 1
+            task = rng.choices(PRETRAIN_TASKS, weights=PRETRAIN_TASK_WEIGHTS)[0]
+            lang = rng.choices(PRETRAIN_LANGS, weights=PRETRAIN_LANG_WEIGHTS)[0]
+            rec = _sft_record(scene, rng, task, lang)
+            if rec is None:
+                continue
+            rows.append({"id": f"pti-{len(rows):06d}", "task": task, "lang": lang, "images": [rel],
+                         "messages": _chat(*rec, image=True)})
+            made += 1
+    docs = []
+    for i in range(sz.pretrain_text):
+        lang = rng.choices(PRETRAIN_LANGS, weights=PRETRAIN_LANG_WEIGHTS)[0]
+        kind, text = _text_doc(rng, lang)
+        docs.append({"id": f"ptd-{i:06d}", "kind": kind, "lang": lang, "text": text})
+        item = _general_item(rng)
+        if item["prompt"]:
+            rows.append({"id": f"pti-{len(rows):06d}", "task": "general", "lang": item["lang"], "images": [],
+                         "messages": _chat(item["prompt"], item["answer"], image=False)})
+    # Text questions are interleaved with the image ones (a stage reads the file in order
+    # only for its held-out check; batches are shuffled).
+    w.jsonl("pretrain/captions.jsonl", captions)
+    w.jsonl("pretrain/instructions.jsonl", rows)
+    w.jsonl("pretrain/corpus.jsonl", docs)
+
+
+def _chat(user: str, answer: str, *, image: bool) -> list[dict[str, Any]]:
+    content = ([_IMAGE_PART] if image else []) + [_text(user)]
+    return [{"role": "user", "content": content}, {"role": "assistant", "content": [_text(answer)]}]
+
+
+def pretrain_text_corpus(seed: int = 0, n: int = 2000) -> list[str]:
+    """Chinese and English text of the world (no Tibetan): what the base model's
+    tokenizer is trained on. Covers every lexicon entry's zh/en forms, every zh/en
+    instruction and the questions of every task."""
+    rng = _rng(seed, "tokenizer/pretrain-corpus")
+    out: list[str] = []
+    for word in lx.BY_KEY.values():
+        out += [word.zh, word.en, word.en_plural]
+    for lang in PRETRAIN_LANGS:
+        out += list(lx.INSTRUCTIONS[lang].values())
+    for _ in range(n):
+        lang = rng.choice(PRETRAIN_LANGS)
+        out.append(_text_doc(rng, lang)[1])
+        scene = sample_scene(rng)
+        out.append(getattr(caption(scene, rng), lang))
+        rec = _sft_record(scene, rng, rng.choice(PRETRAIN_TASKS), lang)
+        if rec is not None:
+            out += list(rec)
+        out.append(_general_item(rng)["text"])
+    if any(_has_tibetan(t) for t in out):  # pragma: no cover - a grammar bug would trip it
+        raise FtibError("the Chinese/English tokenizer corpus contains Tibetan text")
+    return out
+
+
+def _has_tibetan(text: str) -> bool:
+    return any("\u0f00" <= ch <= "\u0fff" for ch in text)
+
+
 MMBENCH_FILE = "bench/mmbench/FTibWorld_MMBench_DEV_BO.tsv"
+#: FTibBench-mini in Chinese: the same images and questions as the Tibetan files, asked
+#: in Chinese, in the same formats under ``bench/zh/`` (see :data:`BENCH_LANGS`).
+ZH_ROOT = "bench/zh"
+MMBENCH_FILE_ZH = f"{ZH_ROOT}/mmbench/FTibWorld_MMBench_DEV_ZH.tsv"
+#: Language -> folder of that language's copy of the benchmarks.
+BENCH_LANGS: dict[str, str] = {"bo": "bench", "zh": ZH_ROOT}
 MMBENCH_COLUMNS = ("index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category",
                    "split", "image")
 
@@ -618,28 +821,46 @@ def _tsv(header: tuple[str, ...], rows: list[list[Any]]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def _build_mmbench(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
+def _csv(header: list[str], rows: list[list[Any]]) -> bytes:
+    buf = io.StringIO()
+    wr = csv.writer(buf, lineterminator="\n")
+    wr.writerow(header)
+    wr.writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
+def _first_sentence_zh(text: str) -> str:
+    return text.split("。")[0] + "。" if "。" in text else text
+
+
+def _build_mmbench(w: _Writer, sz: WorldSize, seed: int, train_scenes: set, bench_scenes: set) -> None:
     rng = _rng(seed, "heldout/mmbench")
-    rows: list[list[Any]] = []
-    base: list[tuple[int, str, str, list[str], int, str, str, str]] = []
+    base: list[tuple[int, MultipleChoice, g.Sentence, str]] = []
     while len(base) < sz.mmbench:
         scene = _scenes(rng, 1, exclude=train_scenes)[0]
         mc = multiple_choice(scene, rng)
         if mc is None:
             continue
-        q, opts, gold, cat, l2 = mc
-        hint = caption(scene, rng).bo.split(" ")[0] if (cat == "object_localization" and rng.random() < 0.3) else ""
+        hint = g.Sentence("", "", "")
+        if mc.category == "object_localization" and rng.random() < 0.3:
+            cap = caption(scene, rng)
+            hint = g.Sentence(cap.bo.split(" ")[0], _first_sentence_zh(cap.zh), "")
+        bench_scenes.add(scene.signature())
         image = _b64(png_bytes(render(scene, w.image_size)))
-        base.append((len(base), q, hint, opts, gold, cat, l2, image))
-    for k in range(4):  # the original (k=0) and its three circular rotations
-        for idx, q, hint, opts, gold, cat, l2, image in base:
-            rot = opts[k:] + opts[:k]
-            answer = prompts.OPTION_LETTERS[(gold - k) % 4]
-            rows.append([idx + k * ROTATION_STRIDE, q, hint, *rot, answer, cat, l2, "dev", image])
-    w.bytes(MMBENCH_FILE, _tsv(MMBENCH_COLUMNS, rows), len(rows))
+        base.append((len(base), mc, hint, image))
+    for lang, rel in (("bo", MMBENCH_FILE), ("zh", MMBENCH_FILE_ZH)):
+        rows: list[list[Any]] = []
+        for k in range(4):  # the original (k=0) and its three circular rotations
+            for idx, mc, hint, image in base:
+                opts = mc.option_texts(lang)
+                rot = opts[k:] + opts[:k]
+                answer = prompts.OPTION_LETTERS[(mc.gold - k) % 4]
+                rows.append([idx + k * ROTATION_STRIDE, getattr(mc.question, lang), getattr(hint, lang), *rot,
+                             answer, mc.category, mc.l2, "dev", image])
+        w.bytes(rel, _tsv(MMBENCH_COLUMNS, rows), len(rows))
 
 
-def _build_mme(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
+def _build_mme(w: _Writer, sz: WorldSize, seed: int, train_scenes: set, bench_scenes: set) -> None:
     for sub in MME_SUBTASKS:
         rng = _rng(seed, f"heldout/mme/{sub}")
         n = 0
@@ -649,12 +870,16 @@ def _build_mme(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
             no = polar_question(scene, rng, sub, False)
             if yes is None or no is None:
                 continue
+            bench_scenes.add(scene.signature())
             stem = f"{sub}_{n:04d}"
-            w.image(f"bench/mme/{sub}/images/{stem}.png", scene)
             pair = [(yes, "Yes"), (no, "No")]
             rng.shuffle(pair)
-            lines = "".join(f"{prompts.yes_no_prompt(qa.question.bo)}\t{ans}\n" for qa, ans in pair)
-            w.bytes(f"bench/mme/{sub}/questions_answers_YN/{stem}.txt", lines.encode("utf-8"), 2)
+            data = w.image(f"bench/mme/{sub}/images/{stem}.png", scene)
+            w.image_bytes(f"{ZH_ROOT}/mme/{sub}/images/{stem}.png", data)
+            for lang, root in BENCH_LANGS.items():
+                lines = "".join(f"{prompts.yes_no_prompt(getattr(qa.question, lang), lang)}\t{ans}\n"
+                                for qa, ans in pair)
+                w.bytes(f"{root}/mme/{sub}/questions_answers_YN/{stem}.txt", lines.encode("utf-8"), 2)
             n += 1
 
 
@@ -671,18 +896,20 @@ def _pope_negatives(scene: Scene, split: str, k: int, rng: random.Random) -> lis
     return sorted(absent, key=lambda a: (-score[a], a))[:k]
 
 
-def _build_pope(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
+def _build_pope(w: _Writer, sz: WorldSize, seed: int, train_scenes: set, bench_scenes: set) -> None:
     rng = _rng(seed, "heldout/pope")
     scenes = _scenes(rng, sz.pope_images, exclude=train_scenes, n_min=2,
                      accept=lambda s: len(s.categories()) >= 2)
     names = []
     for i, scene in enumerate(scenes):
+        bench_scenes.add(scene.signature())
         name = f"ftibworld_pope_{i:06d}.png"
-        w.image(f"bench/pope/images/{name}", scene)
+        data = w.image(f"bench/pope/images/{name}", scene)
+        w.image_bytes(f"{ZH_ROOT}/pope/images/{name}", data)
         names.append(name)
     for split in POPE_SPLITS:
         srng = _rng(seed, f"heldout/pope/{split}")
-        rows = []
+        rows: dict[str, list[dict[str, Any]]] = {lang: [] for lang in BENCH_LANGS}
         for scene, name in zip(scenes, names):
             present = sorted(scene.categories())
             k = min(3, len(present), len(lx.OBJECTS) - len(present))
@@ -690,51 +917,56 @@ def _build_pope(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None
             neg = _pope_negatives(scene, split, k, srng)
             for cat, label in [(c, "yes") for c in pos] + [(c, "no") for c in neg]:
                 qa = g.ask_exists(W[cat], label == "yes", srng)
-                rows.append({"question_id": len(rows) + 1, "image": name, "text": qa.question.bo, "label": label})
+                for lang, out in rows.items():
+                    out.append({"question_id": len(out) + 1, "image": name, "text": getattr(qa.question, lang),
+                                "label": label})
         # POPE's files are JSON lines despite the .json extension.
-        w.bytes(f"bench/pope/ftibworld_pope_{split}.json", _jsonl(rows), len(rows))
+        for lang, root in BENCH_LANGS.items():
+            w.bytes(f"{root}/pope/ftibworld_pope_{split}.json", _jsonl(rows[lang]), len(rows[lang]))
 
 
-def _build_binaryvqa(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
+def _build_binaryvqa(w: _Writer, sz: WorldSize, seed: int, train_scenes: set, bench_scenes: set) -> None:
     rng = _rng(seed, "heldout/binaryvqa")
-    rows: list[list[Any]] = []
-    while len(rows) < sz.binaryvqa:
+    rows: dict[str, list[list[Any]]] = {lang: [] for lang in BENCH_LANGS}
+    while len(rows["bo"]) < sz.binaryvqa:
         scene = _scenes(rng, 1, exclude=train_scenes)[0]
         truth = rng.random() < 0.65  # unbalanced, like the original
         qa = polar_question(scene, rng, rng.choice(MME_SUBTASKS), truth)
         if qa is None:
             continue
-        qid = len(rows)
+        bench_scenes.add(scene.signature())
+        qid = len(rows["bo"])
         name = f"{qid:06d}.png"
-        w.image(f"bench/binaryvqa/images/{name}", scene)
-        rows.append([qid, name, qa.question.bo, "yes" if truth else "no"])
-    buf = io.StringIO()
-    wr = csv.writer(buf, lineterminator="\n")
-    wr.writerow(["question_id", "image", "question", "answer"])
-    wr.writerows(rows)
-    w.bytes("bench/binaryvqa/questions.csv", buf.getvalue().encode("utf-8"), len(rows))
+        data = w.image(f"bench/binaryvqa/images/{name}", scene)
+        w.image_bytes(f"{ZH_ROOT}/binaryvqa/images/{name}", data)
+        for lang, out in rows.items():
+            out.append([qid, name, getattr(qa.question, lang), "yes" if truth else "no"])
+    for lang, root in BENCH_LANGS.items():
+        w.bytes(f"{root}/binaryvqa/questions.csv", _csv(["question_id", "image", "question", "answer"], rows[lang]),
+                len(rows[lang]))
 
 
-def _build_corevqa(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
+def _build_corevqa(w: _Writer, sz: WorldSize, seed: int, train_scenes: set, bench_scenes: set) -> None:
     rng = _rng(seed, "heldout/corevqa")
-    rows: list[list[Any]] = []
-    while len(rows) < sz.corevqa:
+    rows: dict[str, list[list[Any]]] = {lang: [] for lang in BENCH_LANGS}
+    while len(rows["bo"]) < sz.corevqa:
         # Crowded scenes: a 4x4 grid with 8-14 objects.
         scene = _scenes(rng, 1, exclude=train_scenes, n_min=8, n_max=14, grid=4,
                         accept=lambda s: max(s.counts().values()) <= 10)[0]
-        truth = len(rows) % 2 == 0  # balanced
+        truth = len(rows["bo"]) % 2 == 0  # balanced
         st = statement(scene, rng, truth)
         if st is None:
             continue
-        qid = len(rows)
+        bench_scenes.add(scene.signature())
+        qid = len(rows["bo"])
         name = f"corevqa_{qid:06d}.png"
-        w.image(f"bench/corevqa/images/{name}", scene)
-        rows.append([qid, name, st.bo, "True" if truth else "False"])
-    buf = io.StringIO()
-    wr = csv.writer(buf, lineterminator="\n")
-    wr.writerow(["id", "image", "statement", "answer"])
-    wr.writerows(rows)
-    w.bytes("bench/corevqa/COREVQA.csv", buf.getvalue().encode("utf-8"), len(rows))
+        data = w.image(f"bench/corevqa/images/{name}", scene)
+        w.image_bytes(f"{ZH_ROOT}/corevqa/images/{name}", data)
+        for lang, out in rows.items():
+            out.append([qid, name, getattr(st, lang), "True" if truth else "False"])
+    for lang, root in BENCH_LANGS.items():
+        w.bytes(f"{root}/corevqa/COREVQA.csv", _csv(["id", "image", "statement", "answer"], rows[lang]),
+                len(rows[lang]))
 
 
 # ------------------------------------------------------------------------- manifest

@@ -196,6 +196,20 @@ TRUE_OR_FALSE = "གཤམ་གྱི་བརྗོད་པ་འདི་བ
 TRANSLATE_TO_ZH = "གཤམ་གྱི་བོད་ཡིག་འདི་རྒྱ་ཡིག་ཏུ་སྒྱུར་རོགས"  # translate the Tibetan below into Chinese
 WRITE_HEADLINE = "གཤམ་གྱི་གནས་ཚུལ་འདིའི་འགོ་བརྗོད་ཅིག་འབྲི་རོགས"  # write a headline for this report
 
+#: The answering instructions in every language of the world: Tibetan for the benchmarks
+#: and SFT data, Chinese and English for the multilingual base model's pretraining data
+#: and for FTibBench-mini in Chinese (``lang: zh``). Keys: ``answer_short``,
+#: ``answer_letter``, ``describe``, ``true_or_false``.
+INSTRUCTIONS: dict[str, dict[str, str]] = {
+    "bo": {"answer_short": ANSWER_SHORT, "answer_letter": ANSWER_LETTER, "describe": DESCRIBE,
+           "true_or_false": TRUE_OR_FALSE},
+    "zh": {"answer_short": "请简短回答。", "answer_letter": "请只回答选项的字母。", "describe": "请描述这张图。",
+           "true_or_false": "下面这个说法是对还是错？"},
+    "en": {"answer_short": "Please give a short answer.", "answer_letter": "Answer with the option's letter only.",
+           "describe": "Describe this picture.", "true_or_false": "Is the statement below true or false?"},
+}
+LANGS: tuple[str, ...] = tuple(INSTRUCTIONS)
+
 BY_KEY: dict[str, Word] = {
     w.key: w for group in (COLOURS, OBJECTS, SIZES, POSITIONS, NUMBERS, PEOPLE, PLACES, TIMES)
     for w in group

@@ -1,0 +1,98 @@
+"""The shipped `ftibworld-base` preset: checksums, bad names, its tokenizer, its Chinese scores.
+
+The stored scores (tests/assets/ftibworld_base_zh_subset.json) were produced by the command
+recorded in that file (``python -m ftib.evals.shipped_scores ...``); the recipe's loss
+curve (tests/assets/ftibworld_base_curve.json) by the command recorded there.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ftib.core.errors import FtibError
+from ftib.models import presets
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+NAME = "ftibworld-base"
+
+
+@pytest.fixture
+def shipped_copy(tmp_path, monkeypatch) -> Path:
+    """A copy of the shipped folder that the test may damage."""
+    dest = tmp_path / NAME
+    shutil.copytree(presets.SHIPPED[NAME], dest)
+    monkeypatch.setitem(presets.SHIPPED, NAME, dest)
+    return dest
+
+
+def test_shipped_preset_passes_its_checksums_and_is_small():
+    folder = presets.preset_dir(NAME)
+    assert folder == presets.SHIPPED[NAME]
+    listed = [ln.split("  ", 1)[1] for ln in (folder / presets.CHECKSUMS).read_text().splitlines() if ln]
+    for f in ("model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json", "README.md"):
+        assert f in listed, f
+    assert sum((folder / f).stat().st_size for f in listed) <= 20 * 2**20
+
+
+def test_a_corrupt_shipped_file_is_an_error_naming_it(shipped_copy):
+    path = shipped_copy / "tokenizer.json"
+    path.write_bytes(path.read_bytes() + b" ")
+    with pytest.raises(FtibError, match=r"tokenizer\.json fails its checksum"):
+        presets.preset_dir(NAME)
+
+
+def test_a_missing_shipped_file_is_an_error_naming_it(shipped_copy):
+    (shipped_copy / "model.safetensors").unlink()
+    with pytest.raises(FtibError, match=r"model\.safetensors is missing"):
+        presets.preset_dir(NAME)
+
+
+def test_shipped_preset_takes_no_overrides():
+    with pytest.raises(FtibError, match="shipped pretrained weights"):
+        presets.preset_dir(NAME, hidden_size=64)
+
+
+@pytest.mark.parametrize("typo,meant", [("ftibworld-bse", "ftibworld-base"), ("tiny-qwen3-v", "tiny-qwen3-vl")])
+def test_a_preset_typo_lists_the_closest_names(typo, meant):
+    from ftib.models import load_bundle
+
+    with pytest.raises(FtibError, match=f"did you mean '{meant}'") as err:
+        load_bundle(typo)
+    assert "tiny-qwen3" in str(err.value) and "ftibworld-base" in str(err.value)
+
+
+def test_base_tokenizer_has_no_tibetan_and_pays_bytes_for_it():
+    from ftib.models.ship import tokenizer_figures
+    from transformers import AutoTokenizer
+
+    folder = presets.preset_dir(NAME)
+    tok = AutoTokenizer.from_pretrained(folder)
+    vocab = [tok.convert_tokens_to_string([t]) for t in tok.get_vocab()]
+    assert not any(any("\u0f00" <= c <= "\u0fff" for c in v) for v in vocab)
+    figures = tokenizer_figures(folder)
+    # byte fallback: a syllable of ~3-4 letters (3 bytes each) plus tsheg
+    assert figures["bo_tokens_per_syllable"] > 6, figures
+    assert figures["zh_tokens_per_char"] < 1.0, figures
+
+
+def test_shipped_model_chinese_scores_on_a_subset(tmp_path_factory):
+    """The shipped weights give the stored Chinese scores (within one item per score)."""
+    from ftib.data.world import build_world
+    from ftib.evals.shipped_scores import subset_scores
+
+    stored = json.loads((ASSETS / "ftibworld_base_zh_subset.json").read_text())
+    world = tmp_path_factory.mktemp("world") / "w"
+    build_world(world, size="tiny", seed=0)
+    got = subset_scores(world, NAME, "zh")
+    for bench, want in stored["scores"].items():
+        assert got[bench]["items"] == want["items"], bench
+        for key, value in want.items():
+            if key == "items":
+                continue
+            n = want["items"] / (3 if bench == "pope" else 4 if bench == "mmbench" else 1)
+            assert abs(got[bench][key] - value) <= 1.0 / n + 1e-9, (bench, key, got[bench][key], value,
+                                                                   stored["command"])
