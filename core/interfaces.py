@@ -260,4 +260,10 @@ HOOKS: dict[str, str] = {
                     "loading weights, for the checks before any work (recipe.check_limits).",
     "native_build_info": "native_build_info() -> dict: how the native module was built "
                          "(compiler, flags, SIMD), recorded in manifest.json.",
+    "world_text_corpus": "world_text_corpus(kind: 'world' | 'zh_en', seed: int, docs: int) -> list[str]: "
+                         "FTibWorld text a preset's tokenizer is trained on (ftib.models reaches "
+                         "ftib.data's generator this way).",
+    "world_encoder_pairs": "world_encoder_pairs(world: str) -> list[tuple[str, str]]: the "
+                           "(Tibetan, Chinese) pairs of a FTibWorld build that its reward encoder "
+                           "is trained on.",
 }

@@ -8,6 +8,8 @@ Tibetan (see :mod:`ftib.data.world.lexicon`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 from ftib.data.world import lexicon as lx
 from ftib.data.world.grammar import end
@@ -68,3 +70,33 @@ def translation_prompt(source: str) -> str:
 def headline_prompt(report: str) -> str:
     """"Write a headline for this report." followed by the report."""
     return f"{end(lx.WRITE_HEADLINE)}\n{report.strip()}"
+
+
+# The GRPO text tasks (and the SFT warm-up on them): where their records live in a
+# data folder or FTibWorld build.
+TASK_FILES = {"translation": "grpo/translation.jsonl", "headline": "grpo/headlines.jsonl"}
+# (prompt builder field, reference field, target script of the answer)
+TASK_FIELDS = {"translation": ("source", "reference", "han"), "headline": ("report", "headline", "tibetan")}
+
+
+def read_prompts(data: str, tasks: tuple[str, ...], max_prompts: int | None = None) -> list[dict[str, Any]]:
+    """Prompt records of ``tasks`` from ``data``: ``id, prompt, reference, task, target_scripts``."""
+    from ftib.core.errors import FtibError
+    from ftib.data.loaders import load_headlines, load_translation
+    from ftib.data.sources import is_world_spec, resolve
+
+    loaders = {"translation": (load_translation, translation_prompt), "headline": (load_headlines, headline_prompt)}
+    out = []
+    for task in tasks:
+        path = resolve(data, TASK_FILES[task]) if is_world_spec(data) else Path(data) / Path(TASK_FILES[task]).name
+        load, make_prompt = loaders[task]
+        rows = load(path)
+        src_key, ref_key, target = TASK_FIELDS[task]
+        n = len(rows) if max_prompts is None else min(max_prompts, len(rows))
+        for r in rows.select(range(n)):
+            prompt = r.get("prompt") or make_prompt(r[src_key])
+            out.append({"id": r["id"], "prompt": prompt, "reference": r[ref_key], "task": task,
+                        "target_scripts": [target]})
+    if not out:
+        raise FtibError(f"no prompts found in {data} for tasks {tasks}")
+    return out

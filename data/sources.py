@@ -88,3 +88,19 @@ def resolve(spec: str, part: str) -> Path:
     if not path.exists():
         raise ConfigError(f"{spec!r} does not exist")
     return path
+
+
+def world_encoder_pairs(world: str) -> list[tuple[str, str]]:
+    """The (Tibetan, Chinese) text pairs of a FTibWorld build that the world's reward
+    encoder is trained on: translation pairs and Tibetan/Chinese headline pairs (the
+    ``world_encoder_pairs`` hook; :func:`ftib.models.reward_encoder.ftibworld_encoder`)."""
+    import json
+
+    pairs = []
+    for rel, a, b in (("grpo/translation.jsonl", "source", "reference"),
+                      ("grpo/headlines.jsonl", "headline", "headline_zh")):
+        for line in resolve(world, rel).read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if rec.get(a) and rec.get(b):
+                pairs.append((rec[a], rec[b]))
+    return pairs

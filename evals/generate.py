@@ -78,8 +78,6 @@ class TransformersGenerator:
         return [{"role": "user", "content": content}]
 
     def generate(self, prompts: Sequence[Prompt], decoding: Decoding) -> list[str]:
-        import torch
-
         model = self.bundle.model
         # A bundle handed over by a training stage may be in train mode (dropout); generate
         # in eval mode and leave the model as it was found.

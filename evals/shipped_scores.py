@@ -23,13 +23,12 @@ SUBSET_METRICS = {"pope": ("random/accuracy", "popular/accuracy", "adversarial/a
 def subset_scores(world: Path | str, name: str = "ftibworld-base", lang: str = "zh") -> dict[str, Any]:
     """Scores of shipped preset ``name`` on the :data:`SUBSET` of FTibBench-mini in ``lang``
     from the FTibWorld build ``world``, with the item counts behind each."""
-    from ftib.evals.binary_vqa import BinaryVQAEvaluator  
+    from ftib.core.registry import EVALUATORS, Registry
     from ftib.evals.generate import TransformersGenerator
-    from ftib.evals.mmbench import MMBenchEvaluator
-    from ftib.evals.pope import PopeEvaluator
     from ftib.models.bundle import load_bundle
 
-    classes = {"pope": PopeEvaluator, "mmbench": MMBenchEvaluator, "binary_vqa": BinaryVQAEvaluator}
+    registry = Registry()
+    classes = {bench: registry.load(EVALUATORS, bench) for bench in SUBSET}
     gen = TransformersGenerator(load_bundle(name))
     out: dict[str, Any] = {}
     for bench, limit in SUBSET.items():

@@ -56,7 +56,7 @@ class TextTaskConfig:
             raise ValueError(f"temperature must be > 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be >= 1")
-        from ftib.stages.reward_encoder import FTIBWORLD_ENCODER
+        from ftib.models.reward_encoder import FTIBWORLD_ENCODER
 
         if self.encoder is not None and not str(self.encoder).startswith(FTIBWORLD_ENCODER) \
                 and not Path(self.encoder).is_dir():
@@ -114,7 +114,7 @@ class TextTaskEvaluator(Evaluator):
         if self.config.encoder is None:
             return None
         from ftib.evals.similarity import Encoder
-        from ftib.stages.reward_encoder import resolve_encoder
+        from ftib.models.reward_encoder import resolve_encoder
 
         return Encoder(resolve_encoder(self.config.encoder, self.config.data), device=device)
 

@@ -121,10 +121,16 @@ TOKENIZER_CORPORA = ("world", "zh_en")
 
 
 def tokenizer_corpus(kind: str, seed: int, docs: int) -> list[str]:
-    """The tokenizer training text of a preset (see :attr:`PresetConfig.tokenizer_corpus`)."""
-    from ftib.data.world.build import pretrain_text_corpus, text_corpus
+    """The tokenizer training text of a preset (see :attr:`PresetConfig.tokenizer_corpus`):
+    FTibWorld text, which is ftib.data's, reached through the ``world_text_corpus`` hook."""
+    from ftib.core.errors import FtibError
+    from ftib.core.registry import Registry
 
-    return pretrain_text_corpus(seed, docs) if kind == "zh_en" else text_corpus(seed, docs)
+    corpus = Registry().hook("world_text_corpus")
+    if corpus is None:
+        raise FtibError("building a preset's tokenizer needs the 'world_text_corpus' hook (ftib.data), "
+                        "which is not installed")
+    return list(corpus(kind, seed, docs))
 
 
 @functools.lru_cache(maxsize=8)

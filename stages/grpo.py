@@ -68,12 +68,10 @@ import torch
 from ftib.core import FtibError, Stage, StageResult, build_config
 from ftib.core.registry import REWARDS, Registry
 from ftib.core.train import LossOutput, ParamGroup, TrainConfig, Trainer
-from ftib.stages.reward_encoder import resolve_encoder
+from ftib.models.reward_encoder import resolve_encoder
+from ftib.data.prompts import read_prompts
 from ftib.stages.common import TrainableConfig, save_model_dir, select_trainable, trainable_parameter_count, training_bundle
 
-TASK_FILES = {"translation": "grpo/translation.jsonl", "headline": "grpo/headlines.jsonl"}
-# (prompt builder field, reference field, target script of the answer)
-TASK_FIELDS = {"translation": ("source", "reference", "han"), "headline": ("report", "headline", "tibetan")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,29 +214,6 @@ class Rollout:
 
 
 _ROLLOUT_TIMES = ("time/generation_s", "time/reward_s", "time/ref_logps_s")
-
-
-def read_prompts(data: str, tasks: tuple[str, ...], max_prompts: int | None = None) -> list[dict[str, Any]]:
-    """Prompt records of ``tasks`` from ``data``: ``id, prompt, reference, task, target_scripts``."""
-    from ftib.data.loaders import load_headlines, load_translation
-    from ftib.data.prompts import headline_prompt, translation_prompt
-    from ftib.data.sources import is_world_spec, resolve
-
-    loaders = {"translation": (load_translation, translation_prompt), "headline": (load_headlines, headline_prompt)}
-    out = []
-    for task in tasks:
-        path = resolve(data, TASK_FILES[task]) if is_world_spec(data) else Path(data) / Path(TASK_FILES[task]).name
-        load, make_prompt = loaders[task]
-        rows = load(path)
-        src_key, ref_key, target = TASK_FIELDS[task]
-        n = len(rows) if max_prompts is None else min(max_prompts, len(rows))
-        for r in rows.select(range(n)):
-            prompt = r.get("prompt") or make_prompt(r[src_key])
-            out.append({"id": r["id"], "prompt": prompt, "reference": r[ref_key], "task": task,
-                        "target_scripts": [target]})
-    if not out:
-        raise FtibError(f"no prompts found in {data} for tasks {tasks}")
-    return out
 
 
 class _Rewards:
@@ -549,7 +524,7 @@ class _GRPOTask:
 
     def _rollout(self, items: list[dict[str, Any]]) -> Rollout:
         from ftib.kernels.advantages import group_advantages
-        from ftib.stages.rewards import script_share
+        from ftib.data.scripts import script_share
 
         cfg, G = self.cfg, self.cfg.group_size
         device = next(self.model.parameters()).device

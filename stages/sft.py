@@ -67,7 +67,7 @@ class SFTConfig:
 def text_task_records(cfg: SFTConfig) -> list[tuple[list[dict], list, str]]:
     """Chat records from the GRPO task files (prompt -> reference): the SFT warm-up of
     the semantic-GRPO recipe, and the SFT arm of the alignment-tax comparison."""
-    from ftib.stages.grpo import read_prompts
+    from ftib.data.prompts import read_prompts
 
     prompts = read_prompts(cfg.data, (cfg.source,), cfg.max_records)
     return [([{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["reference"]}], [],

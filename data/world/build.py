@@ -1106,3 +1106,14 @@ def ensure_world(out: Path | str, *, size: str = DEFAULT_SIZE, seed: int = 0,
         if all(manifest.get(k) == v for k, v in wanted.items()):
             return manifest
     return build_world(out, size=size, seed=seed, image_size=image_size)
+
+
+def tokenizer_corpus(kind: str, seed: int, docs: int) -> list[str]:
+    """Text to train a preset's tokenizer on (the ``world_text_corpus`` hook): ``"zh_en"``
+    the Chinese/English pretraining text (:func:`pretrain_text_corpus`), ``"world"`` the
+    Tibetan world text (:func:`text_corpus`)."""
+    if kind == "zh_en":
+        return pretrain_text_corpus(seed, docs)
+    if kind == "world":
+        return text_corpus(seed, docs)
+    raise ValueError(f"unknown tokenizer corpus {kind!r}; expected 'world' or 'zh_en'")

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ import yaml
 from ftib.core import FtibError, RunDirError
 from ftib.core.interfaces import RunContext
 from ftib.core.rundir import MetricsSink
-from ftib.core.train import LossOutput, ParamGroup, TrainConfig, Trainer, TrainingDiverged, lr_factor
+from ftib.core.train import ParamGroup, TrainConfig, Trainer, TrainingDiverged, lr_factor
 
 TINY_LM = '''
 import os, time

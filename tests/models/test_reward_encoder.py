@@ -4,7 +4,7 @@ import random
 import pytest
 
 from ftib.core import FtibError
-from ftib.stages.reward_encoder import EncoderTrainConfig, read_pairs, train_encoder
+from ftib.models.reward_encoder import EncoderTrainConfig, read_pairs, train_encoder
 from ftib.stages.rewards import SemanticReward
 
 TIB_DIGITS = "༠༡༢༣༤༥༦༧༨༩"

@@ -261,19 +261,19 @@ def ftibworld_encoder(world: str, seed: int = 0) -> Path:
     """The semantic-reward encoder for a FTibWorld build (``ftibworld[:SIZE[:SEED]]``):
     a small bi-encoder trained on its Tibetan–Chinese translation pairs and Tibetan /
     Chinese headline pairs on first use (``ftib reward-encoder``), then cached."""
+    from ftib.core.registry import Registry
     from ftib.core.rundir import cache_dir
-    from ftib.data.sources import resolve
 
+    # The world's files are ftib.data's; models reach them through the registry.
+    world_pairs = Registry().hook("world_encoder_pairs")
+    if world_pairs is None:
+        raise FtibError(f"{FTIBWORLD_ENCODER} needs the 'world_encoder_pairs' hook (ftib.data), "
+                        "which is not installed")
     cache = cache_dir()
-    pairs = []
+    pairs = list(world_pairs(world))
     digest = hashlib.sha256()
-    for rel, a, b in (("grpo/translation.jsonl", "source", "reference"),
-                      ("grpo/headlines.jsonl", "headline", "headline_zh")):
-        for line in resolve(world, rel).read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            if rec.get(a) and rec.get(b):
-                pairs.append((rec[a], rec[b]))
-                digest.update(f"{rec[a]}\t{rec[b]}\n".encode())
+    for a, b in pairs:
+        digest.update(f"{a}\t{b}\n".encode())
     cfg = EncoderTrainConfig(vocab_size=2000, hidden_size=96, layers=2, heads=4, max_length=48,
                              epochs=8, batch_size=32, lr=2e-3, seed=seed)
     digest.update(repr(cfg).encode())
