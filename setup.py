@@ -134,6 +134,9 @@ setup(
             # ``ftib data clean`` is tested in the default suite (datatrove, as the
             # ``clean`` extra below).
             "datatrove>=0.10,<0.11",
+            # Oracle of the fused GRPO loss / linear CE parity tests (pinned: a newer
+            # release may require a newer torch than the pre-installed CPU build).
+            "liger-kernel==0.8.5",
         ],
         "gpu": ["liger-kernel>=0.5", "flash-attn>=2.6"],
         # ``ftib data clean``: datatrove's readers, writers, dedup stages and local/Slurm
