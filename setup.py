@@ -137,6 +137,8 @@ setup(
             # Oracle of the fused GRPO loss / linear CE parity tests (pinned: a newer
             # release may require a newer torch than the pre-installed CPU build).
             "liger-kernel==0.8.5",
+            # .ci/typecheck.py: the whole package against .ci/mypy-baseline.txt.
+            "mypy>=1.10",
         ],
         "gpu": ["liger-kernel>=0.5", "flash-attn>=2.6"],
         # ``ftib data clean``: datatrove's readers, writers, dedup stages and local/Slurm
