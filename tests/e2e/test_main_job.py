@@ -1,7 +1,11 @@
 """The main job end to end: `ftib run` (no arguments) on the embedded default, as a new
 user runs it, and what each stage is supposed to do, checked on the run's own manifest.
 
-Slow (several minutes on 2 cores): CI runs it with ``pytest -m slow``.
+Slow (several minutes on 2 cores): CI runs it with ``pytest -m slow``. CI has just run
+the main job itself (README, command 1), so it points ``FTIB_MAIN_JOB_RUN_DIR`` at that
+run directory: the test then runs the same command on it, which must find every stage
+and evaluation completed, reuse them and print the same summary (resume of a completed
+run), instead of training a second time.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +26,23 @@ MULTIMODAL = ("pope", "mmbench", "mme", "binary_vqa", "corevqa")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One full default run in a fresh working directory (cache shared with the session)."""
-    work = tmp_path_factory.mktemp("main-job")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = os.environ.get("FTIB_MAIN_JOB_RUN_DIR")
+    if done:
+        run_dir = Path(done).resolve()
+        assert (run_dir / "manifest.json").is_file(), f"FTIB_MAIN_JOB_RUN_DIR={done} holds no finished run"
+        before = json.loads((run_dir / "manifest.json").read_text())
+        cmd = [sys.executable, "-m", "ftib.core.cli", "run", "--no-progress", "--run-dir", str(run_dir)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-4000:]
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        # nothing was recomputed: every stage and evaluation kept its recorded metrics
+        assert not manifest.get("recomputed"), manifest.get("recomputed")
+        for section in ("stages", "evals"):
+            assert {k: v.get("metrics") for k, v in manifest[section].items()} == \
+                   {k: v.get("metrics") for k, v in before[section].items()}, section
+        return run_dir, manifest, out.stdout
+    work = tmp_path_factory.mktemp("main-job")
     out = subprocess.run([sys.executable, "-m", "ftib.core.cli", "run", "--no-progress"], cwd=work, env=env,
                          capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-4000:]
