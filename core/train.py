@@ -59,7 +59,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import torch
 
@@ -67,6 +67,9 @@ from ftib.core import distributed as D
 from ftib.core.errors import FtibError, RunDirError
 from ftib.core.interfaces import RunContext
 from ftib.core.rundir import atomic_dir, atomic_write_json, sha256_path
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
 
 log = logging.getLogger("ftib.train")
 
@@ -269,7 +272,10 @@ def _rng_state() -> dict[str, Any]:
     try:
         import numpy as np
 
-        key, keys, pos, has_gauss, cached = np.random.get_state()
+        # legacy=True (the default) returns the tuple form; the stub also allows a dict.
+        legacy = np.random.get_state()
+        assert isinstance(legacy, tuple)
+        key, keys, pos, has_gauss, cached = legacy
         state["numpy"] = {"key": str(key), "state": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                           "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
     except ImportError:
@@ -502,6 +508,7 @@ class Trainer:
                     dcp.save(self._dcp_state(), checkpoint_id=d / "dcp")
                 D.barrier()
             if main:
+                assert d is not None  # the main rank entered atomic_dir above
                 if self.mode != "fsdp2":
                     torch.save({n: p.detach().cpu() for n, p in self.named_trainable.items()}, d / "trainable.pt")
                     torch.save(self.optimizer.state_dict(), d / "optimizer.pt")
@@ -683,12 +690,14 @@ class Trainer:
                     total = int(D.all_reduce_sum(total, self.device))
                 if total <= 0:
                     raise FtibError(f"step {step}: the micro-batches hold no loss tokens")
-                step_loss, tokens, nsamples, extra = 0.0, 0, 0, {}
+                step_loss, tokens, nsamples = 0.0, 0, 0
+                extra: dict[str, float] = {}
                 t_fwd = t_bwd = 0.0
                 for i, (b, real) in enumerate(batches):
                     if self.mode == "fsdp2":
                         # Reduce-scatter once per step, after the last micro-batch.
-                        task.model.set_requires_gradient_sync(i == len(batches) - 1)
+                        # The model was wrapped by D.shard_model (fully_shard) in __init__.
+                        cast("FSDPModule", task.model).set_requires_gradient_sync(i == len(batches) - 1)
                     t1 = time.perf_counter()
                     with self._autocast():
                         out = task.compute_loss(b)
