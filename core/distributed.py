@@ -28,13 +28,16 @@ import logging
 import os
 import random
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 import torch.distributed as dist
 
 from ftib.core.errors import FtibError
 from ftib.core.interfaces import DistInfo
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 log = logging.getLogger("ftib.distributed")
 
@@ -182,6 +185,7 @@ def all_reduce_gradients(params: Sequence[torch.nn.Parameter], *, bucket_bytes: 
     size = 0
     for p in params:
         g = p.grad
+        assert g is not None  # every missing gradient was set to zeros above
         if current and (g.dtype != current[0].dtype or g.device != current[0].device or size >= bucket_bytes):
             buckets.append(current)
             current, size = [], 0
@@ -283,7 +287,7 @@ def shard_model(model: torch.nn.Module, device: torch.device, *,
     return units
 
 
-def is_dtensor(t: torch.Tensor) -> bool:
+def is_dtensor(t: torch.Tensor) -> TypeGuard[DTensor]:
     from torch.distributed.tensor import DTensor
 
     return isinstance(t, DTensor)

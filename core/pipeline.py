@@ -178,7 +178,7 @@ def _latest_step_checkpoint(stage_dir: Path) -> Path | None:
         (d for d in steps.iterdir() if d.is_dir() and not d.name.startswith(".")),
         key=lambda d: d.name,
     )
-    skipped = []
+    skipped: list[Path] = []
     for d in reversed(done):
         problem = verify_step_checkpoint(d) if (d / CHECKSUMS).exists() else None
         if problem is None:
@@ -343,11 +343,11 @@ class Pipeline:
         ``superseded/<time>-changed/``. Returns their names (``stages.<id>``,
         ``evals.<point>/<id>``), which this run recomputes."""
         changed: list[tuple[str, str, Path]] = []
-        for section, folder in (("stages", "stages"), ("evals", "evals")):
+        for section, subdir in (("stages", "stages"), ("evals", "evals")):
             for key in list(manifest.data.get(section, {})):
                 if key in new and old.get(key) == new[key]:
                     continue
-                changed.append((section, key, self.run_dir / folder / key))
+                changed.append((section, key, self.run_dir / subdir / key))
         if not changed:
             return []
         target = self._superseded_dir("changed")
@@ -419,7 +419,7 @@ class Pipeline:
         sink = MetricsSink(self.run_dir / METRICS, enabled=self.dist.is_main)
         invoked = time.time()
 
-        work = [("eval", BASE_POINT, e) for e in self.recipe.evaluators if BASE_POINT in e.after]
+        work: list[tuple[str, str, StageEntry | EvalEntry]] = [("eval", BASE_POINT, e) for e in self.recipe.evaluators if BASE_POINT in e.after]
         for stage in self.recipe.stages:
             work.append(("stage", stage.id, stage))
             work += [("eval", stage.id, e) for e in self.recipe.evaluators if stage.id in e.after]
@@ -431,7 +431,7 @@ class Pipeline:
         try:
             for kind, point, entry in work:
                 bar.set_description(f"{kind} {entry.id}" + (f" @ {point}" if kind == "eval" else ""))
-                if kind == "stage":
+                if isinstance(entry, StageEntry):  # kind == "stage"
                     if entry.start_from is not None and produced[entry.start_from] != model_source:
                         model_source, bundle = produced[entry.start_from], None
                     model_source, bundle = self._run_stage(manifest, sink, entry, model_source, bundle)

@@ -169,7 +169,7 @@ class Registry:
             return
         from ftib.core import interfaces
 
-        base = getattr(interfaces, base_name)
+        base: type[interfaces._Plugin] = getattr(interfaces, base_name)
         if not (isinstance(obj, type) and issubclass(obj, base)):
             raise PluginError(
                 f"{group} plugin {name!r} from {spec.provider} must be a subclass of "

@@ -59,7 +59,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import torch
 
@@ -67,6 +67,9 @@ from ftib.core import distributed as D
 from ftib.core.errors import FtibError, RunDirError
 from ftib.core.interfaces import RunContext
 from ftib.core.rundir import atomic_dir, atomic_write_json, sha256_path
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
 
 log = logging.getLogger("ftib.train")
 
@@ -269,7 +272,10 @@ def _rng_state() -> dict[str, Any]:
     try:
         import numpy as np
 
-        key, keys, pos, has_gauss, cached = np.random.get_state()
+        # legacy=True (the default) returns the tuple form; the stub also allows a dict.
+        legacy = np.random.get_state()
+        assert isinstance(legacy, tuple)
+        key, keys, pos, has_gauss, cached = legacy
         state["numpy"] = {"key": str(key), "state": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                           "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
     except ImportError:
@@ -370,6 +376,51 @@ class _DataCursor:
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "offset": self.offset}
+
+
+@dataclass
+class StepResult:
+    """What one optimiser step measured: on this rank, or over all ranks once
+    :meth:`Trainer._reduce` has run (sums of loss/tokens/samples, means of the rest).
+
+    ``loss`` is the step's loss (sum over micro-batches of loss / global loss tokens);
+    ``metrics`` the task's per-step metrics, averaged over micro-batches; the ``*_s``
+    fields are wall-clock seconds of each phase (``step_s`` the whole step on this rank).
+    """
+
+    loss: float = 0.0
+    tokens: int = 0
+    samples: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    grad_norm: float = 0.0
+    lr: float = 0.0
+    data_s: float = 0.0
+    forward_s: float = 0.0
+    backward_s: float = 0.0
+    optimizer_s: float = 0.0
+    step_s: float = 0.0
+
+
+@dataclass
+class _RunState:
+    """The training loop's running state; ``losses``, ``history``, ``totals`` and
+    ``cursor`` travel in every step checkpoint, so that what the stage reports at the
+    end does not depend on interruptions."""
+
+    cursor: _DataCursor
+    start: int = 0
+    resumed_from: int | None = None
+    losses: list[float] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    totals: dict[str, float] = field(default_factory=lambda: {"tokens": 0, "samples": 0, "seconds": 0.0})
+    last_good: Path | None = None
+
+    def record(self, res: StepResult) -> None:
+        self.losses.append(res.loss)
+        self.history.append({"loss": res.loss, **res.metrics})
+        self.totals["tokens"] += res.tokens
+        self.totals["samples"] += res.samples
+        self.totals["seconds"] += res.step_s
 
 
 class Trainer:
@@ -502,6 +553,7 @@ class Trainer:
                     dcp.save(self._dcp_state(), checkpoint_id=d / "dcp")
                 D.barrier()
             if main:
+                assert d is not None  # the main rank entered atomic_dir above
                 if self.mode != "fsdp2":
                     torch.save({n: p.detach().cpu() for n, p in self.named_trainable.items()}, d / "trainable.pt")
                     torch.save(self.optimizer.state_dict(), d / "optimizer.pt")
@@ -645,135 +697,179 @@ class Trainer:
         return out
 
     def train(self) -> TrainResult:
-        cfg, task, ctx = self.cfg, self.task, self.ctx
+        """Run the steps from the resume point (or 0) to ``cfg.max_steps``.
+
+        Phases, top to bottom: :meth:`_start` (resume state, progress bar), then per step
+        :meth:`_step` (data, forward/backward, gradients, optimiser), :meth:`_record`
+        (the run's loss history and totals), :meth:`_log_step` (metrics row, progress
+        bar) and :meth:`_checkpoint_due` / :meth:`_save_step`; finally :meth:`_summary`.
+        """
+        cfg, task = self.cfg, self.task
         samples = task.train_samples()
-        per_step = cfg.batch_size * self.world  # one micro-batch position over all ranks
-        cursor = _DataCursor(len(samples), per_step, ctx.seed)
-        start, losses, resumed = 0, [], None
-        # Per-step task metrics and running totals travel in every step checkpoint, so
-        # that what the stage reports at the end does not depend on interruptions.
-        history: list[dict[str, float]] = []
-        totals = {"tokens": 0, "samples": 0, "seconds": 0.0}
-        if ctx.resume_from is not None:
-            state = self._load_step(Path(ctx.resume_from))
-            last, losses = int(state["step"]), list(state["losses"])
-            cursor = _DataCursor(len(samples), per_step, ctx.seed, **state["data"])
-            history = list(state.get("history", []))
-            totals.update(state.get("totals", {}))
-            start, resumed = last + 1, last
-            log.info("resuming at step %d of %d from %s", start, cfg.max_steps, ctx.resume_from)
+        run = self._start(len(samples))
         task.model.train()
         bar = None
-        if self.progress and ctx.dist.is_main:
+        if self.progress and self.ctx.dist.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
-        last_good: Path | None = Path(ctx.resume_from) if ctx.resume_from else None
+            bar = tqdm(total=cfg.max_steps, initial=run.start, desc="train", unit="step", dynamic_ncols=True)
         params = list(self.named_trainable.values())
         try:
-            for step in range(start, cfg.max_steps):
-                t0 = time.perf_counter()
-                # Under the training autocast too: a task whose batches come from the model
-                # (GRPO's rollouts, reference log-probs) computes them in the training dtype.
-                with self._autocast():
-                    batches = self._micro_batches(samples, cursor)
-                t_data = time.perf_counter() - t0
-                total = sum(int(task.loss_normaliser(b)) for b, real in batches if real)
-                if self.mode != "none":
-                    total = int(D.all_reduce_sum(total, self.device))
-                if total <= 0:
-                    raise FtibError(f"step {step}: the micro-batches hold no loss tokens")
-                step_loss, tokens, nsamples, extra = 0.0, 0, 0, {}
-                t_fwd = t_bwd = 0.0
-                for i, (b, real) in enumerate(batches):
-                    if self.mode == "fsdp2":
-                        # Reduce-scatter once per step, after the last micro-batch.
-                        task.model.set_requires_gradient_sync(i == len(batches) - 1)
-                    t1 = time.perf_counter()
-                    with self._autocast():
-                        out = task.compute_loss(b)
-                    scaled = out.loss.float() / total
-                    if not real:
-                        scaled = scaled * 0.0
-                    # DDP/FSDP average gradients over ranks; scale back up to a global sum.
-                    backprop = scaled * self.world if self.mode != "none" else scaled
-                    self._sync()
-                    t2 = time.perf_counter()
-                    if self.scaler is not None:
-                        self.scaler.scale(backprop).backward()
-                    else:
-                        backprop.backward()
-                    self._sync()
-                    t3 = time.perf_counter()
-                    t_fwd, t_bwd = t_fwd + (t2 - t1), t_bwd + (t3 - t2)
-                    step_loss += float(scaled.detach())
-                    if real:
-                        tokens += out.tokens
-                        nsamples += out.samples
-                    for k, v in out.metrics.items():
-                        extra[k] = extra.get(k, 0.0) + float(v) / cfg.grad_accum
-                t4 = time.perf_counter()
-                if self.mode == "ddp":
-                    D.all_reduce_gradients(params)
-                if self.scaler is not None:
-                    self.scaler.unscale_(self.optimizer)
-                max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-                if self.mode == "none":
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-                else:
-                    grad_norm = D.clip_grad_norm(params, max_norm)
-                    step_loss, tokens, nsamples, extra, t_data, t_fwd, t_bwd = self._reduce(
-                        step_loss, tokens, nsamples, extra, t_data, t_fwd, t_bwd)
-                if not math.isfinite(step_loss) or (self.scaler is None and not math.isfinite(grad_norm)):
-                    where = f"last good checkpoint: {last_good}" if last_good else "no step checkpoint was written yet"
-                    raise TrainingDiverged(
-                        f"non-finite {'loss' if not math.isfinite(step_loss) else 'gradient norm'} at step "
-                        f"{step} (loss={step_loss}, grad_norm={grad_norm}); stopping ({where}). "
-                        f"Lower train.lr or set train.max_grad_norm."
-                    )
-                lr = self.optimizer.param_groups[0]["lr"]
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self._sync()
-                t_end = time.perf_counter()
-                dt = t_end - t0
-                losses.append(step_loss)
-                history.append({"loss": step_loss, **extra})
-                totals["tokens"] += tokens
-                totals["samples"] += nsamples
-                totals["seconds"] += dt
-                if step % cfg.log_every == 0 or step == cfg.max_steps - 1:
-                    peak = peak_memory_bytes(self.device)
-                    if self.mode != "none":
-                        peak = max(D.all_gather_object(peak))
-                    row = {"loss": step_loss, "lr": lr, "grad_norm": grad_norm,
-                           "tokens_per_s": tokens / dt, "samples_per_s": nsamples / dt,
-                           "step_time_s": dt, "data_time_s": t_data,
-                           "time/forward_s": t_fwd, "time/backward_s": t_bwd, "time/optimizer_s": t_end - t4,
-                           "peak_mem_bytes": peak, **extra}
-                    if self.world > 1:
-                        row["world_size"] = self.world
-                    if ctx.dist.is_main:
-                        ctx.metrics.log(step, row)
-                    if self.tb is not None:
-                        for k, v in row.items():
-                            self.tb.add_scalar(k, v, step)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-                is_last = step == cfg.max_steps - 1
-                if is_last or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
-                    last_good = self._save_step(step, cursor, losses, history, totals)
+            for step in range(run.start, cfg.max_steps):
+                res = self._step(step, samples, run, params)
+                run.record(res)
+                self._log_step(step, res, bar)
+                if self._checkpoint_due(step):
+                    run.last_good = self._save_step(step, run.cursor, run.losses, run.history, run.totals)
         finally:
             if bar is not None:
                 bar.close()
             if self.tb is not None:
                 self.tb.close()
+        return self._summary(run)
+
+    def _start(self, n_samples: int) -> _RunState:
+        """The loop's state at its first step: fresh, or restored from ``ctx.resume_from``."""
+        cfg, ctx = self.cfg, self.ctx
+        per_step = cfg.batch_size * self.world  # one micro-batch position over all ranks
+        run = _RunState(cursor=_DataCursor(n_samples, per_step, ctx.seed))
+        if ctx.resume_from is not None:
+            state = self._load_step(Path(ctx.resume_from))
+            last = int(state["step"])
+            run.losses = list(state["losses"])
+            run.cursor = _DataCursor(n_samples, per_step, ctx.seed, **state["data"])
+            run.history = list(state.get("history", []))
+            run.totals.update(state.get("totals", {}))
+            run.start, run.resumed_from = last + 1, last
+            log.info("resuming at step %d of %d from %s", run.start, cfg.max_steps, ctx.resume_from)
+        run.last_good = Path(ctx.resume_from) if ctx.resume_from else None
+        return run
+
+    def _step(self, step: int, samples: Sequence[Any], run: _RunState,
+              params: list[torch.nn.Parameter]) -> StepResult:
+        """One optimiser step: micro-batches, forward/backward over them, gradient
+        reduction and clipping, the divergence check, the optimiser and scheduler."""
+        t0 = time.perf_counter()
+        # Under the training autocast too: a task whose batches come from the model
+        # (GRPO's rollouts, reference log-probs) computes them in the training dtype.
+        with self._autocast():
+            batches = self._micro_batches(samples, run.cursor)
+        t_data = time.perf_counter() - t0
+        res = self._forward_backward(step, batches)
+        res.data_s = t_data
+        t4 = time.perf_counter()
+        if self.mode == "ddp":
+            D.all_reduce_gradients(params)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else float("inf")
+        if self.mode == "none":
+            res.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        else:
+            res.grad_norm = D.clip_grad_norm(params, max_norm)
+            res = self._reduce(res)
+        self._check_finite(step, res, run.last_good)
+        res.lr = self.optimizer.param_groups[0]["lr"]
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._sync()
+        t_end = time.perf_counter()
+        res.optimizer_s = t_end - t4
+        res.step_s = t_end - t0
+        return res
+
+    def _forward_backward(self, step: int, batches: list[tuple[Any, bool]]) -> StepResult:
+        """Forward and backward over this rank's micro-batches, each loss divided by the
+        step's global loss-token count, so the gradients sum to that of the mean loss."""
+        task = self.task
+        total = sum(int(task.loss_normaliser(b)) for b, real in batches if real)
+        if self.mode != "none":
+            total = int(D.all_reduce_sum(total, self.device))
+        if total <= 0:
+            raise FtibError(f"step {step}: the micro-batches hold no loss tokens")
+        res = StepResult()
+        for i, (b, real) in enumerate(batches):
+            if self.mode == "fsdp2":
+                # Reduce-scatter once per step, after the last micro-batch.
+                # The model was wrapped by D.shard_model (fully_shard) in __init__.
+                cast("FSDPModule", task.model).set_requires_gradient_sync(i == len(batches) - 1)
+            t1 = time.perf_counter()
+            with self._autocast():
+                out = task.compute_loss(b)
+            scaled = out.loss.float() / total
+            if not real:
+                scaled = scaled * 0.0
+            # DDP/FSDP average gradients over ranks; scale back up to a global sum.
+            backprop = scaled * self.world if self.mode != "none" else scaled
+            self._sync()
+            t2 = time.perf_counter()
+            if self.scaler is not None:
+                self.scaler.scale(backprop).backward()
+            else:
+                backprop.backward()
+            self._sync()
+            t3 = time.perf_counter()
+            res.forward_s, res.backward_s = res.forward_s + (t2 - t1), res.backward_s + (t3 - t2)
+            res.loss += float(scaled.detach())
+            if real:
+                res.tokens += out.tokens
+                res.samples += out.samples
+            for k, v in out.metrics.items():
+                res.metrics[k] = res.metrics.get(k, 0.0) + float(v) / self.cfg.grad_accum
+        return res
+
+    def _check_finite(self, step: int, res: StepResult, last_good: Path | None) -> None:
+        """Raise :class:`TrainingDiverged` on a non-finite loss, or a non-finite gradient
+        norm without a loss scaler (the scaler skips such steps itself)."""
+        if not math.isfinite(res.loss) or (self.scaler is None and not math.isfinite(res.grad_norm)):
+            where = f"last good checkpoint: {last_good}" if last_good else "no step checkpoint was written yet"
+            raise TrainingDiverged(
+                f"non-finite {'loss' if not math.isfinite(res.loss) else 'gradient norm'} at step "
+                f"{step} (loss={res.loss}, grad_norm={res.grad_norm}); stopping ({where}). "
+                f"Lower train.lr or set train.max_grad_norm."
+            )
+
+    def _log_step(self, step: int, res: StepResult, bar: Any) -> None:
+        """Every ``log_every`` steps and at the last: a metrics row (rank 0) and
+        TensorBoard scalars; every step: the progress bar."""
+        cfg, ctx = self.cfg, self.ctx
+        if step % cfg.log_every == 0 or step == cfg.max_steps - 1:
+            peak = peak_memory_bytes(self.device)
+            if self.mode != "none":
+                peak = max(D.all_gather_object(peak))
+            dt = res.step_s
+            row = {"loss": res.loss, "lr": res.lr, "grad_norm": res.grad_norm,
+                   "tokens_per_s": res.tokens / dt, "samples_per_s": res.samples / dt,
+                   "step_time_s": dt, "data_time_s": res.data_s,
+                   "time/forward_s": res.forward_s, "time/backward_s": res.backward_s,
+                   "time/optimizer_s": res.optimizer_s,
+                   "peak_mem_bytes": peak, **res.metrics}
+            if self.world > 1:
+                row["world_size"] = self.world
+            if ctx.dist.is_main:
+                ctx.metrics.log(step, row)
+            if self.tb is not None:
+                for k, v in row.items():
+                    self.tb.add_scalar(k, v, step)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{res.loss:.4f}", lr=f"{res.lr:.2e}")
+
+    def _checkpoint_due(self, step: int) -> bool:
+        """A step checkpoint after the last step and every ``checkpoint_every`` steps."""
+        cfg = self.cfg
+        is_last = step == cfg.max_steps - 1
+        return is_last or bool(cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)
+
+    def _summary(self, run: _RunState) -> TrainResult:
+        """The stage's result: loss summary, throughput over the whole run (resumed
+        steps included), memory and parameter counts."""
+        cfg, losses, totals = self.cfg, run.losses, run.totals
         n = len(losses)
         tail = max(1, n // 10)
         metrics = {
@@ -788,23 +884,30 @@ class Trainer:
             metrics["samples_per_s"] = totals["samples"] / totals["seconds"]
         metrics["peak_mem_bytes"] = float(peak_memory_bytes(self.device))
         # Global counts (a DTensor's numel is its full size): for FLOP estimates.
-        metrics["model_params"] = float(sum(p.numel() for p in task.model.parameters()))
+        metrics["model_params"] = float(sum(p.numel() for p in self.task.model.parameters()))
         metrics["trainable_params"] = float(sum(p.numel() for p in self.named_trainable.values()))
         if self.world > 1:
             metrics["world_size"] = float(self.world)
-        return TrainResult(steps=cfg.max_steps, losses=losses, metrics=metrics, resumed_from=resumed,
-                           history=history)
+        return TrainResult(steps=cfg.max_steps, losses=losses, metrics=metrics, resumed_from=run.resumed_from,
+                           history=run.history)
 
-    def _reduce(self, loss: float, tokens: int, samples: int, extra: dict[str, float], *times: float) -> tuple:
-        """Sum loss/tokens/samples over ranks; average task metrics and phase times."""
-        rows = D.all_gather_object((loss, tokens, samples, extra, times))
+    def _reduce(self, res: StepResult) -> StepResult:
+        """Sum loss/tokens/samples over ranks; average task metrics and the data,
+        forward and backward times. Collective; ``grad_norm`` is already global."""
+        times = (res.data_s, res.forward_s, res.backward_s)
+        rows = D.all_gather_object((res.loss, res.tokens, res.samples, res.metrics, times))
         n = len(rows)
         keys = sorted({k for r in rows for k in r[3]})
-        mean_extra = {k: sum(r[3].get(k, 0.0) for r in rows) / n for k in keys}
-        mean_times = tuple(sum(r[4][i] for r in rows) / n for i in range(len(times)))
+        mean_times = [sum(r[4][i] for r in rows) / n for i in range(len(times))]
         # Sum in rank order so that every rank gets the identical float.
-        return (math.fsum(r[0] for r in rows), sum(r[1] for r in rows), sum(r[2] for r in rows),
-                mean_extra, *mean_times)
+        return dataclasses.replace(
+            res,
+            loss=math.fsum(r[0] for r in rows),
+            tokens=sum(r[1] for r in rows),
+            samples=sum(r[2] for r in rows),
+            metrics={k: sum(r[3].get(k, 0.0) for r in rows) / n for k in keys},
+            data_s=mean_times[0], forward_s=mean_times[1], backward_s=mean_times[2],
+        )
 
     def save_final(self, name: str = "final") -> Path:
         """Write the model (``task.save_model``) atomically to ``work_dir/name`` (rank 0).

@@ -155,8 +155,8 @@ def _advantages_op(
         return adv, mean, std, zero
     r = rewards.to(torch.float32).contiguous()
     if impl == "native":
-        adv, mean, std, zero = native.group_advantages(r, group_size, scale, eps)
-        return adv, mean, std, torch.tensor(zero, dtype=torch.float32)
+        adv, mean, std, zero_frac = native.group_advantages(r, group_size, scale, eps)
+        return adv, mean, std, torch.tensor(zero_frac, dtype=torch.float32)
     return _advantages_triton(r, group_size, scale, eps)
 
 

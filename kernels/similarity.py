@@ -207,6 +207,7 @@ def embedding_similarity(
         check_tensor(_OP, "ref", ref, ndim=2, dtypes=FLOAT_DTYPES, device=dev, shape=(None, H))
         table, table_mask = ref, None
     else:
+        assert ref_hidden is not None  # exactly one of ref and ref_hidden (checked above)
         check_tensor(
             _OP, "ref_hidden", ref_hidden, ndim=3, dtypes=FLOAT_DTYPES, device=dev,
             shape=(None, None, H),

@@ -53,7 +53,12 @@ def embedding_similarity(
         (N,) float32 scores in [-1, 1] ([0, 1] with a threshold).
     """
     pooled = masked_mean_pool(hidden, mask)
-    refs = ref.float() if ref is not None else masked_mean_pool(ref_hidden, ref_mask)
+    if ref is not None:
+        refs = ref.float()
+    elif ref_hidden is not None and ref_mask is not None:
+        refs = masked_mean_pool(ref_hidden, ref_mask)
+    else:
+        raise ValueError("similarity reference: give ref (M, H), or ref_hidden (M, Tr, H) with ref_mask (M, Tr)")
     a = F.normalize(pooled, dim=-1)
     b = F.normalize(refs, dim=-1)
     if index is not None:
