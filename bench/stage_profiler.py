@@ -81,13 +81,9 @@ def register(subparsers: Any) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from ftib.core.cli import packaged_recipe
+    from ftib.core.cli import recipe_and_overrides
 
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not Path(config).exists():
-        overrides.insert(0, config)
-        config = None
-    path = Path(config) if config else packaged_recipe()
+    path, overrides = recipe_and_overrides(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("profile") / path.stem
     report = profile(path, overrides, out, stages=args.stages, steps=args.steps, trace=args.trace,
                      peak_tflops=args.peak_tflops)
