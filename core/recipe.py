@@ -110,6 +110,9 @@ class KernelsSpec:
         liger: liger-kernel's Triton kernels on the model instance (fused linear
             cross-entropy, RMSNorm, SwiGLU where the model type has them); needs the
             ``gpu`` extra and a CUDA device, and raises otherwise.
+
+    Its fields are the known ``model.kernels`` options (``ftib.models.bundle.KERNEL_OPTIONS``
+    is derived from them).
     """
 
     liger: bool = False
