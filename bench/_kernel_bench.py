@@ -1,6 +1,7 @@
-"""Helpers shared by the GRPO kernel benchmarks (bench/test_bench_{similarity,advantages,
-grpo_loss}.py): the ``extra_info`` schema (STYLE item 9), device synchronisation and
-peak-memory measurement of one call in a fresh subprocess."""
+"""Helpers shared by the benchmarks (bench/test_bench_*.py) and ``ftib profile``
+(bench/stage_profiler.py): the ``extra_info`` schema (STYLE item 9), the device's name,
+device synchronisation, the process's RSS from ``/proc`` and peak-memory measurement of
+one call in a fresh subprocess."""
 
 from __future__ import annotations
 
@@ -44,11 +45,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def status_bytes(field: str) -> int | None:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM`` ...) in bytes, or
+    ``None`` where the file or the field is missing (not Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    """:func:`status_bytes` in KiB, for the benchmarks that need it: raises where missing."""
+    value = status_bytes(field)
+    if value is None:
+        raise RuntimeError(f"{field} not in /proc/self/status")
+    return value // 1024
 
 
 def reset_peak_rss() -> bool:

@@ -81,13 +81,9 @@ def register(subparsers: Any) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from ftib.core.cli import packaged_recipe
+    from ftib.core.cli import recipe_and_overrides
 
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not Path(config).exists():
-        overrides.insert(0, config)
-        config = None
-    path = Path(config) if config else packaged_recipe()
+    path, overrides = recipe_and_overrides(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("profile") / path.stem
     report = profile(path, overrides, out, stages=args.stages, steps=args.steps, trace=args.trace,
                      peak_tflops=args.peak_tflops)
@@ -105,6 +101,7 @@ def profile(recipe_path: Path, overrides: list[str], out: Path, *, stages: list[
     """Profile the stages of a recipe; write ``profile.json`` and ``profile.png`` to ``out``."""
     import torch
 
+    from ftib.bench._kernel_bench import device_name
     from ftib.core.errors import ConfigError
     from ftib.core.pipeline import package_versions, resolve_device
     from ftib.core.recipe import apply_overrides, read_yaml
@@ -121,7 +118,8 @@ def profile(recipe_path: Path, overrides: list[str], out: Path, *, stages: list[
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(str((raw.get("run") or {}).get("device", "auto")))
     report: dict[str, Any] = {
-        "recipe": str(recipe_path), "overrides": overrides, "steps": steps, "device": _device_name(device),
+        "recipe": str(recipe_path), "overrides": overrides, "steps": steps,
+        "device": device_name(torch.device(device)),
         "versions": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "flop_formula": "6 * model_params * tokens per step (attention ignored); MFU = achieved / peak",
         "stages": {},
@@ -159,6 +157,7 @@ def _stage_recipe(raw: dict, entry: dict, steps: int) -> dict:
 def _profile_stage(raw, entry, sid, out, steps, trace, device, peak_tflops, torch) -> dict[str, Any]:
     import yaml
 
+    from ftib.bench._kernel_bench import device_name, reset_peak_rss, status_bytes
     from ftib.core.pipeline import Pipeline
     from ftib.core.recipe import build_recipe
     from ftib.core.registry import Registry
@@ -172,7 +171,7 @@ def _profile_stage(raw, entry, sid, out, steps, trace, device, peak_tflops, torc
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    rss_reset = _reset_peak_rss()
+    rss_reset = reset_peak_rss()
     prof = None
     if trace:
         acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
@@ -214,7 +213,7 @@ def _profile_stage(raw, entry, sid, out, steps, trace, device, peak_tflops, torc
         result["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated())
         result["peak_mem_source"] = "cuda max_memory_allocated"
     else:
-        hwm = _status_bytes("VmHWM")
+        hwm = status_bytes("VmHWM")
         if rss_reset and hwm is not None:
             result["peak_mem_bytes"], result["peak_mem_source"] = hwm, "VmHWM (reset before the stage)"
         else:
@@ -222,7 +221,7 @@ def _profile_stage(raw, entry, sid, out, steps, trace, device, peak_tflops, torc
             result["peak_mem_source"] = "ru_maxrss (process lifetime)"
     result["mfu"], result["peak_tflops"] = None, None
     if cuda and result["model_params"] and result["tokens_per_s"]:
-        peak = peak_tflops or _peak_tflops(_device_name(device))
+        peak = peak_tflops or _peak_tflops(device_name(torch.device(device)))
         if peak:
             achieved = 6.0 * result["model_params"] * result["tokens_per_s"]
             result["achieved_tflops"] = achieved / 1e12
@@ -232,38 +231,10 @@ def _profile_stage(raw, entry, sid, out, steps, trace, device, peak_tflops, torc
     return result
 
 
-def _device_name(device: str) -> str:
-    import platform
-
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
 def _peak_tflops(name: str) -> float | None:
     for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
         if key in name:
             return PEAK_TFLOPS[key]
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_bytes(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
     return None
 
 

@@ -62,6 +62,17 @@ def packaged_recipe(name: str = DEFAULT_RECIPE) -> Path:
     return path
 
 
+def recipe_and_overrides(config: str | None, overrides: list[str]) -> tuple[Path, list[str]]:
+    """The recipe path and overrides of a ``[config] [KEY=VALUE ...]`` command line
+    (``ftib run``, ``ftib profile``): a first positional that looks like an override and
+    is not a file belongs to the overrides; no recipe means the packaged tiny one."""
+    overrides = list(overrides)
+    if config is not None and "=" in config and not Path(config).exists():
+        overrides.insert(0, config)
+        config = None
+    return (Path(config) if config else packaged_recipe()), overrides
+
+
 def _version() -> str:
     try:
         return metadata.version("ftib")
@@ -73,12 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ftib.core.pipeline import Pipeline
     from ftib.core.recipe import load_recipe
 
-    # A first positional that looks like an override belongs to the overrides.
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not Path(config).exists():
-        overrides.insert(0, config)
-        config = None
-    path = Path(config) if config else packaged_recipe()
+    path, overrides = recipe_and_overrides(args.config, args.overrides)
     recipe = load_recipe(path, overrides)
     _preflight(recipe)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / path.stem

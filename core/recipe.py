@@ -110,6 +110,9 @@ class KernelsSpec:
         liger: liger-kernel's Triton kernels on the model instance (fused linear
             cross-entropy, RMSNorm, SwiGLU where the model type has them); needs the
             ``gpu`` extra and a CUDA device, and raises otherwise.
+
+    Its fields are the known ``model.kernels`` options (``ftib.models.bundle.KERNEL_OPTIONS``
+    is derived from them).
     """
 
     liger: bool = False
@@ -336,6 +339,35 @@ def _entries(raw: Any, section: str) -> list[Mapping[str, Any]]:
     return raw
 
 
+def _entry_head(e: Mapping[str, Any], section: str, link: str, seen: set[str],
+                reserved: tuple[str, ...] = ()) -> tuple[str, str, str]:
+    """``(id, name, where)`` of one ``stages``/``evaluators`` entry, after checking its
+    keys (``name``, ``id``, ``config`` and the section's ``link``: ``from`` or ``after``)
+    and that its id is new (recorded in ``seen``) and not ``reserved``."""
+    name = str(e["name"])
+    ident = str(e.get("id", name))
+    where = f"{section}.{ident}"
+    allowed = ["name", "id", "config", link]
+    for key in e:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: unknown key; {did_you_mean(str(key), allowed)}")
+    if ident in seen or ident in reserved:
+        kind = "stage" if section == "stages" else "evaluator"
+        raise ConfigError(f"{where}: {kind} id {ident!r} is used twice{' or reserved' if reserved else ''}; "
+                          f"give one an 'id'")
+    seen.add(ident)
+    return ident, name, where
+
+
+def _entry_plugin(registry: Registry, group: str, section: str, i: int, name: str) -> Any:
+    """The plugin class an entry names; an unknown name is a :class:`ConfigError` at
+    ``<section>[i].name``."""
+    try:
+        return registry.load(group, name)
+    except PluginError as exc:
+        raise ConfigError(f"{section}[{i}].name: {exc}") from exc
+
+
 def build_recipe(
     raw: Mapping[str, Any], registry: Registry, *, source: Path | None = None
 ) -> Recipe:
@@ -354,19 +386,8 @@ def build_recipe(
     stages: list[StageEntry] = []
     seen: set[str] = set()
     for i, e in enumerate(_entries(raw.get("stages"), "stages")):
-        name = str(e["name"])
-        sid = str(e.get("id", name))
-        where = f"stages.{sid}"
-        for key in e:
-            if key not in ("name", "id", "config", "from"):
-                raise ConfigError(f"{where}.{key}: unknown key; {did_you_mean(str(key), ['name', 'id', 'config', 'from'])}")
-        if sid in seen or sid == BASE_POINT:
-            raise ConfigError(f"{where}: stage id {sid!r} is used twice or reserved; give one an 'id'")
-        seen.add(sid)
-        try:
-            plugin = registry.load(STAGES, name)
-        except PluginError as exc:
-            raise ConfigError(f"stages[{i}].name: {exc}") from exc
+        sid, name, where = _entry_head(e, "stages", "from", seen, reserved=(BASE_POINT,))
+        plugin = _entry_plugin(registry, STAGES, "stages", i, name)
         start_from = e.get("from")
         if start_from is not None:
             start_from = str(start_from)
@@ -381,15 +402,7 @@ def build_recipe(
     evals: list[EvalEntry] = []
     eval_ids: set[str] = set()
     for i, e in enumerate(_entries(raw.get("evaluators"), "evaluators")):
-        name = str(e["name"])
-        eid = str(e.get("id", name))
-        where = f"evaluators.{eid}"
-        for key in e:
-            if key not in ("name", "id", "config", "after"):
-                raise ConfigError(f"{where}.{key}: unknown key; {did_you_mean(str(key), ['name', 'id', 'config', 'after'])}")
-        if eid in eval_ids:
-            raise ConfigError(f"{where}: evaluator id {eid!r} is used twice; give one an 'id'")
-        eval_ids.add(eid)
+        eid, name, where = _entry_head(e, "evaluators", "after", eval_ids)
         after = e.get("after")
         if after is None:
             after = [points[-1]]
@@ -401,10 +414,7 @@ def build_recipe(
         for a in after:
             if a not in points:
                 raise ConfigError(f"{where}.after: {a!r} is not a stage id; {did_you_mean(str(a), points)}")
-        try:
-            plugin = registry.load(EVALUATORS, name)
-        except PluginError as exc:
-            raise ConfigError(f"evaluators[{i}].name: {exc}") from exc
+        plugin = _entry_plugin(registry, EVALUATORS, "evaluators", i, name)
         evals.append(
             EvalEntry(eid, name, plugin, cfg.build(plugin.Config, e.get("config"), where=where), tuple(after))
         )

@@ -497,6 +497,15 @@ WORLD_FILES: dict[str, tuple[Callable[..., datasets.Dataset], str]] = {
 }
 
 
+def world_file(part: str) -> str:
+    """The path of a FTibWorld part (a :data:`WORLD_FILES` name) inside a build."""
+    if part not in WORLD_FILES:
+        from ftib.core.errors import did_you_mean
+
+        raise DataError(f"unknown FTibWorld part {part!r}; {did_you_mean(part, WORLD_FILES)}")
+    return WORLD_FILES[part][1]
+
+
 def load_world(root: Path | str, names: Iterable[str] | None = None, **kw: Any) -> dict[str, datasets.Dataset]:
     """Load (and validate) the parts of a FTibWorld build by name (default: all)."""
     root = Path(root)
@@ -504,12 +513,8 @@ def load_world(root: Path | str, names: Iterable[str] | None = None, **kw: Any) 
         raise DataError(f"{root}: not a FTibWorld build (no world.json); run `ftib data build --out {root}`")
     out = {}
     for name in names or WORLD_FILES:
-        if name not in WORLD_FILES:
-            from ftib.core.errors import did_you_mean
-
-            raise DataError(f"unknown FTibWorld part {name!r}; {did_you_mean(name, WORLD_FILES)}")
-        fn, rel = WORLD_FILES[name]
-        out[name] = fn(root / rel, **kw)
+        rel = world_file(name)
+        out[name] = WORLD_FILES[name][0](root / rel, **kw)
     return out
 
 

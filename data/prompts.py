@@ -72,9 +72,9 @@ def headline_prompt(report: str) -> str:
     return f"{end(lx.WRITE_HEADLINE)}\n{report.strip()}"
 
 
-# The GRPO text tasks (and the SFT warm-up on them): where their records live in a
-# data folder or FTibWorld build.
-TASK_FILES = {"translation": "grpo/translation.jsonl", "headline": "grpo/headlines.jsonl"}
+# The GRPO text tasks (and the SFT warm-up on them): the FTibWorld part (see
+# ftib.data.loaders.WORLD_FILES) holding their records in a data folder or build.
+TASK_PARTS = {"translation": "translation", "headline": "headlines"}
 # (prompt builder field, reference field, target script of the answer)
 TASK_FIELDS = {"translation": ("source", "reference", "han"), "headline": ("report", "headline", "tibetan")}
 
@@ -82,13 +82,14 @@ TASK_FIELDS = {"translation": ("source", "reference", "han"), "headline": ("repo
 def read_prompts(data: str, tasks: tuple[str, ...], max_prompts: int | None = None) -> list[dict[str, Any]]:
     """Prompt records of ``tasks`` from ``data``: ``id, prompt, reference, task, target_scripts``."""
     from ftib.core.errors import FtibError
-    from ftib.data.loaders import load_headlines, load_translation
+    from ftib.data.loaders import load_headlines, load_translation, world_file
     from ftib.data.sources import is_world_spec, resolve
 
     loaders = {"translation": (load_translation, translation_prompt), "headline": (load_headlines, headline_prompt)}
     out = []
     for task in tasks:
-        path = resolve(data, TASK_FILES[task]) if is_world_spec(data) else Path(data) / Path(TASK_FILES[task]).name
+        rel = world_file(TASK_PARTS[task])
+        path = resolve(data, rel) if is_world_spec(data) else Path(data) / Path(rel).name
         load, make_prompt = loaders[task]
         rows = load(path)
         src_key, ref_key, target = TASK_FIELDS[task]

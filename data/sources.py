@@ -96,10 +96,11 @@ def world_encoder_pairs(world: str) -> list[tuple[str, str]]:
     ``world_encoder_pairs`` hook; :func:`ftib.models.reward_encoder.ftibworld_encoder`)."""
     import json
 
+    from ftib.data.loaders import world_file
+
     pairs = []
-    for rel, a, b in (("grpo/translation.jsonl", "source", "reference"),
-                      ("grpo/headlines.jsonl", "headline", "headline_zh")):
-        for line in resolve(world, rel).read_text(encoding="utf-8").splitlines():
+    for part, a, b in (("translation", "source", "reference"), ("headlines", "headline", "headline_zh")):
+        for line in resolve(world, world_file(part)).read_text(encoding="utf-8").splitlines():
             rec = json.loads(line)
             if rec.get(a) and rec.get(b):
                 pairs.append((rec[a], rec[b]))

@@ -26,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from ftib.core.errors import FtibError
+from ftib.core.recipe import KernelsSpec
 from ftib.models.chat import ChatProcessor
 from ftib.models.presets import PRESETS, get_preset, is_preset, looks_like_preset, preset_dir
 
 log = logging.getLogger("ftib.models")
 
 DTYPES = ("float32", "bfloat16", "float16")
-KERNEL_OPTIONS = ("liger",)
+# The recipe's model.kernels options, as the recipe schema declares them (one list).
+KERNEL_OPTIONS = tuple(f.name for f in dataclasses.fields(KernelsSpec))
 GPU_EXTRA = "pip install 'ftib[gpu]'"
 # attn_implementation -> the package it needs (transformers' names).
 _FLASH_PACKAGES = {"flash_attention_2": ("flash_attn", "flash-attn")}
@@ -341,13 +343,13 @@ def _version(dist: str) -> str:
         return "(unknown version)"
 
 
-def bundle_from_context(ctx: Any) -> ModelBundle:
+def bundle_from_context(ctx: Any, *, dtype: str | None = None) -> ModelBundle:
     """The bundle a stage or evaluator starts from: ``ctx.bundle`` when alive, else
     :func:`load_bundle` on ``ctx.model_source`` with the recipe's model options, on
-    ``ctx.device`` in ``ctx.dtype``."""
+    ``ctx.device`` in ``dtype`` (default ``ctx.dtype``; a live bundle keeps its own)."""
     if ctx.bundle is not None:
         return ctx.bundle
-    return load_bundle(ctx.model_source, device=ctx.device, dtype=ctx.dtype, **load_options(ctx))
+    return load_bundle(ctx.model_source, device=ctx.device, dtype=dtype or ctx.dtype, **load_options(ctx))
 
 
 def load_options(ctx: Any) -> dict[str, Any]:

@@ -71,14 +71,14 @@ class AlignStage(Stage):
 
     def run(self, ctx):
         from ftib.core import FtibError
-        from ftib.data.loaders import load_captions
+        from ftib.data.loaders import load_captions, world_file
         from ftib.data.sources import resolve
 
         cfg: AlignConfig = self.config
         bundle = training_bundle(ctx, cfg.trainable)
         if not bundle.multimodal:
             raise FtibError(f"align needs a vision-language model; {ctx.model_source} is text-only")
-        path = resolve(cfg.data, "align/captions.jsonl")
+        path = resolve(cfg.data, world_file("captions"))
         rows = load_captions(path)
         if cfg.max_records is not None:
             rows = rows.select(range(min(cfg.max_records, len(rows))))

@@ -291,14 +291,13 @@ def training_bundle(ctx: Any, trainable: TrainableConfig) -> Any:
     peft's copies included) in ``train.master_weights`` (float32 by default; autocast
     handles bf16 compute): :func:`ftib.core.train.cast_master_weights`.
     """
-    from ftib.models.bundle import load_bundle, load_options
+    from ftib.models.bundle import bundle_from_context
 
-    if ctx.bundle is not None:
-        bundle = ctx.bundle
+    live = ctx.bundle is not None
+    bundle = bundle_from_context(ctx, dtype=ctx.dtype if trainable.mode in ("lora", "none") else "float32")
+    if live:  # the previous stage's model may have been left elsewhere
         bundle.model.to(ctx.device)
-        return bundle
-    dtype = ctx.dtype if trainable.mode in ("lora", "none") else "float32"
-    return load_bundle(ctx.model_source, device=ctx.device, dtype=dtype, **load_options(ctx))
+    return bundle
 
 
 @dataclass

@@ -219,9 +219,10 @@ class CPTStage(Stage):
         bundle = training_bundle(ctx, cfg.trainable)
         model = bundle.model
         tokenizer = bundle.tokenizer
+        from ftib.data.loaders import world_file
         from ftib.data.sources import resolve
 
-        docs = read_documents(tuple(resolve(spec, "cpt/corpus.jsonl") for spec in cfg.data), cfg.max_documents)
+        docs = read_documents(tuple(resolve(spec, world_file("cpt")) for spec in cfg.data), cfg.max_documents)
         new_token_start = None
         if cfg.extend is not None:
             tokenizer, new_token_start = _extend_vocabulary(model, tokenizer, docs, cfg.extend, ctx)

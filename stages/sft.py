@@ -80,13 +80,13 @@ class SFTStage(Stage):
     Config = SFTConfig
 
     def run(self, ctx):
-        from ftib.data.loaders import load_sft
+        from ftib.data.loaders import load_sft, world_file
         from ftib.data.sources import resolve
 
         cfg: SFTConfig = self.config
         bundle = training_bundle(ctx, cfg.trainable)
         if cfg.source == "instructions":
-            path = resolve(cfg.data, "sft/instructions.jsonl")
+            path = resolve(cfg.data, world_file("sft"))
             rows = load_sft(path)
             if cfg.max_records is not None:
                 rows = rows.select(range(min(cfg.max_records, len(rows))))

@@ -12,6 +12,22 @@ import yaml
 
 from ftib.bench.stage_profiler import plot
 
+# plot()'s bar colours per phase and its figure geometry (9 in wide, 1.8 + 0.7 in per stage, 120 dpi).
+COLOURS = {"generation": (0x8c, 0x56, 0x4b), "reward": (0xe3, 0x77, 0xc2), "ref_logps": (0x7f, 0x7f, 0x7f),
+           "data": (0x1f, 0x77, 0xb4), "forward": (0xff, 0x7f, 0x0e), "backward": (0x2c, 0xa0, 0x2c),
+           "optimizer": (0xd6, 0x27, 0x28), "other": (0xbc, 0xbd, 0x22)}
+
+
+def png_pixels(path) -> tuple[tuple[int, int], dict[str, int]]:
+    """The image's (width, height) and, per phase, how many pixels have its bar colour."""
+    from PIL import Image  # noqa: PLC0415
+
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        rgb = im.convert("RGB")
+        counts = {c: n for n, c in rgb.getcolors(maxcolors=rgb.width * rgb.height)}
+        return rgb.size, {k: counts.get(c, 0) for k, c in COLOURS.items()}
+
 
 def test_loop_logs_phase_times_that_fit_in_the_step(tmp_path):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "core"))
@@ -48,7 +64,13 @@ def test_profile_command_writes_json_png_and_trace(tmp_path, monkeypatch):
     assert all(m[k] > 0 for k in ("step", "data", "forward", "backward", "optimizer")), m
     assert s["peak_mem_bytes"] > 0 and s["model_params"] >= s["trainable_params"] > 0
     assert s["mfu"] is None  # CPU: no MFU
-    assert (out / "profile.png").stat().st_size > 0
+    assert s["name"] == "sft" and "grpo_median_s" not in s
+    assert sum(m[k] for k in ("data", "forward", "backward", "optimizer")) <= m["step"] * (1 + 1e-9), m
+    assert s["tokens_per_step"] == pytest.approx(s["tokens_per_s"] * m["step"], rel=0.5)
+    size, pixels = png_pixels(out / "profile.png")
+    assert size == (9 * 120, round((1.8 + 0.7) * 120))  # one stage
+    assert pixels["forward"] > 0 and pixels["backward"] > 0, pixels  # the bar is drawn
+    assert pixels["generation"] == pixels["reward"] == 0, pixels  # no GRPO split for SFT
     trace = json.loads((out / "trace-sft.json").read_text())
     assert any("aten::" in str(e.get("name", "")) for e in trace["traceEvents"])
     bad = subprocess.run([sys.executable, "-m", "ftib.core.cli", "profile", str(recipe), "--stages", "nope",
@@ -60,8 +82,14 @@ def test_plot_splits_grpo_rollout(tmp_path):
     stage = {"tokens_per_s": None, "samples_per_s": 3.0, "peak_mem_bytes": 2**30, "mfu": None,
              "median_s": {"step": 1.0, "data": 0.6, "forward": 0.2, "backward": 0.1, "optimizer": 0.05},
              "grpo_median_s": {"generation": 0.4, "reward": 0.1, "ref_logps": 0.05, "loss_forward": 0.2}}
-    plot({"device": "test", "stages": {"grpo": stage}}, tmp_path / "p.png")
-    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    plot({"device": "test", "stages": {"grpo": stage, "sft": {**stage, "grpo_median_s": {}}}}, tmp_path / "p.png")
+    size, pixels = png_pixels(tmp_path / "p.png")
+    assert size == (9 * 120, round((1.8 + 0.7 * 2) * 120))  # two stages
+    assert all(n > 0 for n in pixels.values()), pixels  # every phase has a bar segment
+    # GRPO's data phase is split: generation (0.4 s) outdraws reward (0.1 s); the SFT
+    # row keeps it whole, so data (0.6 s there, 0.05 s in GRPO) outdraws generation.
+    assert pixels["generation"] > 2 * pixels["reward"], pixels
+    assert pixels["data"] > pixels["generation"], pixels
 
 
 @pytest.mark.parametrize("name,expected", [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),

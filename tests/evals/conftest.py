@@ -27,18 +27,9 @@ class ScriptedGenerator:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def ftib_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Model presets are built into a per-session cache, not the home folder."""
-    import os
-
-    old = os.environ.get("FTIB_CACHE_DIR")
-    path = tmp_path_factory.mktemp("ftib-cache-evals")
-    os.environ["FTIB_CACHE_DIR"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("FTIB_CACHE_DIR", None)
-    else:
-        os.environ["FTIB_CACHE_DIR"] = old
+def _session_cache(ftib_cache):
+    """Model presets are built into the per-session cache (tests/conftest.py)."""
+    return ftib_cache
 
 
 @pytest.fixture(scope="session")
@@ -47,13 +38,9 @@ def scripted() -> type[ScriptedGenerator]:
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny FTibWorld build (FTibBench-mini in the original formats), built once."""
-    from ftib.data.world.build import build_world
-
-    out = tmp_path_factory.mktemp("world") / "w"
-    build_world(out, size="tiny", seed=0)
-    return out
+def world(tiny_world: tuple[Path, dict]) -> Path:
+    """The session's tiny FTibWorld build (tests/conftest.py)."""
+    return tiny_world[0]
 
 
 @pytest.fixture(scope="session")

@@ -187,6 +187,14 @@ def test_records_are_json_serialisable(world, scripted):
     import json
 
     ev = build("mmbench", data=str(world), limit=2)
-    res = ev.run(scripted(lambda t, i: "B"))
-    for r in res.records:
-        json.dumps(r, ensure_ascii=False)
+    items = ev.load()
+    res = ev.run(scripted(lambda t, i: "B"), items=items)
+    assert len(items) == 8  # 2 questions, each in its 4 circular rotations
+    check_records(res, len(items))
+    assert [r["id"] for r in res.records] == [it.id for it in items]
+    for r, it in zip(res.records, items):
+        # A JSON round trip gives back the same record: no tuples, sets, non-string
+        # keys or other values json would change or refuse (records.jsonl is this).
+        assert json.loads(json.dumps(r, ensure_ascii=False)) == r
+        assert r["prediction"] == "B" and r["parsed"] == "B" and r["gold"] == it.gold
+        assert r["correct"] is (it.gold == "B") and r["rule"] == "letter"
