@@ -134,6 +134,7 @@ setup(
             # ``ftib data clean`` is tested in the default suite (datatrove, as the
             # ``clean`` extra below).
             "datatrove>=0.10,<0.11",
+            "orjson>=3.9",  # datatrove's JsonlReader/Writer import it lazily
             # Oracle of the fused GRPO loss / linear CE parity tests (pinned: a newer
             # release may require a newer torch than the pre-installed CPU build).
             "liger-kernel==0.8.5",
@@ -145,9 +146,9 @@ setup(
         # executors (core datatrove needs no torch; its extras are not pulled in: the
         # blocks use orjson/pyarrow, already here through datasets, and SHA-1 hashing
         # so that xxhash<4 from datatrove[processing] is not needed).
-        "clean": ["datatrove>=0.10,<0.11"],
+        "clean": ["datatrove>=0.10,<0.11", "orjson>=3.9"],
         # The same on a Ray cluster (datatrove's RayPipelineExecutor).
-        "clean-ray": ["datatrove>=0.10,<0.11", "ray>=2.9"],
+        "clean-ray": ["datatrove>=0.10,<0.11", "orjson>=3.9", "ray>=2.9"],
     },
     entry_points={
         "console_scripts": ["ftib = ftib.core.cli:main"],
