@@ -144,8 +144,9 @@ setup(
         "gpu": ["liger-kernel>=0.5", "flash-attn>=2.6"],
         # ``ftib data clean``: datatrove's readers, writers, dedup stages and local/Slurm
         # executors (core datatrove needs no torch; its extras are not pulled in: the
-        # blocks use orjson/pyarrow, already here through datasets, and SHA-1 hashing
-        # so that xxhash<4 from datatrove[processing] is not needed).
+        # blocks use pyarrow (already here through datasets), orjson (named here: core
+        # datatrove does not depend on it, but its JSONL reader and writer import it) and
+        # SHA-1 hashing, so that xxhash<4 from datatrove[processing] is not needed).
         "clean": ["datatrove>=0.10,<0.11", "orjson>=3.9"],
         # The same on a Ray cluster (datatrove's RayPipelineExecutor).
         "clean-ray": ["datatrove>=0.10,<0.11", "orjson>=3.9", "ray>=2.9"],
