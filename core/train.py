@@ -24,7 +24,9 @@ the gradient-accumulation bug class fixed in transformers 4.46.
 Resume: a step checkpoint holds the trainable parameters, optimiser, scheduler, RNG
 states (python, numpy, torch, CUDA) and the data position (epoch, offset). Data order is
 a pure function of (seed, epoch), so a resumed run sees exactly the batches an
-uninterrupted one would, and on CPU produces the same losses bit for bit.
+uninterrupted one would, and on CPU produces the same losses to float32 rounding (bit for
+bit in the same process; across processes MKL may round a GEMM differently for buffers
+at other addresses, see tests/core/test_kill_resume.py).
 
 Distributed (``train.distributed: ddp | fsdp2`` under ``torchrun``, see
 :mod:`ftib.core.distributed` and ``docs/distributed.md``): ``batch_size`` stays the
