@@ -1,6 +1,7 @@
 """The evaluators' pixel budget on the Qwen3-VL stand-in (the real processor configs):
-a 1920x1080 photo, the issue's example, is 2,040 image tokens under Qwen3-VL's own budget
-and what the checkpoint's own image processor gives it under ``max_pixels``."""
+a 1920x1080 photo, the issue's example, is 2,040 image tokens under Qwen3-VL's own budget,
+and under ``max_pixels`` what the checkpoint's own image processor gives it. (The full
+generate path is covered on the tiny preset, tests/evals/test_pixel_budget.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from PIL import Image
 
 from ftib.core.config import build
 from ftib.evals.generate import TransformersGenerator
-from ftib.evals.loaders import Item
 from ftib.evals.pope import PopeEvaluator
 from ftib.models.bundle import load_bundle
 
@@ -22,25 +22,7 @@ def qwen3_vl(standin):
     return standin("qwen3-vl")
 
 
-def _tokens_shown(bundle, monkeypatch, **budget) -> tuple[int, dict]:
-    seen: list[int] = []
-    real = bundle.model.generate
-
-    def spy(**kw):
-        seen.append(int((kw["input_ids"] == bundle.chat.image_token_id).sum()))
-        return real(**kw)
-
-    monkeypatch.setattr(bundle.model, "generate", spy)
-    photo = Image.new("RGB", PHOTO, (20, 90, 160))
-    item = Item(id="random/0", question="ཁྱིམ་ཡོད་དམ།", gold="yes", meta={"split": "random"})
-    item.load_image = lambda: photo
-    ev = PopeEvaluator(build(PopeEvaluator.Config, {"max_new_tokens": 1, **budget}, where="evaluators.pope"))
-    result = ev.run(TransformersGenerator(bundle), items=[item])
-    (n,) = seen
-    return n, result.details["pixel_budget"]
-
-
-def _processor_tokens(snapshot, **kwargs) -> int:
+def _checkpoint_tokens(snapshot, **kwargs) -> int:
     """Image tokens of the photo from the checkpoint's own image processor, loaded by
     transformers from the snapshot's ``preprocessor_config.json`` (PIL backend:
     torchvision is not a dependency): ``image_grid_thw`` patches over merge_size**2."""
@@ -51,12 +33,23 @@ def _processor_tokens(snapshot, **kwargs) -> int:
     return int(grid.prod()) // ip.merge_size ** 2
 
 
-def test_full_hd_photo_under_the_processor_budget_and_under_max_pixels(qwen3_vl, monkeypatch):
+@pytest.mark.parametrize("config, size", [
+    ({}, None),
+    ({"max_pixels": RECIPE_MAX_PIXELS}, {"shortest_edge": 65536, "longest_edge": RECIPE_MAX_PIXELS}),
+])
+def test_full_hd_photo_tokens_equal_the_checkpoint_processor(qwen3_vl, config, size):
     bundle = load_bundle(qwen3_vl)
-    n, budget = _tokens_shown(bundle, monkeypatch)
-    assert n == _processor_tokens(qwen3_vl) == 2040  # over align's max_length 2048 with the caption
-    assert budget == {"min_pixels": 65536, "max_pixels": 16777216, "source": "processor"}
-    n, budget = _tokens_shown(bundle, monkeypatch, max_pixels=RECIPE_MAX_PIXELS)
-    assert n == _processor_tokens(qwen3_vl, size={"shortest_edge": 65536, "longest_edge": RECIPE_MAX_PIXELS})
-    assert n * 32 * 32 <= RECIPE_MAX_PIXELS and n < 2040
-    assert budget == {"min_pixels": 65536, "max_pixels": RECIPE_MAX_PIXELS, "source": "config"}
+    ev = PopeEvaluator(build(PopeEvaluator.Config, config, where="evaluators.pope"))
+    gen = TransformersGenerator(bundle)
+    budget = ev.pixel_budget(gen, ev.decoding())
+    chat = gen.chat_for(ev.decoding(), where="pope")
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "ཁྱིམ་ཡོད་དམ།"}]}]
+    ids = chat.encode(turn, [Image.new("RGB", PHOTO, (20, 90, 160))], add_generation_prompt=True)["input_ids"]
+    n = int((ids == chat.image_token_id).sum())
+    if size is None:
+        assert n == _checkpoint_tokens(qwen3_vl) == 2040  # with a caption, over align's max_length 2048
+        assert budget == {"min_pixels": 65536, "max_pixels": 16777216, "source": "processor"}
+    else:
+        assert n == _checkpoint_tokens(qwen3_vl, size=size) < 2040
+        assert n * 32 * 32 <= RECIPE_MAX_PIXELS
+        assert budget == {"min_pixels": 65536, "max_pixels": RECIPE_MAX_PIXELS, "source": "config"}
