@@ -20,13 +20,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from ftib.core.config import path_field
 from ftib.core.interfaces import EvalResult, Evaluator, RunContext
+from ftib.data.loaders import check_pixel_range
 from ftib.evals import extract as ex
 from ftib.evals.generate import Decoding, Generator, TransformersGenerator, generator_from_context
-from ftib.data.loaders import check_pixel_range
 from ftib.evals.loaders import LANGS, Item, check_data, load_items
 from ftib.evals.metrics import rule_shares
 from ftib.models.chat import strip_thinking
@@ -119,7 +119,7 @@ class BenchmarkEvaluator(Evaluator):
         raise NotImplementedError
 
     def decoding(self) -> Decoding:
-        c = self.config
+        c = cast(BenchConfig, self.config)
         return Decoding(max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, do_sample=c.do_sample,
                         temperature=c.temperature, top_p=c.top_p, enable_thinking=c.enable_thinking,
                         min_pixels=c.min_pixels, max_pixels=c.max_pixels)
@@ -197,9 +197,9 @@ class BenchmarkEvaluator(Evaluator):
         evaluator's config) or ``processor`` (the model processor's own). A generator
         that is not a :class:`TransformersGenerator` (scripted, prediction files) only
         has the configured values (``None``: its own)."""
-        c = self.config
-        source = "processor" if c.min_pixels is None and c.max_pixels is None else "config"
-        budget: dict[str, Any] = {"min_pixels": c.min_pixels, "max_pixels": c.max_pixels, "source": source}
+        lo, hi = decoding.min_pixels, decoding.max_pixels
+        source = "processor" if lo is None and hi is None else "config"
+        budget: dict[str, Any] = {"min_pixels": lo, "max_pixels": hi, "source": source}
         if isinstance(generator, TransformersGenerator):
             # Raises ConfigError naming <bench>.min_pixels / max_pixels before any work.
             effective = generator.pixel_budget(decoding, where=self.bench)

@@ -70,7 +70,8 @@ from ftib.core.registry import REWARDS, Registry
 from ftib.core.train import LossOutput, ParamGroup, TrainConfig, Trainer
 from ftib.models.reward_encoder import resolve_encoder
 from ftib.data.prompts import read_prompts
-from ftib.stages.common import TrainableConfig, check_drop_share, check_dropped, save_model_dir, select_trainable, trainable_parameter_count, training_bundle
+from ftib.stages.common import (TrainableConfig, check_drop_share, check_dropped, save_model_dir, select_trainable,
+                                trainable_parameter_count, training_bundle)
 
 
 
