@@ -80,7 +80,8 @@ TASK_FIELDS = {"translation": ("source", "reference", "han"), "headline": ("repo
 
 
 def read_prompts(data: str, tasks: tuple[str, ...], max_prompts: int | None = None) -> list[dict[str, Any]]:
-    """Prompt records of ``tasks`` from ``data``: ``id, prompt, reference, task, target_scripts``."""
+    """Prompt records of ``tasks`` from ``data``: ``id, prompt, reference, task,
+    target_scripts`` and ``source`` (the file, for messages)."""
     from ftib.core.errors import FtibError
     from ftib.data.loaders import load_headlines, load_translation, world_file
     from ftib.data.sources import is_world_spec, resolve
@@ -97,7 +98,7 @@ def read_prompts(data: str, tasks: tuple[str, ...], max_prompts: int | None = No
         for r in rows.select(range(n)):
             prompt = r.get("prompt") or make_prompt(r[src_key])
             out.append({"id": r["id"], "prompt": prompt, "reference": r[ref_key], "task": task,
-                        "target_scripts": [target]})
+                        "target_scripts": [target], "source": str(path)})
     if not out:
         raise FtibError(f"no prompts found in {data} for tasks {tasks}")
     return out

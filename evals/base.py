@@ -20,10 +20,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from ftib.core.config import path_field
 from ftib.core.interfaces import EvalResult, Evaluator, RunContext
+from ftib.data.loaders import check_pixel_range
 from ftib.evals import extract as ex
 from ftib.evals.generate import Decoding, Generator, TransformersGenerator, generator_from_context
 from ftib.evals.loaders import LANGS, Item, check_data, load_items
@@ -61,6 +62,12 @@ class BenchConfig:
         lang: ``bo`` (Tibetan) or ``zh`` (Chinese): which copy of FTibBench-mini a
             FTibWorld ``data`` reads, and the language of the answering instruction
             in the prompt (:mod:`ftib.data.prompts`).
+        min_pixels, max_pixels: the images' pixel budget (Qwen's names, as the ``align``
+            and ``sft`` stages; :mod:`ftib.models.pixels`): each image is resized, aspect
+            kept, to an area in this range, so it becomes area / (patch * merge)**2 image
+            tokens. ``None``: the model processor's own (Qwen3-VL: up to 16.7 MP, ~16k
+            tokens). A budget below one patch grid is a config error. The budget in
+            effect is recorded in the result's ``details["pixel_budget"]``.
     """
 
     data: str = "ftibworld"
@@ -75,9 +82,12 @@ class BenchConfig:
     top_p: float = 1.0
     enable_thinking: bool | None = False
     lang: str = "bo"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
 
     def __post_init__(self) -> None:
         check_data(self.data)
+        check_pixel_range(self.min_pixels, self.max_pixels)
         if self.lang not in LANGS:
             raise ValueError(f"lang must be one of {', '.join(LANGS)}, got {self.lang!r}")
         if self.limit is not None and self.limit < 1:
@@ -109,9 +119,10 @@ class BenchmarkEvaluator(Evaluator):
         raise NotImplementedError
 
     def decoding(self) -> Decoding:
-        c = self.config
+        c = cast(BenchConfig, self.config)
         return Decoding(max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, do_sample=c.do_sample,
-                        temperature=c.temperature, top_p=c.top_p, enable_thinking=c.enable_thinking)
+                        temperature=c.temperature, top_p=c.top_p, enable_thinking=c.enable_thinking,
+                        min_pixels=c.min_pixels, max_pixels=c.max_pixels)
 
     def allowed(self, item: Item) -> Mapping[str, str]:
         if self.answer_kind == "choice":
@@ -162,7 +173,8 @@ class BenchmarkEvaluator(Evaluator):
         """Generate a reply per item with ``generator``, then :meth:`score`."""
         items = self.load() if items is None else list(items)
         decoding = self.decoding()
-        log.info("%s: %d items, %s", self.bench, len(items), decoding.as_dict())
+        budget = self.pixel_budget(generator, decoding)
+        log.info("%s: %d items, %s, pixel budget %s", self.bench, len(items), decoding.as_dict(), budget)
         # Images are decoded a few batches at a time, not all at once (real MMBench has
         # thousands of rows).
         chunk = decoding.batch_size * CHUNK_BATCHES
@@ -175,8 +187,25 @@ class BenchmarkEvaluator(Evaluator):
             replies += got
         result = self.score(items, replies, judge)
         result.details["decoding"] = decoding.as_dict()
+        result.details["pixel_budget"] = budget
         result.details["judge"] = self.config.judge_model
         return result
+
+    def pixel_budget(self, generator: Generator, decoding: Decoding) -> dict[str, Any]:
+        """The images' budget for the record, checked before any generation:
+        ``{"min_pixels", "max_pixels", "source"}`` with ``source`` ``config`` (set in the
+        evaluator's config) or ``processor`` (the model processor's own). A generator
+        that is not a :class:`TransformersGenerator` (scripted, prediction files) only
+        has the configured values (``None``: its own)."""
+        lo, hi = decoding.min_pixels, decoding.max_pixels
+        source = "processor" if lo is None and hi is None else "config"
+        budget: dict[str, Any] = {"min_pixels": lo, "max_pixels": hi, "source": source}
+        if isinstance(generator, TransformersGenerator):
+            # Raises ConfigError naming <bench>.min_pixels / max_pixels before any work.
+            effective = generator.pixel_budget(decoding, where=self.bench)
+            if effective is not None:
+                budget.update(min_pixels=effective[0], max_pixels=effective[1])
+        return budget
 
     def make_judge(self, ctx: RunContext) -> ex.Judge | None:
         if self.config.judge_model is None:

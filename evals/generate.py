@@ -32,6 +32,8 @@ class Decoding:
         temperature, top_p: only used when sampling.
         batch_size: prompts per ``generate`` call (left-padded).
         enable_thinking: passed to the model's chat template (``None``: its default).
+        min_pixels, max_pixels: pixel budget of the prompts' images (Qwen's names, see
+            :mod:`ftib.models.pixels`); ``None``: the model processor's own.
     """
 
     max_new_tokens: int = 16
@@ -40,6 +42,8 @@ class Decoding:
     top_p: float = 1.0
     batch_size: int = 8
     enable_thinking: bool | None = False
+    min_pixels: int | None = None
+    max_pixels: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,7 +64,8 @@ class TransformersGenerator:
     """A :class:`Generator` over an :class:`ftib.models.ModelBundle`.
 
     Each prompt becomes one user turn (an image part first when there is an image), is
-    encoded by the bundle's ``ChatProcessor`` with the generation prompt, and batches are
+    encoded by the bundle's ``ChatProcessor`` (under the decoding's pixel budget,
+    :meth:`chat_for`) with the generation prompt, and batches are
     left-padded for ``model.generate``, which stops on every eos id of the model's
     generation config (:meth:`~ftib.models.chat.ChatProcessor.stop_ids`). The reply is
     the decoded new tokens, special tokens dropped, stripped; a think block stays in it
@@ -69,6 +74,30 @@ class TransformersGenerator:
 
     def __init__(self, bundle: Any) -> None:
         self.bundle = bundle
+        self._budgeted: dict[tuple[int | None, int | None], Any] = {}
+
+    def chat_for(self, decoding: Decoding, *, where: str = "evaluator") -> Any:
+        """The bundle's ``ChatProcessor`` under ``decoding``'s pixel budget
+        (:func:`ftib.models.pixels.with_pixel_budget`; the bundle's own is unchanged).
+
+        Raises:
+            ConfigError: naming ``where.min_pixels``/``where.max_pixels``: a budget below
+                one patch grid, min above max, or a budget for a text-only model.
+        """
+        key = (decoding.min_pixels, decoding.max_pixels)
+        if key not in self._budgeted:
+            from ftib.models.pixels import with_pixel_budget
+
+            self._budgeted[key] = with_pixel_budget(self.bundle.chat, *key, where=where)
+        return self._budgeted[key]
+
+    def pixel_budget(self, decoding: Decoding, *, where: str = "evaluator") -> tuple[int, int] | None:
+        """(min_pixels, max_pixels) the images are resized into under ``decoding``, or
+        ``None`` for a text-only model."""
+        from ftib.models.pixels import processor_budget
+
+        ip = self.chat_for(decoding, where=where).image_processor
+        return None if ip is None else processor_budget(ip)
 
     def _messages(self, text: str, image: Any) -> list[dict[str, Any]]:
         content: list[dict[str, Any]] = []
@@ -91,7 +120,7 @@ class TransformersGenerator:
     def _generate(self, prompts: Sequence[Prompt], decoding: Decoding) -> list[str]:
         import torch
 
-        chat = self.bundle.chat
+        chat = self.chat_for(decoding)
         model = self.bundle.model
         device = next(model.parameters()).device
         out: list[str] = []

@@ -25,7 +25,7 @@ from typing import Literal
 
 from ftib.core import Stage
 from ftib.core.train import TrainConfig
-from ftib.stages.common import TrainableConfig, train_chat_stage, training_bundle
+from ftib.stages.common import TrainableConfig, check_drop_share, train_chat_stage, training_bundle
 
 
 def describe_prompt() -> str:
@@ -60,8 +60,7 @@ class AlignConfig:
         from ftib.data.loaders import check_pixel_range
 
         check_pixel_range(self.min_pixels, self.max_pixels)
-        if not 0.0 <= self.max_drop_share <= 1.0:
-            raise ValueError(f"max_drop_share must lie in [0, 1], got {self.max_drop_share}")
+        check_drop_share(self.max_drop_share)
 
 
 class AlignStage(Stage):

@@ -352,6 +352,39 @@ class LabelledLMTask:
         self._save(out_dir)
 
 
+def check_drop_share(max_drop_share: float) -> None:
+    """Config-time check of ``max_drop_share`` (a share in [0, 1]); shared by every
+    stage with an ``overflow: drop`` policy."""
+    if not 0.0 <= max_drop_share <= 1.0:
+        raise ValueError(f"max_drop_share must lie in [0, 1], got {max_drop_share}")
+
+
+def check_dropped(dropped: list[str], total: int, *, what: str, limit: str, max_drop_share: float,
+                  logger: Any, hint: str) -> None:
+    """Nothing dropped silently: warn with the count and the first five ``dropped``
+    labels (source file and id), or stop when their share of ``total`` is above
+    ``max_drop_share`` (a budget too small for the data must not silently shrink it).
+
+    Args:
+        dropped: one label per dropped item, e.g. ``"data/sft.jsonl (id r3) (70 tokens)"``.
+        total: items before dropping.
+        what: plural noun for the messages (``conversations``, ``prompts``).
+        limit: the budget they exceed, as ``key=value``.
+        hint: how to fix it, appended to the error.
+
+    Raises:
+        FtibError: more than ``max_drop_share`` of ``total`` dropped, naming the first ones.
+    """
+    if not dropped:
+        return
+    share = len(dropped) / max(1, total)
+    head = "; ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else "")
+    if share > max_drop_share:
+        raise FtibError(f"{len(dropped)} of {total} {what} ({share:.1%}) exceed {limit}, more than "
+                        f"max_drop_share={max_drop_share:.1%}: {head}; {hint}")
+    logger.warning("dropped %d of %d %s over %s: %s", len(dropped), total, what, limit, head)
+
+
 class ChatTask(LabelledLMTask):
     """The loop's view of a chat-formatted stage (Align, SFT): loss on assistant tokens.
 
@@ -411,15 +444,8 @@ class ChatTask(LabelledLMTask):
                 self.stats["no_assistant_tokens"] += 1
                 continue
             self.samples.append(ChatSample(full))
-        if dropped:
-            share = len(dropped) / max(1, len(records))
-            head = "; ".join(dropped[:5])
-            if share > max_drop_share:
-                raise FtibError(f"{len(dropped)} of {len(records)} conversations ({share:.1%}) exceed "
-                                f"max_length={max_length}, more than max_drop_share={max_drop_share:.1%}: {head}"
-                                f"{' ...' if len(dropped) > 5 else ''}; raise max_length or lower max_pixels")
-            logger.warning("dropped %d of %d conversations over max_length=%d: %s%s", len(dropped), len(records),
-                           max_length, head, " ..." if len(dropped) > 5 else "")
+        check_dropped(dropped, len(records), what="conversations", limit=f"max_length={max_length}",
+                      max_drop_share=max_drop_share, logger=logger, hint="raise max_length or lower max_pixels")
         if not self.samples:
             raise FtibError(f"no usable training conversations ({self.stats})")
         logger.info("conversations: %s", self.stats)

@@ -70,7 +70,8 @@ from ftib.core.registry import REWARDS, Registry
 from ftib.core.train import LossOutput, ParamGroup, TrainConfig, Trainer
 from ftib.models.reward_encoder import resolve_encoder
 from ftib.data.prompts import read_prompts
-from ftib.stages.common import TrainableConfig, save_model_dir, select_trainable, trainable_parameter_count, training_bundle
+from ftib.stages.common import (TrainableConfig, check_drop_share, check_dropped, save_model_dir, select_trainable,
+                                trainable_parameter_count, training_bundle)
 
 
 
@@ -103,7 +104,18 @@ class GRPOConfig:
             loop that prefills each prompt once for its G completions, drops finished
             rows and samples the nucleus without sorting the vocabulary) or
             ``transformers`` (``model.generate``). Both sample the same distribution.
-        max_prompt_length: prompts longer than this (tokens) are dropped and counted.
+        max_prompt_length: token limit of a prompt (its chat encoding with the
+            generation prompt).
+        overflow: what a longer prompt gets: ``error`` (stop, naming its file and id) or
+            ``drop`` (counted in ``prompts_dropped``, warned with the first ids). There is
+            no ``truncate``: cutting a prompt would cut the question (left-cutting, as
+            older TRL did, also cuts the chat template's opening), and TRL 1.16's
+            GRPOConfig has no ``max_prompt_length`` at all (deprecated in GRPOTrainer,
+            huggingface/trl#4300, then removed; TRL's advice, e.g. DPOConfig's
+            deprecation in #4969, is to filter overlong prompts out of the data):
+            ``drop`` is that filter, counted.
+        max_drop_share: more than this share of dropped prompts is an error naming them
+            (default 1%, as the chat stages).
         enable_thinking: passed to the model's chat template for the prompts (``False``:
             Qwen3's empty think block closes the prompt, the model answers directly;
             ``None``: the template's default). Rewards always score the answer after
@@ -139,6 +151,8 @@ class GRPOConfig:
     top_k: int = 0
     sampler: Literal["ftib", "transformers"] = "ftib"
     max_prompt_length: int = 256
+    overflow: Literal["error", "drop"] = "drop"
+    max_drop_share: float = 0.01
     enable_thinking: bool | None = False
     rewards: tuple[RewardSpec, ...] = field(default_factory=_default_rewards)
     beta: float = 0.0
@@ -176,6 +190,7 @@ class GRPOConfig:
             raise ValueError("temperature must be > 0, top_p in (0, 1] and top_k >= 0")
         if not self.rewards:
             raise ValueError("rewards: configure at least one reward")
+        check_drop_share(self.max_drop_share)
         from ftib.kernels.grpo_loss import check_objective
 
         # TRL's rejections (unknown loss type / level) and warnings (odd combinations).
@@ -649,14 +664,27 @@ def _context_length(model: torch.nn.Module) -> int | None:
     return int(n) if n else None
 
 
-def _fitting_prompts(prompts: list[dict[str, Any]], chat, max_len: int, *, enable_thinking: bool | None = False
+def _fitting_prompts(prompts: list[dict[str, Any]], chat, cfg: GRPOConfig, logger: Any
                      ) -> tuple[list[dict[str, Any]], list[str]]:
-    """The prompts whose chat encoding has at most ``max_len`` tokens, and the ids of the others."""
+    """The prompts whose chat encoding has at most ``cfg.max_prompt_length`` tokens, and
+    labels (file, id, length) of the others, under ``cfg.overflow``: ``error`` stops at
+    the first longer prompt; ``drop`` warns about the dropped ones and stops past
+    ``cfg.max_drop_share`` (:func:`~ftib.stages.common.check_dropped`, as the chat stages)."""
     keep, dropped = [], []
+    limit = f"max_prompt_length={cfg.max_prompt_length}"
     for p in prompts:
         n = chat.encode([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True,
-                        enable_thinking=enable_thinking)["input_ids"].numel()
-        (keep if n <= max_len else dropped).append(p if n <= max_len else p["id"])
+                        enable_thinking=cfg.enable_thinking)["input_ids"].numel()
+        if n <= cfg.max_prompt_length:
+            keep.append(p)
+            continue
+        label = f"{p['source']} (id {p['id']}) ({n} tokens)"
+        if cfg.overflow == "error":
+            raise FtibError(f"{label} exceed {limit} (overflow: error; raise max_prompt_length, shorten the "
+                            "prompt or set overflow: drop)")
+        dropped.append(label)
+    check_dropped(dropped, len(prompts), what="prompts", limit=limit, max_drop_share=cfg.max_drop_share,
+                  logger=logger, hint="raise max_prompt_length or shorten the data")
     return keep, dropped
 
 
@@ -674,10 +702,7 @@ class GRPOStage(Stage):
                             f"exceeds the model's context of {context} tokens (max_position_embeddings); "
                             "lower one of them")
         prompts, dropped = _fitting_prompts(read_prompts(cfg.data, cfg.tasks, cfg.max_prompts), bundle.chat,
-                                            cfg.max_prompt_length, enable_thinking=cfg.enable_thinking)
-        if dropped:
-            ctx.logger.warning("dropped %d of %d prompts longer than max_prompt_length=%d tokens (first: %s)",
-                               len(dropped), len(dropped) + len(prompts), cfg.max_prompt_length, dropped[0])
+                                            cfg, ctx.logger)
         if not prompts:
             raise FtibError(f"every prompt has more than max_prompt_length={cfg.max_prompt_length} tokens; "
                             "raise it or shorten the data")
@@ -702,6 +727,7 @@ class GRPOStage(Stage):
         mine = [r for r in result.history if "reward_mean" in r]
         metrics = dict(result.metrics)
         metrics["prompts_dropped"] = float(len(dropped))
+        metrics["prompts_total"] = float(len(dropped) + len(prompts))
         # First vs last 20% of the steps, overall and (several tasks) per task.
         for name, key in [("reward", "reward_mean")] + [(f"reward_{t}", f"reward/task_{t}_mean")
                                                         for t in cfg.tasks if len(cfg.tasks) > 1]:

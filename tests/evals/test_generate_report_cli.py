@@ -99,7 +99,9 @@ def test_ftib_eval_cli(world, tmp_path, capsys):
     for bench in ("mmbench", "pope", "mme"):
         doc = json.loads((ev / f"{bench}.json").read_text(encoding="utf-8"))
         assert doc["details"]["decoding"] == {"max_new_tokens": 4, "do_sample": False, "temperature": 1.0,
-                                              "top_p": 1.0, "batch_size": 8, "enable_thinking": False}
+                                              "top_p": 1.0, "batch_size": 8, "enable_thinking": False,
+                                              "min_pixels": None, "max_pixels": None}
+        assert doc["details"]["pixel_budget"] == {"min_pixels": 4096, "max_pixels": 4096, "source": "processor"}
         lines = (ev / f"{bench}.records.jsonl").read_text(encoding="utf-8").splitlines()
         assert len(lines) == doc["details"]["items"]
         assert {"id", "prediction", "parsed", "gold", "correct", "rule"} <= set(json.loads(lines[0]))

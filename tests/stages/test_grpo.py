@@ -133,7 +133,7 @@ def test_semantic_reward_with_the_ftibworld_encoder(tmp_path):
         ({"num_iterations": 0}, ConfigError, "num_iterations must be >= 1"),
         ({"rewards": [{"name": "semantc"}]}, ConfigError, "did you mean 'semantic'"),
         ({"rewards": [{"name": "language", "config": {"scripts": ["klingon"]}}]}, ConfigError, "scripts"),
-        ({"max_prompt_length": 4}, FtibError, "more than max_prompt_length=4"),
+        ({"max_prompt_length": 4}, FtibError, r"exceed max_prompt_length=4, more than max_drop_share=1\.0%"),
         ({"rewards": [{"name": "semantic", "config": {"model": "/no/such/encoder"}}]}, ConfigError,
          "does not exist"),
     ],
@@ -161,11 +161,13 @@ def test_prompt_and_completion_longer_than_the_context(tmp_path):
 
 
 def test_long_prompts_are_dropped_and_counted(tmp_path):
-    """Translation prompts have 44-66 tokens: those over 60 are dropped, counted, logged."""
-    rec, _ = run_grpo(tmp_path, {"data": "ftibworld:tiny", "max_prompt_length": 60, "group_size": 2,
-                                 "max_new_tokens": 4, "rewards": LANG_ONLY, "train": {"max_steps": 1, "batch_size": 2}})
+    """Translation prompts have 44-66 tokens: those over 60 are dropped, counted, logged
+    (more than the default max_drop_share of 1%, so it is raised here)."""
+    rec, _ = run_grpo(tmp_path, {"data": "ftibworld:tiny", "max_prompt_length": 60, "max_drop_share": 1.0,
+                                 "group_size": 2, "max_new_tokens": 4, "rewards": LANG_ONLY,
+                                 "train": {"max_steps": 1, "batch_size": 2}})
     assert rec["status"] == "completed"
-    assert 0 < rec["metrics"]["prompts_dropped"] < 160
+    assert 0 < rec["metrics"]["prompts_dropped"] < rec["metrics"]["prompts_total"] == 160
 
 
 def test_infinite_reward_is_an_error(tmp_path, monkeypatch):
