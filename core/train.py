@@ -199,6 +199,11 @@ class TrainTask(Protocol):
     # through ``model(...)`` (FSDP2 unshards parameters in the root module's forward
     # hook); ``train.distributed: fsdp2`` is then refused instead of failing mid-step.
     #
+    # Optional: ``collate_times``: names of the task's ``time/*`` metrics (seconds, summed
+    # over the step's micro-batches) that its ``collate`` spent (GRPO's rollout phases);
+    # ``data_time_s`` excludes them, so that ``step_time_s`` = ``data_time_s`` + those +
+    # ``time/forward_s`` + ``time/backward_s`` + ``time/optimizer_s`` (+ bookkeeping).
+    #
     # Optional: ``after_step(step, metrics, history) -> StepCheck`` is called on every
     # rank after each optimiser step, before its metrics row is logged and before its
     # step checkpoint: ``metrics`` are the step's (reduced) task metrics, ``history`` the
@@ -828,7 +833,10 @@ class Trainer:
             batches = self._micro_batches(samples, run.cursor)
         t_data = time.perf_counter() - t0
         res = self._forward_backward(step, batches)
-        res.data_s = t_data
+        # What the task's collate spent on phases it times itself (GRPO: generation,
+        # rewards, reference log-probs) is not data time: each is reported on its own.
+        inside = sum(res.metrics.get(k, 0.0) for k in getattr(self.task, "collate_times", ()))
+        res.data_s = max(0.0, t_data - inside)
         t4 = time.perf_counter()
         if self.mode == "ddp":
             D.all_reduce_gradients(params)
@@ -892,7 +900,9 @@ class Trainer:
                 res.tokens += out.tokens
                 res.samples += out.samples
             for k, v in out.metrics.items():
-                res.metrics[k] = res.metrics.get(k, 0.0) + float(v) / self.cfg.grad_accum
+                # Seconds (``time/*``) add up to the step's; other metrics are step means.
+                share = 1.0 if k.startswith("time/") else 1.0 / self.cfg.grad_accum
+                res.metrics[k] = res.metrics.get(k, 0.0) + float(v) * share
         return res
 
     def _check_finite(self, step: int, res: StepResult, last_good: Path | None) -> None:

@@ -46,11 +46,14 @@ Logged per step: reward mean/std overall and per reward (over the scored complet
 the share of unscorable completions (``reward_unscorable``, per reward
 ``reward/<name>_unscorable``), the share of zero-std groups, KL, the loss type's clip
 fractions (or cispo's clip ratio / vespo's mean phi), completion length mean/max, the
-share of completions in the target language, and the time of generation, rewards,
-reference log-probs and the loss forward. The rollout runs in the loop's ``collate``,
-under the training autocast, so the loop's ``data_time_s`` holds generation + rewards +
-reference log-probs; ``step_time_s`` ≈ ``data_time_s`` + ``time/forward_s`` +
-``time/backward_s`` + ``time/optimizer_s``.
+share of completions in the target language, the monitors' values
+(:mod:`ftib.stages.grpo_monitors`), and the time of generation, rewards, reference
+log-probs and the loss forward (seconds summed over the step's micro-batches). The
+rollout runs in the loop's ``collate``, under the training autocast; those three phases
+are the task's ``collate_times``, so the loop's ``data_time_s`` is only drawing and
+encoding prompts and ``step_time_s`` ≈ ``data_time_s`` + ``time/generation_s`` +
+``time/reward_s`` + ``time/ref_logps_s`` + ``time/forward_s`` + ``time/backward_s`` +
+``time/optimizer_s``.
 """
 
 from __future__ import annotations
@@ -473,6 +476,8 @@ class _GRPOTask:
     # The loss runs the decoder and lm_head weight directly (not ``model(...)``), which
     # FSDP2's root hooks cannot see; distributed GRPO uses ddp (rollouts per rank).
     supports_fsdp2 = False
+    # Phases timed inside collate (the rollout): reported apart from the loop's data time.
+    collate_times = _ROLLOUT_TIMES
 
     def __init__(self, stage_cfg: GRPOConfig, model, groups: list[ParamGroup], chat, prompts, rewards: _Rewards,
                  ref_model, save, logger, monitors: Monitors) -> None:

@@ -195,3 +195,18 @@ def test_monitors_off_by_none():
                                     "monitors": {"kl_max": None, "clip_max": None}}, where="grpo")
     m = Monitors(cfg.monitors, beta=0.1, reward_names=["language"], heldout=None, logger=logging.getLogger("t"))
     assert not m.on["kl"] and not m.on["clip"] and not m.on["mixed_language"] and m.on["length"]
+
+
+def test_time_breakdown_adds_up_to_the_step_time(tmp_path):
+    """Generation, rewards and reference log-probs run in the loop's collate but are not
+    data time: with two micro-batches (phase times summed over them) the phases add up to
+    the step time, up to the loop's bookkeeping."""
+    _, rows = run_grpo(tmp_path, {
+        "data": "ftibworld:tiny", "group_size": 2, "max_new_tokens": 4, "beta": 0.04,
+        "rewards": [{"name": "language", "config": {"mode": "fraction", "scripts": ["han"]}}],
+        "train": {"max_steps": 2, "batch_size": 2, "grad_accum": 2}})
+    for r in rows:
+        phases = (r["data_time_s"] + r["time/generation_s"] + r["time/reward_s"] + r["time/ref_logps_s"]
+                  + r["time/forward_s"] + r["time/backward_s"] + r["time/optimizer_s"])
+        assert r["time/ref_logps_s"] > 0 and r["data_time_s"] < r["time/generation_s"], r
+        assert phases <= r["step_time_s"] * 1.001 and phases >= 0.9 * r["step_time_s"], (phases, r["step_time_s"])
