@@ -59,6 +59,7 @@ from typing import Any, Literal
 
 import torch
 
+from ftib.core.errors import FtibError
 from ftib.core.train import StepCheck
 
 MONITORS = ("mixed_language", "length", "heldout", "entropy", "kl", "zero_std", "clip")
@@ -155,7 +156,7 @@ def split_heldout(prompts: list[dict[str, Any]], n: int) -> tuple[list[dict[str,
     if n == 0:
         return prompts, []
     if n >= len(prompts):
-        raise ValueError(f"monitors.heldout_prompts={n} would hold out all {len(prompts)} prompts; lower it")
+        raise FtibError(f"monitors.heldout_prompts={n} would hold out all {len(prompts)} prompts; lower it")
     idx = {i * len(prompts) // n for i in range(n)}
     return [p for i, p in enumerate(prompts) if i not in idx], [p for i, p in enumerate(prompts) if i in idx]
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from ftib.core import ConfigError, build_config
+from ftib.core import ConfigError, FtibError, build_config
 from ftib.core.pipeline import Pipeline
 from ftib.core.recipe import load_recipe
 from ftib.core.train import safe_load
@@ -82,7 +82,7 @@ def test_heldout_prompts_are_not_trained_on():
     train, held = split_heldout(pool, 3)
     assert [p["id"] for p in held] == ["0", "3", "6"] and len(train) == 7
     assert not {p["id"] for p in train} & {p["id"] for p in held}
-    with pytest.raises(ValueError, match="heldout_prompts=10 would hold out all 10"):
+    with pytest.raises(FtibError, match="heldout_prompts=10 would hold out all 10"):
         split_heldout(pool, 10)
 
 
