@@ -749,7 +749,8 @@ class GRPOStage(Stage):
         metrics["prompts_dropped"] = float(len(dropped))
         metrics.update(alarm_counts(result.history))
         if result.stopped is not None:
-            metrics.update(end_at_last_good(trainer, result.stopped, start, ctx.work_dir, ctx.logger))
+            metrics.update(end_at_last_good(trainer, result.stopped, cfg.monitors.patience, start, ctx.work_dir,
+                                            ctx.logger))
         # First vs last 20% of the steps, overall and (several tasks) per task.
         for name, key in [("reward", "reward_mean")] + [(f"reward_{t}", f"reward/task_{t}_mean")
                                                         for t in cfg.tasks if len(cfg.tasks) > 1]:

@@ -39,9 +39,13 @@ value crosses the threshold (``monitor/<name>_alarm`` 1, else 0, logged every st
 on); it *fires* when it has been over for ``patience`` consecutive steps. On firing,
 ``on_alarm: warn`` logs a warning (once per streak) and training goes on; ``on_alarm:
 stop`` ends the stage after that step: no checkpoint of it is written, the model is set
-back to the last good step checkpoint (the newest one written before the firing step;
-the stage's starting weights if none was) and saved as the stage's output, and
-``monitor_stop.json`` in the stage directory names the monitor, the step and why.
+back to the last good step checkpoint and saved as the stage's output, and
+``monitor_stop.json`` in the stage directory names the monitor, the step and why. The
+last good checkpoint is the newest one whose weights no over-threshold step measured:
+the checkpoint after step k holds the weights step k+1 rolls out with, so for a streak
+that fired at step s it is the newest at step <= s - patience - 1 (the stage's starting
+weights, kept in memory for this, if there is none on disk; keep ``train.checkpoint_every``
+small and ``keep_checkpoints`` >= 2).
 
 Every number is computed from the step's own metrics and the earlier steps' rows (the
 loop's history, restored on resume), so a resumed run alarms exactly where an
@@ -397,20 +401,44 @@ def alarm_counts(history: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def end_at_last_good(trainer: Any, stopped: Any, start_state: dict[str, torch.Tensor] | None, work_dir: Path,
-                     logger: Any) -> dict[str, float]:
+def last_good_checkpoint(steps_dir: Path, stop_step: int, patience: int) -> Path | None:
+    """The newest intact step checkpoint whose weights no over-threshold step measured.
+
+    A checkpoint written after step k holds the weights that step k+1 rolls out with;
+    the streak that fired at ``stop_step`` began at ``stop_step - patience + 1``, whose
+    rollouts came from checkpoint ``stop_step - patience``: the last good one is therefore
+    the newest at step <= ``stop_step - patience - 1`` (conservative for ``heldout``,
+    which measures the weights after its step). ``None`` if there is none on disk."""
+    from ftib.core.train import verify_step_checkpoint
+
+    limit = stop_step - patience - 1
+    found = []
+    for d in Path(steps_dir).glob("step-*") if Path(steps_dir).is_dir() else ():
+        try:
+            k = int(d.name.split("-", 1)[1])
+        except ValueError:
+            continue
+        if k <= limit and verify_step_checkpoint(d) is None:
+            found.append((k, d))
+    return max(found)[1] if found else None
+
+
+def end_at_last_good(trainer: Any, stopped: Any, patience: int, start_state: dict[str, torch.Tensor] | None,
+                     work_dir: Path, logger: Any) -> dict[str, float]:
     """After a monitor stopped the loop (``stopped``: the trainer's
     :class:`~ftib.core.train.EarlyStop`): set the trainable weights back to the last good
-    step checkpoint, or to ``start_state`` (the stage's starting weights) when none was
-    written, write ``monitor_stop.json`` and return the stage metrics that record it."""
-    if stopped.last_good is not None:
-        trainer.load_trainable(stopped.last_good)
-        where = str(stopped.last_good)
+    step checkpoint (:func:`last_good_checkpoint`), or to ``start_state`` (the stage's
+    starting weights) when there is none, write ``monitor_stop.json`` and return the
+    stage metrics that record it."""
+    good = last_good_checkpoint(trainer.steps_dir, stopped.step, patience)
+    if good is not None:
+        trainer.load_trainable(good)
+        where = str(good)
     else:
         if start_state is None:
-            raise RuntimeError("end_at_last_good: no step checkpoint and no starting state")
+            raise RuntimeError("end_at_last_good: no good step checkpoint and no starting state")
         trainer.load_trainable(start_state)
-        where = "the stage's starting weights (no step checkpoint was written before the alarm)"
+        where = "the stage's starting weights (no good step checkpoint: none written before the alarm's streak)"
     logger.warning("%s; the stage's output is %s", stopped.reason, where)
     record = {"reason": stopped.reason, "step": stopped.step, "output_weights": where}
     (Path(work_dir) / "monitor_stop.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

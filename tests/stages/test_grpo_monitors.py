@@ -136,35 +136,52 @@ def test_length_collapse_alarms():
     assert stop is not None and "length" in stop and "step 2" in stop
 
 
-@pytest.mark.parametrize("checkpoint_every", [1, 0])
-def test_stop_ends_the_stage_at_the_last_good_checkpoint(tmp_path, checkpoint_every):
-    """on_alarm: stop: the length alarm at step 1 ends the stage after that step; its
-    output holds the weights of step 0's checkpoint (or, with no step checkpoint, the
-    starting weights), and monitor_stop.json names the monitor and the step."""
-    rec, rows = run_grpo(tmp_path, {
-        **BASE, "rewards": [PAYS_FOR_LENGTH],
-        "monitors": {"on_alarm": "stop", "length_ratio_max": 2.0},
-        "train": {**BASE["train"], "max_steps": 4, "checkpoint_every": checkpoint_every}}, model="ftibworld-base")
-    assert rec["status"] == "completed"
-    assert [r["step"] for r in rows] == [0, 1]
-    assert rec["metrics"]["monitor_stop_step"] == 1.0 and rec["metrics"]["steps"] == 2.0
-    stage_dir = tmp_path / "run" / "stages" / "grpo"
-    stop = json.loads((stage_dir / "monitor_stop.json").read_text())
-    assert stop["step"] == 1 and "GRPO monitor length alarm at step 1" in stop["reason"]
-    final = load_file(stage_dir / "final" / "model.safetensors")
-    steps = sorted(p.name for p in (stage_dir / "steps").iterdir()) if (stage_dir / "steps").exists() else []
-    if checkpoint_every:
-        assert steps == ["step-000000"]  # the alarming step's checkpoint is not written
-        good = safe_load(stage_dir / "steps" / "step-000000" / "trainable.pt")
-    else:
-        assert steps == []
-        from ftib.models.presets import SHIPPED
-
-        good = load_file(SHIPPED["ftibworld-base"] / "model.safetensors")
+def _assert_weights_equal(final_dir, good):
+    final = load_file(final_dir / "model.safetensors")
     common = [k for k in good if k in final]
     assert len(common) > 10
     for k in common:
         torch.testing.assert_close(final[k].float(), good[k].float(), rtol=0, atol=0, msg=k)
+
+
+def test_stop_ends_the_stage_at_the_last_good_checkpoint(tmp_path):
+    """on_alarm: stop, KL rising under a large lr (0 at step 0, then over 0.3 from step 2):
+    the alarm at step 2 ends the stage after that step. Step 2's rollouts came from the
+    weights of step 1's checkpoint, so the last good one is step 0's: the stage's output
+    holds its weights, and monitor_stop.json names the monitor and the step."""
+    rec, rows = run_grpo(tmp_path, {
+        "data": "ftibworld:tiny", "group_size": 4, "max_new_tokens": 8, "beta": 0.04,
+        "rewards": [{"name": "length", "config": {"min_chars": 0, "max_chars": 1, "slack": 40}}],
+        "monitors": {"on_alarm": "stop", "kl_max": 0.3},
+        "train": {"max_steps": 6, "batch_size": 4, "lr": 2.0e-2, "schedule": "constant", "checkpoint_every": 1}})
+    assert rec["status"] == "completed"
+    assert [r["step"] for r in rows] == [0, 1, 2] and rows[1]["kl"] < 0.3 < rows[2]["kl"]
+    assert rec["metrics"]["monitor_stop_step"] == 2.0 and rec["metrics"]["steps"] == 3.0
+    stage_dir = tmp_path / "run" / "stages" / "grpo"
+    stop = json.loads((stage_dir / "monitor_stop.json").read_text())
+    assert stop["step"] == 2 and "GRPO monitor kl alarm at step 2" in stop["reason"]
+    assert stop["output_weights"].endswith("step-000000")
+    # the alarming step's checkpoint is not written
+    assert sorted(p.name for p in (stage_dir / "steps").iterdir()) == ["step-000000", "step-000001"]
+    _assert_weights_equal(stage_dir / "final", safe_load(stage_dir / "steps" / "step-000000" / "trainable.pt"))
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 0])
+def test_stop_before_any_good_checkpoint_ends_at_the_starting_weights(tmp_path, checkpoint_every):
+    """The length alarm fires at step 1 (ftibworld-base, a reward that pays for length):
+    step 0's checkpoint, if written, holds the weights that rolled out step 1, so the
+    output is the stage's starting weights either way."""
+    rec, rows = run_grpo(tmp_path, {
+        **BASE, "rewards": [PAYS_FOR_LENGTH],
+        "monitors": {"on_alarm": "stop", "length_ratio_max": 2.0},
+        "train": {**BASE["train"], "max_steps": 4, "checkpoint_every": checkpoint_every}}, model="ftibworld-base")
+    assert [r["step"] for r in rows] == [0, 1] and rec["metrics"]["monitor_stop_step"] == 1.0
+    stage_dir = tmp_path / "run" / "stages" / "grpo"
+    stop = json.loads((stage_dir / "monitor_stop.json").read_text())
+    assert "GRPO monitor length alarm at step 1" in stop["reason"] and "starting weights" in stop["output_weights"]
+    from ftib.models.presets import SHIPPED
+
+    _assert_weights_equal(stage_dir / "final", load_file(SHIPPED["ftibworld-base"] / "model.safetensors"))
 
 
 @pytest.mark.parametrize("monitors, match", [
