@@ -227,3 +227,34 @@ def test_time_breakdown_adds_up_to_the_step_time(tmp_path):
                   + r["time/forward_s"] + r["time/backward_s"] + r["time/optimizer_s"])
         assert r["time/ref_logps_s"] > 0 and r["data_time_s"] < r["time/generation_s"], r
         assert phases <= r["step_time_s"] * 1.001 and phases >= 0.9 * r["step_time_s"], (phases, r["step_time_s"])
+
+
+def test_a_resumed_run_monitors_as_an_uninterrupted_one(tmp_path, caplog):
+    """The monitors read only the step's metrics and the loop's history (restored from
+    the step checkpoint): re-running an interrupted stage from step 0's checkpoint logs
+    the same monitor values and alarms for steps 1 and 2 (held-out start included)."""
+    config = {**BASE, "rewards": [PAYS_FOR_LENGTH, SHORT_IS_SIMILAR],
+              "monitors": {"semantic_reward": "length", "heldout_prompts": 4, "heldout_every": 2,
+                           "length_ratio_max": 2.0},
+              "train": {**BASE["train"], "checkpoint_every": 1, "keep_checkpoints": 3}}
+    _, rows = run_grpo(tmp_path, config, model="ftibworld-base")
+    run = tmp_path / "run"
+    # Interrupt it after step 0: its later checkpoints and output gone, the stage "running".
+    import shutil
+
+    for d in ("step-000001", "step-000002"):
+        shutil.rmtree(run / "stages" / "grpo" / "steps" / d)
+    shutil.rmtree(run / "stages" / "grpo" / "final")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["grpo"]["status"] = "running"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.INFO, logger="ftib.train"):
+        Pipeline(load_recipe(tmp_path / "run.yaml"), run, progress=False).run()
+    assert "resuming at step 1 of 3" in caplog.text
+    resumed = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in resumed if "reward_mean" in r]
+    assert [r["step"] for r in resumed] == [0, 1, 2]
+    for a, b in zip(rows[1:], resumed[1:]):
+        mon = {k: v for k, v in a.items() if k.startswith("monitor/")}
+        assert mon and mon == {k: v for k, v in b.items() if k.startswith("monitor/")}, (a["step"], mon)
+    assert resumed[1]["monitor/heldout_alarm"] == rows[1]["monitor/heldout_alarm"] == 1.0
