@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,6 +292,7 @@ class Monitors:
         """The monitors' values for this step, which of them are over their thresholds,
         and the stop reason if one fires under ``on_alarm: stop`` (the loop's hook)."""
         c = self.cfg
+        t0 = time.perf_counter()
         out: dict[str, float] = {}
         over: dict[str, str] = {}  # monitor -> why
         rows = [r for r in history if "reward_mean" in r]  # this stage's earlier steps
@@ -348,6 +350,8 @@ class Monitors:
                 flag("heldout", sim, bad, why)
 
         out["monitor/alarms"] = float(len(over))
+        # After the step, outside step_time_s (the held-out evaluation is most of it).
+        out["monitor/time_s"] = time.perf_counter() - t0
         fired = [m for m in MONITORS if m in over and self._streak(m, history) + 1 >= c.patience]
         for m in fired:
             if self._streak(m, history) + 1 == c.patience:  # once per streak
