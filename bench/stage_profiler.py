@@ -7,8 +7,8 @@ packaged tiny recipe), each stage on its own from the recipe's model, through th
 normal pipeline and shared loop, and writes to ``--out`` (default ``profile/<recipe>``):
 
 * ``profile.json`` — per stage: tokens/s and samples/s, the median step time split into
-  data (batch assembly; for GRPO this is the rollout: generation, rewards and reference
-  log-probs, listed separately), forward, backward and optimiser (``time/*_s`` metrics
+  data (batch assembly; for GRPO the rollout's generation, rewards and reference
+  log-probs are phases of their own, not data time), forward, backward and optimiser (``time/*_s`` metrics
   of :class:`ftib.core.train.Trainer`), peak memory, parameter counts and, on CUDA, MFU;
 * ``profile.png`` — the breakdown as stacked bars, throughput in the labels;
 * with ``--trace``, ``trace-<stage>.json``: a ``torch.profiler`` Chrome trace of the
@@ -239,8 +239,8 @@ def _peak_tflops(name: str) -> float | None:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Stacked bars of the median step time per stage (GRPO's data phase split into
-    generation / reward / reference log-probs), throughput and peak memory as labels."""
+    """Stacked bars of the median step time per stage (GRPO's rollout phases generation /
+    reward / reference log-probs beside data), throughput and peak memory as labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,12 +255,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
         m = s["median_s"]
         parts: list[tuple[str, float]] = []
         g = s.get("grpo_median_s", {})
-        data = m["data"] or 0.0
         for k in ("generation", "reward", "ref_logps"):
             if g.get(k) is not None:
                 parts.append((k, g[k]))
-                data -= g[k]
-        parts.append(("data", max(0.0, data)))
+        # data_time_s already excludes the GRPO rollout phases (the task's collate_times).
+        parts.append(("data", m["data"] or 0.0))
         for k in ("forward", "backward", "optimizer"):
             parts.append((k, m[k] or 0.0))
         parts.append(("other", max(0.0, (m["step"] or 0.0) - sum(v for _, v in parts))))

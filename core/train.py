@@ -200,6 +200,43 @@ class TrainTask(Protocol):
     # Optional: ``supports_fsdp2 = False`` on a task whose loss does not run the model
     # through ``model(...)`` (FSDP2 unshards parameters in the root module's forward
     # hook); ``train.distributed: fsdp2`` is then refused instead of failing mid-step.
+    #
+    # Optional: ``collate_times``: names of the task's ``time/*`` metrics (seconds, summed
+    # over the step's micro-batches) that its ``collate`` spent (GRPO's rollout phases);
+    # ``data_time_s`` excludes them, so that ``step_time_s`` = ``data_time_s`` + those +
+    # ``time/forward_s`` + ``time/backward_s`` + ``time/optimizer_s`` (+ bookkeeping).
+    #
+    # Optional: ``after_step(step, metrics, history) -> StepCheck`` is called on every
+    # rank after each optimiser step, before its metrics row is logged and before its
+    # step checkpoint: ``metrics`` are the step's (reduced) task metrics, ``history`` the
+    # rows of the earlier steps (resumed ones included). The returned metrics join the
+    # row; a ``stop`` reason ends the loop after this step without checkpointing it (see
+    # :class:`EarlyStop`). Rank 0's answer is the one every rank follows.
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """What a task's optional ``after_step`` hook returns: extra metrics for the step's
+    row, and a reason to stop the loop after this step (``None``: go on)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    stop: str | None = None
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """The loop ended before ``max_steps`` because the task asked it to.
+
+    Attributes:
+        step: the step after which the task asked to stop (its checkpoint is not written).
+        reason: the task's message.
+        last_good: the newest step checkpoint written before ``step`` (``None``: none
+            was, the stage's starting weights are the last good ones).
+    """
+
+    step: int
+    reason: str
+    last_good: Path | None
 
 
 @dataclass
@@ -211,6 +248,8 @@ class TrainResult:
     #: one dict per optimiser step (all steps, resumed ones included): ``loss`` and
     #: the task's step-averaged metrics; restored from the step checkpoint on resume.
     history: list[dict[str, float]] = field(default_factory=list)
+    #: set when the task's ``after_step`` stopped the loop early.
+    stopped: EarlyStop | None = None
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -416,6 +455,7 @@ class _RunState:
     history: list[dict[str, float]] = field(default_factory=list)
     totals: dict[str, float] = field(default_factory=lambda: {"tokens": 0, "samples": 0, "seconds": 0.0})
     last_good: Path | None = None
+    stopped: EarlyStop | None = None
 
     def record(self, res: StepResult) -> None:
         self.losses.append(res.loss)
@@ -620,15 +660,7 @@ class Trainer:
                     f"step checkpoint {path} holds full (ddp/single-process) tensors; resuming it under "
                     f"fsdp2 is not supported: resume with train.distributed: ddp"
                 )
-            weights = safe_load(path / "trainable.pt")
-            if not isinstance(weights, dict):
-                raise RunDirError(f"{path / 'trainable.pt'}: expected a mapping of parameter names to tensors")
-            missing = set(self.named_trainable) - set(weights)
-            if missing:
-                raise RunDirError(f"step checkpoint {path} lacks parameters {sorted(missing)[:5]}")
-            with torch.no_grad():
-                for n, p in self.named_trainable.items():
-                    p.copy_(weights[n].to(p.device))
+            self.load_trainable(path)
             self._apply(path / "optimizer.pt", self.optimizer.load_state_dict)
         self._apply(path / "scheduler.pt", self.scheduler.load_state_dict)
         if self.scaler is not None and (path / "scaler.pt").exists():
@@ -675,7 +707,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _autocast(self):
+    def autocast(self):
+        """The training autocast context (a no-op in fp32): rollouts, reference
+        log-probs, losses and the ``after_step`` hook all run under it."""
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
 
@@ -719,8 +753,13 @@ class Trainer:
         try:
             for step in range(run.start, cfg.max_steps):
                 res = self._step(step, samples, run, params)
+                check = self._after_step(step, res, run.history)
                 run.record(res)
                 self._log_step(step, res, bar)
+                if check.stop is not None:
+                    run.stopped = EarlyStop(step=step, reason=check.stop, last_good=run.last_good)
+                    log.warning("stopping after step %d: %s", step, check.stop)
+                    break
                 if self._checkpoint_due(step):
                     run.last_good = self._save_step(step, run.cursor, run.losses, run.history, run.totals)
         finally:
@@ -729,6 +768,44 @@ class Trainer:
             if self.tb is not None:
                 self.tb.close()
         return self._summary(run)
+
+    def _after_step(self, step: int, res: StepResult, history: list[dict[str, float]]) -> StepCheck:
+        """The task's ``after_step`` verdict on this step (rank 0's on every rank); its
+        metrics are merged into ``res.metrics``."""
+        hook = getattr(self.task, "after_step", None)
+        if hook is None:
+            return StepCheck()
+        with self.autocast():
+            check = hook(step, dict(res.metrics), history)
+        if self.mode != "none":
+            check = D.broadcast_object(check)
+        res.metrics.update(check.metrics)
+        return check
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the trainable parameters (what a step checkpoint's
+        ``trainable.pt`` holds), e.g. to return to the starting weights later."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.named_trainable.items()}
+
+    def load_trainable(self, source: Path | dict[str, torch.Tensor]) -> None:
+        """Set the trainable parameters from a step checkpoint directory (its
+        ``trainable.pt``, loaded safely) or from a :meth:`trainable_state` mapping; the
+        optimiser state is left alone (for ending a stage at earlier weights)."""
+        if isinstance(source, dict):
+            weights, where = source, "the saved trainable state"
+        else:
+            path = Path(source)
+            if (path / "dcp").is_dir():
+                raise RunDirError(f"{path}: an fsdp2 step checkpoint; load_trainable reads trainable.pt only")
+            weights, where = safe_load(path / "trainable.pt"), str(path / "trainable.pt")
+        if not isinstance(weights, dict):
+            raise RunDirError(f"{where}: expected a mapping of parameter names to tensors")
+        missing = set(self.named_trainable) - set(weights)
+        if missing:
+            raise RunDirError(f"{where} lacks parameters {sorted(missing)[:5]}")
+        with torch.no_grad():
+            for n, p in self.named_trainable.items():
+                p.copy_(weights[n].to(p.device))
 
     def _start(self, n_samples: int) -> _RunState:
         """The loop's state at its first step: fresh, or restored from ``ctx.resume_from``."""
@@ -754,11 +831,14 @@ class Trainer:
         t0 = time.perf_counter()
         # Under the training autocast too: a task whose batches come from the model
         # (GRPO's rollouts, reference log-probs) computes them in the training dtype.
-        with self._autocast():
+        with self.autocast():
             batches = self._micro_batches(samples, run.cursor)
         t_data = time.perf_counter() - t0
         res = self._forward_backward(step, batches)
-        res.data_s = t_data
+        # What the task's collate spent on phases it times itself (GRPO: generation,
+        # rewards, reference log-probs) is not data time: each is reported on its own.
+        inside = sum(res.metrics.get(k, 0.0) for k in getattr(self.task, "collate_times", ()))
+        res.data_s = max(0.0, t_data - inside)
         t4 = time.perf_counter()
         if self.mode == "ddp":
             D.all_reduce_gradients(params)
@@ -801,7 +881,7 @@ class Trainer:
                 # The model was wrapped by D.shard_model (fully_shard) in __init__.
                 cast("FSDPModule", task.model).set_requires_gradient_sync(i == len(batches) - 1)
             t1 = time.perf_counter()
-            with self._autocast():
+            with self.autocast():
                 out = task.compute_loss(b)
             scaled = out.loss.float() / total
             if not real:
@@ -822,7 +902,9 @@ class Trainer:
                 res.tokens += out.tokens
                 res.samples += out.samples
             for k, v in out.metrics.items():
-                res.metrics[k] = res.metrics.get(k, 0.0) + float(v) / self.cfg.grad_accum
+                # Seconds (``time/*``) add up to the step's; other metrics are step means.
+                share = 1.0 if k.startswith("time/") else 1.0 / self.cfg.grad_accum
+                res.metrics[k] = res.metrics.get(k, 0.0) + float(v) * share
         return res
 
     def _check_finite(self, step: int, res: StepResult, last_good: Path | None) -> None:
@@ -879,7 +961,7 @@ class Trainer:
             "first_loss": losses[0],
             "loss_first_10pct": sum(losses[:tail]) / tail,
             "loss_last_10pct": sum(losses[-tail:]) / tail,
-            "steps": float(cfg.max_steps),
+            "steps": float(cfg.max_steps if run.stopped is None else run.stopped.step + 1),
         }
         if totals["seconds"] > 0:
             metrics["tokens_per_s"] = totals["tokens"] / totals["seconds"]
@@ -890,8 +972,8 @@ class Trainer:
         metrics["trainable_params"] = float(sum(p.numel() for p in self.named_trainable.values()))
         if self.world > 1:
             metrics["world_size"] = float(self.world)
-        return TrainResult(steps=cfg.max_steps, losses=losses, metrics=metrics, resumed_from=run.resumed_from,
-                           history=run.history)
+        return TrainResult(steps=int(metrics["steps"]), losses=losses, metrics=metrics,
+                           resumed_from=run.resumed_from, history=run.history, stopped=run.stopped)
 
     def _reduce(self, res: StepResult) -> StepResult:
         """Sum loss/tokens/samples over ranks; average task metrics and the data,

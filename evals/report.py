@@ -243,6 +243,12 @@ def _stage_table(manifest: Mapping[str, Any]) -> list[str]:
         if "grounding_gap" in m:
             before = f"{_fmt(m['grounding_gap_before'])} → " if "grounding_gap_before" in m else ""
             other.append(f"image-grounding gap {before}{_fmt(m['grounding_gap'])}")
+        alarms = {k[len("monitor_"):-len("_alarm_steps")]: v for k, v in m.items()
+                  if k.startswith("monitor_") and k.endswith("_alarm_steps") and v}
+        if alarms:  # GRPO monitors (ftib.stages.grpo_monitors): steps over threshold
+            other.append("monitor alarms (steps) " + ", ".join(f"{k} {_fmt(v)}" for k, v in alarms.items()))
+        if "monitor_stop_step" in m:
+            other.append(f"stopped by a monitor after step {_fmt(m['monitor_stop_step'])}")
         for k in ("tokens_per_s", "trainable_params"):
             if k in m:
                 other.append(f"{k.replace('_', ' ')} {_fmt(m[k])}")
@@ -330,8 +336,18 @@ def run_markdown(run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The GRPO monitors' curves (metrics.jsonl keys) and the alarm each one's steps are
+# flagged by (``monitor/<alarm>_alarm``); see ftib.stages.grpo_monitors.
+MONITOR_CURVES = {
+    "monitor/mixed_language_share": "mixed_language", "monitor/length_ratio": "length",
+    "monitor/heldout_similarity": "heldout", "monitor/entropy_ratio": "entropy", "kl": "kl",
+    "zero_std_groups": "zero_std", "clip_ratio_region": "clip", "cispo_clip_ratio": "clip",
+}
+
+
 def plot_training(run_dir: Path, out: Path) -> Path | None:
-    """Loss of every stage per step (and GRPO's mean reward) from ``metrics.jsonl``."""
+    """Loss of every stage per step (and GRPO's mean reward and monitor curves, alarm
+    steps marked) from ``metrics.jsonl``."""
     rows = _training_rows(run_dir)
     if not rows:
         return None
@@ -342,13 +358,21 @@ def plot_training(run_dir: Path, out: Path) -> Path | None:
 
     panels = [(stage, "loss") for stage in rows] + [
         (stage, "reward_mean") for stage, rs in rows.items() if any("reward_mean" in r for r in rs)]
+    # GRPO monitor curves, for stages that logged monitors, with their alarm steps marked.
+    panels += [(stage, key) for stage, rs in rows.items() if any("monitor/alarms" in r for r in rs)
+               for key in MONITOR_CURVES if any(key in r for r in rs)]
     cols = min(len(panels), 4)
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), squeeze=False)
     for ax, (stage, key) in zip(axes.flat, panels):
         pts = [(r["step"], r[key]) for r in rows[stage] if isinstance(r.get(key), (int, float))]
         if pts:
-            ax.plot(*zip(*pts), lw=1)
+            ax.plot(*zip(*pts), lw=1, marker="." if len(pts) < 3 else None)
+        alarm = MONITOR_CURVES.get(key)
+        hits = [(r["step"], r[key]) for r in rows[stage]
+                if alarm and r.get(f"monitor/{alarm}_alarm") == 1.0 and isinstance(r.get(key), (int, float))]
+        if hits:
+            ax.scatter(*zip(*hits), color="red", marker="x", s=16, zorder=3, label="alarm")
         ax.set_title(f"{stage}: {key}", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)

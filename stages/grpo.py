@@ -46,11 +46,14 @@ Logged per step: reward mean/std overall and per reward (over the scored complet
 the share of unscorable completions (``reward_unscorable``, per reward
 ``reward/<name>_unscorable``), the share of zero-std groups, KL, the loss type's clip
 fractions (or cispo's clip ratio / vespo's mean phi), completion length mean/max, the
-share of completions in the target language, and the time of generation, rewards,
-reference log-probs and the loss forward. The rollout runs in the loop's ``collate``,
-under the training autocast, so the loop's ``data_time_s`` holds generation + rewards +
-reference log-probs; ``step_time_s`` ≈ ``data_time_s`` + ``time/forward_s`` +
-``time/backward_s`` + ``time/optimizer_s``.
+share of completions in the target language, the monitors' values
+(:mod:`ftib.stages.grpo_monitors`), and the time of generation, rewards, reference
+log-probs and the loss forward (seconds summed over the step's micro-batches). The
+rollout runs in the loop's ``collate``, under the training autocast; those three phases
+are the task's ``collate_times``, so the loop's ``data_time_s`` is only drawing and
+encoding prompts and ``step_time_s`` ≈ ``data_time_s`` + ``time/generation_s`` +
+``time/reward_s`` + ``time/ref_logps_s`` + ``time/forward_s`` + ``time/backward_s`` +
+``time/optimizer_s``.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ from ftib.models.reward_encoder import resolve_encoder
 from ftib.data.prompts import read_prompts
 from ftib.stages.common import (TrainableConfig, check_drop_share, check_dropped, save_model_dir, select_trainable,
                                 trainable_parameter_count, training_bundle)
+from ftib.stages.grpo_monitors import (HeldOut, Monitors, MonitorsConfig, alarm_counts, end_at_last_good,
+                                       greedy_similarity, split_heldout)
 
 
 
@@ -138,6 +143,8 @@ class GRPOConfig:
         kernel_impl: implementation of the advantage and loss kernels (``auto`` picks by
             device and logs it; ``reference`` runs the eager references).
         trainable: full or LoRA.
+        monitors: thresholds and ``on_alarm`` of the reward-hacking and drift monitors
+            (:mod:`ftib.stages.grpo_monitors`).
         train: the shared loop; ``batch_size`` is the number of prompts per micro-batch.
     """
 
@@ -172,6 +179,7 @@ class GRPOConfig:
     scale_rewards: Literal["group", "batch", "none"] = "group"
     kernel_impl: Literal["auto", "reference"] = "auto"
     trainable: TrainableConfig = TrainableConfig(mode="full")
+    monitors: MonitorsConfig = MonitorsConfig()
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, batch_size=4, max_grad_norm=1.0))
 
     def __post_init__(self) -> None:
@@ -203,6 +211,10 @@ class GRPOConfig:
             build_config(cls.Config, spec.config, where=f"rewards[{i}].config")
             if not math.isfinite(spec.weight):
                 raise ValueError(f"rewards[{i}].weight must be finite")
+        try:
+            self.monitors.check_rewards([spec.name for spec in self.rewards])
+        except ValueError as exc:
+            raise ValueError(f"monitors.{exc}") from None
 
 
 @dataclass
@@ -249,8 +261,10 @@ class _Rewards:
                 reward.bind(device)
             self.terms.append((spec.name, spec.weight, reward))
 
-    def __call__(self, prompts, completions, references, metadata) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted sum of the rewards (N,) float32 and their metrics. A reward may return
+    def __call__(self, prompts, completions, references, metadata
+                 ) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
+        """Weighted sum of the rewards (N,) float32, their metrics and each term's own (N,)
+        values (for the monitors). A reward may return
         NaN for a completion it cannot score; as in TRL 1.16 (grpo_trainer.py lines
         2755-2768) the sum skips NaN terms and a completion no reward could score is NaN
         (its advantage is then 0). +-inf is an error."""
@@ -258,6 +272,7 @@ class _Rewards:
         total = torch.zeros(n, dtype=torch.float32)
         scored = torch.zeros(n, dtype=torch.bool)
         metrics: dict[str, float] = {}
+        per_term: dict[str, torch.Tensor] = {}
         for name, weight, reward in self.terms:
             r = reward(prompts, completions, references, metadata).float().cpu()
             if r.shape != total.shape:
@@ -267,6 +282,7 @@ class _Rewards:
                 raise FtibError(f"reward {name!r} returned {bad} infinite value(s); fix the reward or its inputs "
                                 "(NaN marks a completion it cannot score)")
             ok = ~torch.isnan(r)
+            per_term[name] = r
             scored |= ok
             total += torch.where(ok, weight * r, 0.0)
             metrics[f"reward/{name}_mean"] = float(r[ok].mean()) if ok.any() else float("nan")
@@ -274,7 +290,7 @@ class _Rewards:
             metrics[f"reward/{name}_unscorable"] = float((~ok).float().mean())
         total[~scored] = float("nan")
         metrics["reward_unscorable"] = float((~scored).float().mean())
-        return total, metrics
+        return total, metrics, per_term
 
 
 def completion_mask(ids: torch.Tensor, stop_ids: set[int], pad_id: int) -> torch.Tensor:
@@ -476,9 +492,12 @@ class _GRPOTask:
     # The loss runs the decoder and lm_head weight directly (not ``model(...)``), which
     # FSDP2's root hooks cannot see; distributed GRPO uses ddp (rollouts per rank).
     supports_fsdp2 = False
+    # Phases timed inside collate (the rollout): reported apart from the loop's data time.
+    collate_times = _ROLLOUT_TIMES
 
     def __init__(self, stage_cfg: GRPOConfig, model, groups: list[ParamGroup], chat, prompts, rewards: _Rewards,
-                 ref_model, save, logger) -> None:
+                 ref_model, save, logger, monitors: Monitors) -> None:
+        self.monitors = monitors
         self.cfg, self.model, self._groups, self.chat = stage_cfg, model, groups, chat
         self.prompts, self.rewards, self.ref_model, self._save, self.log = prompts, rewards, ref_model, save, logger
         tok = chat.tokenizer
@@ -571,7 +590,7 @@ class _GRPOTask:
         texts = [answer for answer, _ in split]  # what the rewards score: the answer, no think block
         rep = [it for it in items for _ in range(G)]
         t1 = time.perf_counter()
-        rewards, rmetrics = self.rewards([r["prompt"] for r in rep], texts, [r["reference"] for r in rep],
+        rewards, rmetrics, per_term = self.rewards([r["prompt"] for r in rep], texts, [r["reference"] for r in rep],
                                          [{"target_scripts": r["target_scripts"], "task": r["task"]} for r in rep])
         t_rew = time.perf_counter() - t1
         adv = group_advantages(rewards.to(device), G, scale=cfg.scale_rewards, impl=self.adv_impl)
@@ -581,7 +600,8 @@ class _GRPOTask:
             ref = self._ref_logps(batch["input_ids"], batch["attention_mask"], comp, cmask)
         t_ref = time.perf_counter() - t2
         lengths = cmask.sum(1).float()
-        in_lang = [script_share(t, r["target_scripts"]) >= 0.5 for t, r in zip(texts, rep)]
+        shares = [script_share(t, r["target_scripts"]) for t, r in zip(texts, rep)]
+        in_lang = [s >= 0.5 for s in shares]
         by_task = {}
         if len(cfg.tasks) > 1:
             for task in cfg.tasks:
@@ -601,6 +621,7 @@ class _GRPOTask:
             "target_language_share": sum(in_lang) / len(in_lang),
             "think_block_share": sum(rule != "none" for _, rule in split) / len(split),
             "time/generation_s": t_gen, "time/reward_s": t_rew, "time/ref_logps_s": t_ref,
+            **self.monitors.rollout_metrics(per_term, shares),
         }
         return Rollout(batch["input_ids"], batch["attention_mask"], comp, cmask, adv.advantages, ref, metrics)
 
@@ -640,7 +661,7 @@ class _GRPOTask:
             # Token-sum types: the kernel sums, the loop divides by the global token count.
             num_items_in_batch=1.0 if cfg.loss_type in SUM_NORMALISED else None,
             max_completion_length=cfg.max_new_tokens if cfg.loss_type == "dr_grpo" else None,
-            temperature=cfg.temperature, impl=self.loss_impl,
+            temperature=cfg.temperature, impl=self.loss_impl, compute_entropy=self.monitors.needs_entropy,
         )
         if cfg.num_iterations > 1 and r.old_logps is None:
             # First pass over this rollout: the policy has not moved since it sampled, so
@@ -654,8 +675,26 @@ class _GRPOTask:
         return LossOutput(loss=out.loss, tokens=int(r.completion_mask.sum()),
                           samples=r.completion_ids.shape[0], metrics=metrics)
 
+    def after_step(self, step, metrics, history):
+        """The loop's hook: the monitors' verdict on this step."""
+        return self.monitors.after_step(step, metrics, history)
+
     def save_model(self, out_dir: Path) -> None:
         self._save(out_dir)
+
+
+def _heldout(cfg: GRPOConfig, model, chat, rewards: _Rewards, prompts: list[dict[str, Any]]) -> HeldOut | None:
+    """The held-out evaluation of the monitors: greedy completions scored by the semantic term."""
+    if not prompts:
+        return None
+    reward = next(r for name, _, r in rewards.terms if name == cfg.monitors.semantic_reward)
+    stop_ids, pad_id = sorted(set(chat.stop_ids(model))), chat.tokenizer.pad_token_id
+
+    def score(items):
+        return greedy_similarity(model, chat, reward, items, max_new_tokens=cfg.max_new_tokens, stop_ids=stop_ids,
+                                 pad_id=pad_id, enable_thinking=cfg.enable_thinking)
+
+    return HeldOut(prompts=prompts, score=score)
 
 
 def _context_length(model: torch.nn.Module) -> int | None:
@@ -706,6 +745,8 @@ class GRPOStage(Stage):
         if not prompts:
             raise FtibError(f"every prompt has more than max_prompt_length={cfg.max_prompt_length} tokens; "
                             "raise it or shorten the data")
+        n_total = len(dropped) + len(prompts)
+        prompts, heldout = split_heldout(prompts, cfg.monitors.heldout_prompts)
         model, groups = select_trainable(bundle.model, cfg.trainable)
         ctx.logger.info("%d prompts (%s); trainable parameters: %d", len(prompts), ", ".join(cfg.tasks),
                         trainable_parameter_count(groups))
@@ -719,15 +760,25 @@ class GRPOStage(Stage):
         def save(out_dir):
             save_model_dir(model, out_dir, processor=bundle.chat, save_adapter=cfg.trainable.lora.save_adapter)
 
-        task = _GRPOTask(cfg, model, groups, bundle.chat, prompts, rewards, ref_model, save, ctx.logger)
+        monitors = Monitors(cfg.monitors, beta=cfg.beta, reward_names=[s.name for s in cfg.rewards],
+                            heldout=_heldout(cfg, model, bundle.chat, rewards, heldout), logger=ctx.logger)
+        task = _GRPOTask(cfg, model, groups, bundle.chat, prompts, rewards, ref_model, save, ctx.logger, monitors)
         trainer = Trainer(task, cfg.train, ctx)
+        # on_alarm: stop may have to end at the starting weights (no step checkpoint yet).
+        start = trainer.trainable_state() if cfg.monitors.on_alarm == "stop" else None
+        with trainer.autocast():
+            monitors.begin(resumed=ctx.resume_from is not None)
         result = trainer.train()
         # Every step's metrics, restored from the step checkpoint on resume: the summary
         # does not depend on interruptions or on what else metrics.jsonl holds.
         mine = [r for r in result.history if "reward_mean" in r]
         metrics = dict(result.metrics)
         metrics["prompts_dropped"] = float(len(dropped))
-        metrics["prompts_total"] = float(len(dropped) + len(prompts))
+        metrics["prompts_total"] = float(n_total)  # held-out monitor prompts included
+        metrics.update(alarm_counts(result.history))
+        if result.stopped is not None:
+            metrics.update(end_at_last_good(trainer, result.stopped, cfg.monitors.patience, start, ctx.work_dir,
+                                            ctx.logger))
         # First vs last 20% of the steps, overall and (several tasks) per task.
         for name, key in [("reward", "reward_mean")] + [(f"reward_{t}", f"reward/task_{t}_mean")
                                                         for t in cfg.tasks if len(cfg.tasks) > 1]:

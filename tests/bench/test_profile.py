@@ -82,12 +82,14 @@ def test_plot_splits_grpo_rollout(tmp_path):
     stage = {"tokens_per_s": None, "samples_per_s": 3.0, "peak_mem_bytes": 2**30, "mfu": None,
              "median_s": {"step": 1.0, "data": 0.6, "forward": 0.2, "backward": 0.1, "optimizer": 0.05},
              "grpo_median_s": {"generation": 0.4, "reward": 0.1, "ref_logps": 0.05, "loss_forward": 0.2}}
-    plot({"device": "test", "stages": {"grpo": stage, "sft": {**stage, "grpo_median_s": {}}}}, tmp_path / "p.png")
+    # GRPO's data time excludes its rollout phases (the task's collate_times): 0.05 s here.
+    grpo = {**stage, "median_s": {**stage["median_s"], "data": 0.05}}
+    plot({"device": "test", "stages": {"grpo": grpo, "sft": {**stage, "grpo_median_s": {}}}}, tmp_path / "p.png")
     size, pixels = png_pixels(tmp_path / "p.png")
     assert size == (9 * 120, round((1.8 + 0.7 * 2) * 120))  # two stages
     assert all(n > 0 for n in pixels.values()), pixels  # every phase has a bar segment
-    # GRPO's data phase is split: generation (0.4 s) outdraws reward (0.1 s); the SFT
-    # row keeps it whole, so data (0.6 s there, 0.05 s in GRPO) outdraws generation.
+    # GRPO's rollout phases are bars of their own: generation (0.4 s) outdraws reward
+    # (0.1 s); data (0.6 s in the SFT row, 0.05 s in GRPO's) outdraws generation.
     assert pixels["generation"] > 2 * pixels["reward"], pixels
     assert pixels["data"] > pixels["generation"], pixels
 

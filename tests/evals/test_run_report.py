@@ -89,3 +89,29 @@ def test_text_task_encoder_must_exist(tmp_path):
     with pytest.raises(ConfigError, match="neither 'ftibworld-encoder' nor a local"):
         build(cls.Config, {"encoder": str(tmp_path / "missing")})
     assert build(cls.Config, {"encoder": "ftibworld-encoder"}).encoder == "ftibworld-encoder"
+
+
+def test_grpo_monitor_curves_and_alarms_are_reported(tmp_path, monkeypatch):
+    """A GRPO stage that logged monitors: one panel per monitor curve it logged (alarm
+    steps marked), and the stage table names the alarms and the monitor stop."""
+    from ftib.evals import report
+
+    run = _run_dir(tmp_path)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["grpo"]["metrics"].update({"monitor_length_alarm_steps": 1.0, "monitor_kl_alarm_steps": 0.0,
+                                                  "monitor_stop_step": 1.0})
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    rows = [{"stage": "grpo", "step": i, "loss": 0.0, "reward_mean": 0.5, "kl": 0.01, "monitor/alarms": float(i),
+             "monitor/length_ratio": 1.0 + 2 * i, "monitor/length_alarm": float(i), "monitor/kl_alarm": 0.0}
+            for i in range(2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    titles = []
+    import matplotlib.axes
+
+    real = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, t, **kw: (titles.append(t), real(self, t, **kw)))
+    assert report.plot_training(run, tmp_path / "curves.png").is_file()
+    assert titles == ["grpo: loss", "grpo: reward_mean", "grpo: monitor/length_ratio", "grpo: kl"]
+    text = run_markdown(run)
+    assert "monitor alarms (steps) length 1" in text and "kl 0" not in text
+    assert "stopped by a monitor after step 1" in text
