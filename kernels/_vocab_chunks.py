@@ -234,6 +234,23 @@ def resolve_chunk_tokens(op: str, chunk_tokens: int | None, V: int, device: torc
     return int(chunk_tokens)
 
 
+class ChunkPlan(NamedTuple):
+    """How a fused linear loss op runs its chunks: the gradients it computes, the rows
+    per chunk and which row passes (Triton or PyTorch)."""
+
+    need: NeededGrads
+    chunk_tokens: int
+    use_triton: bool
+
+
+class OpGrads(NamedTuple):
+    """The gradient outputs of a fused linear loss op (float32; empty where not computed)."""
+
+    dh: torch.Tensor  # shaped as the op's hidden input
+    dw: torch.Tensor  # (V, H)
+    db: torch.Tensor  # (V,)
+
+
 class VocabChunks:
     """The active rows of a fused linear loss, processed ``chunk_tokens`` at a time
     against the lm_head, and the float32 gradient buffers the chunks write into.
@@ -243,9 +260,8 @@ class VocabChunks:
         weight: (V, H) lm_head weight, hidden's dtype; bias: (V,) or None.
         keep: (N,) bool, the rows with a loss term (the others get no logits and a zero
             dL/dhidden).
-        need: the gradient buffers to allocate.
-        chunk_tokens: rows per chunk.
-        use_triton: Triton row passes (else PyTorch on float32 chunks).
+        plan: the gradient buffers to allocate (``plan.need``), rows per chunk, Triton
+            row passes (else PyTorch on float32 chunks).
 
     Attributes:
         active: (n,) int64 rows of ``keep`` in ``hidden``; ``all_active`` when n == N.
@@ -255,12 +271,13 @@ class VocabChunks:
     """
 
     def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, keep: torch.Tensor,
-                 need: NeededGrads, chunk_tokens: int, use_triton: bool) -> None:
+                 plan: ChunkPlan) -> None:
         N, H = hidden.shape
         V = weight.shape[0]
         dev, f32 = hidden.device, torch.float32
+        need = plan.need
         self.weight, self.bias, self.need = weight, bias, need
-        self.chunk_tokens, self.use_triton = chunk_tokens, use_triton
+        self.chunk_tokens, self.use_triton = plan.chunk_tokens, plan.use_triton
         self.active = keep.nonzero().squeeze(1)
         self.n = self.active.numel()
         self.all_active = self.n == N
@@ -269,7 +286,7 @@ class VocabChunks:
         self.dh = (torch.empty if self.all_active else torch.zeros)(N, H, dtype=f32, device=dev) if need.dh else None
         self.dw = torch.zeros(V, H, dtype=f32, device=dev) if need.dw else None
         self.db = torch.zeros(V, dtype=f32, device=dev) if need.db else None
-        self.lse_rows, self.grad_rows = row_passes(use_triton)
+        self.lse_rows, self.grad_rows = row_passes(plan.use_triton)
 
     def take(self, x: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
         """(n,) the active rows of a per-row input (any shape flattening to (N,)), or None."""
@@ -304,7 +321,7 @@ class VocabChunks:
         accumulate_chunk_grads(dz, h, self.weight, slice(c0, c1), None if self.all_active else self.active,
                                self.dh, self.dw, self.db)
 
-    def grad_outputs(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def grad_outputs(self, like: torch.Tensor) -> OpGrads:
         """(dL/dhidden shaped as ``like``, dL/dweight, dL/dbias) for the op's outputs, a
         distinct empty float32 tensor for each one not computed (a custom op's outputs
         must not alias each other)."""
@@ -312,17 +329,17 @@ class VocabChunks:
         def empty():
             return like.new_empty(0, dtype=torch.float32)
 
-        return (self.dh.view(like.shape) if self.dh is not None else empty(),
-                self.dw if self.dw is not None else empty(),
-                self.db if self.db is not None else empty())
+        return OpGrads(self.dh.view(like.shape) if self.dh is not None else empty(),
+                       self.dw if self.dw is not None else empty(),
+                       self.db if self.db is not None else empty())
 
 
-def fake_grad_outputs(hidden: torch.Tensor, weight: torch.Tensor, need: NeededGrads):
+def fake_grad_outputs(hidden: torch.Tensor, weight: torch.Tensor, need: NeededGrads) -> OpGrads:
     """The fake (meta) tensors of :meth:`VocabChunks.grad_outputs`."""
     f32 = torch.float32
-    return (hidden.new_empty(tuple(hidden.shape) if need.dh else (0,), dtype=f32),
-            hidden.new_empty(tuple(weight.shape) if need.dw else (0,), dtype=f32),
-            hidden.new_empty((weight.shape[0],) if need.db else (0,), dtype=f32))
+    return OpGrads(hidden.new_empty(tuple(hidden.shape) if need.dh else (0,), dtype=f32),
+                   hidden.new_empty(tuple(weight.shape) if need.dw else (0,), dtype=f32),
+                   hidden.new_empty((weight.shape[0],) if need.db else (0,), dtype=f32))
 
 
 # ---------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ import torch
 from ftib.kernels._dispatch import FLOAT_DTYPES, check_tensor, resolve_impl
 # The chunk loop, its row passes (Triton and PyTorch) and the autograd plumbing are
 # shared with ftib.kernels.linear_ce.
-from ftib.kernels._vocab_chunks import NeededGrads, VocabChunks, fake_grad_outputs, needed_grads
+from ftib.kernels._vocab_chunks import ChunkPlan, NeededGrads, OpGrads, VocabChunks, fake_grad_outputs, needed_grads
 from ftib.kernels._vocab_chunks import register_stored_grads, resolve_chunk_tokens
 from ftib.kernels.reference import grpo_loss as reference
 
@@ -203,12 +203,32 @@ def _clip_indicators(c, c1, adv, el, eh):
     return torch.stack([low, high, low | high, (c > eh) & (adv > 0)]).float()
 
 
-def _fused_forward(
-    hidden, weight, bias, ids, mask, advantages, old_logps, ref_logps, importance_weights,
-    obj: Objective, normalizer, temperature, compute_entropy,
-    need: NeededGrads, chunk_tokens, use_triton,
-):
-    """(loss, metrics, logps, dL/dhidden, dL/dweight, dL/dbias), see :func:`_grpo_op_fn`."""
+class _Completions(NamedTuple):
+    """The sampled completions the loss is computed on."""
+
+    ids: torch.Tensor  # (B, T) int64
+    mask: torch.Tensor  # (B, T); 0 marks padding
+    advantages: torch.Tensor  # (B,)
+    old_logps: torch.Tensor | None  # (B, T) log-probs of the sampling policy
+    ref_logps: torch.Tensor | None  # (B, T) of the reference policy
+    importance_weights: torch.Tensor | None  # (B, T)
+
+
+class _GRPOOutputs(NamedTuple):
+    """What the op returns (see :func:`_grpo_op_fn`)."""
+
+    loss: torch.Tensor  # () float32
+    metrics: torch.Tensor  # (len(METRICS),) float32, NaN where not computed
+    logps: torch.Tensor  # (B, T) float32, 0 at masked positions
+    grads: OpGrads  # of a unit loss, for the backward
+
+
+def _fused_forward(hidden, weight, bias, x: _Completions, *, obj: Objective, normalizer: float, temperature: float,
+                   compute_entropy: bool, plan: ChunkPlan) -> _GRPOOutputs:
+    """The chunked loss of ``hidden`` (B, T, H) on the completions ``x`` and, per
+    ``plan``, its gradients."""
+    ids, mask, advantages, old_logps, ref_logps, importance_weights = x
+    need = plan.need
     B, T, H = hidden.shape
     dev = hidden.device
     f32 = torch.float32
@@ -217,7 +237,7 @@ def _fused_forward(
     m2 = mask.float()
     m_flat = m2.reshape(-1)
     w_lp = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
-    chunks = VocabChunks(hidden.reshape(B * T, H), w_lp, bias, m_flat != 0, need, chunk_tokens, use_triton)
+    chunks = VocabChunks(hidden.reshape(B * T, H), w_lp, bias, m_flat != 0, plan)
     n, active, take = chunks.n, chunks.active, chunks.take
 
     adv_seq = advantages.to(f32)
@@ -297,7 +317,7 @@ def _fused_forward(
     ])
     logps = torch.zeros(B * T, dtype=f32, device=dev)
     logps.index_copy_(0, active, logp_s)
-    return (loss, metrics, logps.view(B, T), *chunks.grad_outputs(hidden))
+    return _GRPOOutputs(loss, metrics, logps.view(B, T), chunks.grad_outputs(hidden))
 
 
 def _vespo_seq_lr(logp_s, old_s, ms, seq_s, B):
@@ -355,12 +375,12 @@ def _grpo_op_fn(
     k_neg, lambda_neg; ``delta`` inf when off."""
     obj = Objective(loss_type, importance_sampling_level, beta, epsilon_low, epsilon_high, delta,
                     use_bias_correction_kl, tuple(objective_params[:2]), tuple(objective_params[2:6]))
+    x = _Completions(ids, mask, advantages, old_logps, ref_logps, importance_weights)
+    plan = ChunkPlan(NeededGrads(need_dh, need_dw, need_db), chunk_tokens, impl == "triton")
     with torch.no_grad():
-        return _fused_forward(
-            hidden, weight, bias, ids, mask, advantages, old_logps, ref_logps,
-            importance_weights, obj, normalizer, temperature, compute_entropy,
-            NeededGrads(need_dh, need_dw, need_db), chunk_tokens, impl == "triton",
-        )
+        out = _fused_forward(hidden, weight, bias, x, obj=obj, normalizer=normalizer, temperature=temperature,
+                             compute_entropy=compute_entropy, plan=plan)
+    return (out.loss, out.metrics, out.logps, *out.grads)
 
 
 _grpo_op = torch.library.custom_op("ftib::fused_linear_grpo_loss", mutates_args=())(_grpo_op_fn)

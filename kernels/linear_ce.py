@@ -39,7 +39,7 @@ from typing import NamedTuple
 import torch
 
 from ftib.kernels._dispatch import FLOAT_DTYPES, check_tensor, resolve_impl
-from ftib.kernels._vocab_chunks import NeededGrads, VocabChunks, fake_grad_outputs, needed_grads
+from ftib.kernels._vocab_chunks import ChunkPlan, NeededGrads, OpGrads, VocabChunks, fake_grad_outputs, needed_grads
 from ftib.kernels._vocab_chunks import register_stored_grads, resolve_chunk_tokens
 from ftib.kernels.reference import linear_ce as reference
 
@@ -56,9 +56,18 @@ class LinearCEOutput(NamedTuple):
     z_loss: torch.Tensor
 
 
-def _fused_forward(hidden, weight, bias, labels, ignore_index, z_loss_weight, reduction,
-                   need: NeededGrads, chunk_tokens, use_triton):
-    """(loss, z_loss, dL/dhidden, dL/dweight, dL/dbias), see :func:`_ce_op`."""
+class _CEOutputs(NamedTuple):
+    """What the op returns (see :func:`_ce_op_fn`)."""
+
+    loss: torch.Tensor  # () float32, z-loss included
+    z_loss: torch.Tensor  # () float32
+    grads: OpGrads  # of a unit loss, for the backward
+
+
+def _fused_forward(hidden, weight, bias, labels, *, ignore_index: int, z_loss_weight: float, reduction: str,
+                   plan: ChunkPlan) -> _CEOutputs:
+    """The chunked loss of ``hidden`` (N, H) against ``labels`` (N,) int64 and, per
+    ``plan``, its gradients."""
     V = weight.shape[0]
     dev = hidden.device
     f32 = torch.float32
@@ -70,7 +79,7 @@ def _fused_forward(hidden, weight, bias, labels, ignore_index, z_loss_weight, re
         i = int(bad.nonzero()[0, 0])
         raise ValueError(f"{_OP}: label {int(labels[i])} at flat position {i} is outside [0, {V}) "
                          f"and is not ignore_index ({ignore_index})")
-    chunks = VocabChunks(hidden, weight, bias, keep, need, chunk_tokens, use_triton)
+    chunks = VocabChunks(hidden, weight, bias, keep, plan)
     ys = chunks.take(labels, torch.int64)
     scale = 1.0 / max(chunks.n, 1) if reduction == "mean" else 1.0
     ce_sum = torch.zeros((), dtype=f32, device=dev)
@@ -81,7 +90,7 @@ def _fused_forward(hidden, weight, bias, labels, ignore_index, z_loss_weight, re
         ce_sum += (lse - zy).sum()
         if z_loss_weight:
             z_sum += lse.square().sum()
-        if not need.any:
+        if not plan.need.any:
             continue
         # dL/dlogp(label) = -w; the z-loss adds 2 z w lse to the softmax coefficient.
         g = torch.full((c1 - c0,), -scale, dtype=f32, device=dev)
@@ -90,7 +99,7 @@ def _fused_forward(hidden, weight, bias, labels, ignore_index, z_loss_weight, re
         del z
     z_term = z_sum * (z_loss_weight * scale)
     loss = ce_sum * scale + z_term
-    return (loss, z_term, *chunks.grad_outputs(hidden))
+    return _CEOutputs(loss, z_term, chunks.grad_outputs(hidden))
 
 
 # ---------------------------------------------------------------------------------------
@@ -112,9 +121,11 @@ def _ce_op_fn(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns loss, z_loss, dL/dhidden (N, H), dL/dweight (V, H), dL/dbias (V,) (float32;
     empty where not asked for)."""
+    plan = ChunkPlan(NeededGrads(need_dh, need_dw, need_db), chunk_tokens, impl == "triton")
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-        return _fused_forward(hidden, weight, bias, labels, ignore_index, z_loss_weight, reduction,
-                              NeededGrads(need_dh, need_dw, need_db), chunk_tokens, impl == "triton")
+        out = _fused_forward(hidden, weight, bias, labels, ignore_index=ignore_index, z_loss_weight=z_loss_weight,
+                             reduction=reduction, plan=plan)
+    return (out.loss, out.z_loss, *out.grads)
 
 
 _ce_op = torch.library.custom_op("ftib::fused_linear_cross_entropy", mutates_args=())(_ce_op_fn)
