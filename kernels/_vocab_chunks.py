@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import torch
 import triton
@@ -287,6 +287,13 @@ class VocabChunks:
         self.dw = torch.zeros(V, H, dtype=f32, device=dev) if need.dw else None
         self.db = torch.zeros(V, dtype=f32, device=dev) if need.db else None
         self.lse_rows, self.grad_rows = row_passes(plan.use_triton)
+
+    @overload
+    def take(self, x: torch.Tensor, dtype: torch.dtype = ...) -> torch.Tensor: ...
+    @overload
+    def take(self, x: None, dtype: torch.dtype = ...) -> None: ...
+    @overload
+    def take(self, x: torch.Tensor | None, dtype: torch.dtype = ...) -> torch.Tensor | None: ...
 
     def take(self, x: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
         """(n,) the active rows of a per-row input (any shape flattening to (N,)), or None."""

@@ -138,6 +138,8 @@ class SemanticReward(Reward):
             # A local encoder is checked when the config is built, before any work starts.
             check_encoder_dir(self.model)
 
+    config: Config  # the plugin's own Config (the base class knows only `object`)
+
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self._encoder = None
