@@ -11,6 +11,7 @@ implementation and the configuration it records.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,15 @@ def loss_step(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor
     return step
 
 
+def can_import(module: str, name: str) -> bool:
+    """Whether ``from module import name`` works here (for the optional liger-kernel,
+    where any import failure means "not usable")."""
+    try:
+        return hasattr(importlib.import_module(module), name)
+    except Exception:  # noqa: BLE001  (an optional package may fail to import in any way)
+        return False
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LossBench:
     """One fused linear loss suite.
@@ -88,6 +98,16 @@ class LossBench:
     def size_params(self) -> list:
         """pytest params of the sizes, the slow ones marked."""
         return [pytest.param(s, marks=[pytest.mark.slow] if s in self.slow else []) for s in self.sizes]
+
+    def cases(self, impls: Sequence[str]) -> Callable:
+        """Decorator: a benchmark parametrised over ``impls`` x mode (full, no_grad) x size."""
+
+        def decorate(fn):
+            for name, values in (("impl", impls), ("mode", ["full", "no_grad"]), ("size", self.size_params())):
+                fn = pytest.mark.parametrize(name, values)(fn)
+            return fn
+
+        return decorate
 
     def grads_mib(self, size: str, mode: str) -> float:
         """Size of the float32 gradients one step returns (dL/dW and dL/dhidden), MiB."""
@@ -131,19 +151,22 @@ class LossBench:
         out.update(grads_mib=grads, workspace_mib=out["peak_extra_mib"] - grads, warmup=warmup)
         return out
 
-    def run_case(self, benchmark, *, impl: str, mode: str, size: str, check_size: str, shapes: dict,
-                 config: dict, liger_ok: bool, liger_reason: str) -> None:
-        """One benchmark case: skip what cannot run here, check on ``check_size`` that the
+    def run_case(self, benchmark, *, impl: str, mode: str, size: str, config: dict, liger_ok: bool,
+                 liger_reason: str, shapes: dict | None = None) -> None:
+        """One benchmark case: skip what cannot run here, check on the first size that the
         implementation agrees with eager before it is timed, record the step's peak
-        memory (a fresh subprocess) and ``extra_info``, then time the step."""
+        memory (a fresh subprocess) and ``extra_info`` (``shapes``: V, H, tokens and any
+        more given), then time the step."""
         if impl == "liger" and not liger_ok:
             pytest.skip(liger_reason)
         if impl == "eager" and not self.eager_fits(size):
             pytest.skip(f"eager full logits for {size} do not fit in this machine's memory")
         if mode == "no_grad" and size in self.slow:
             pytest.skip("no_grad mode is timed on the default sizes only")
+        V, H, tokens = self.sizes[size]
+        shapes = {"V": V, "H": H, "tokens": tokens, **(shapes or {})}
         x = self.make_inputs(size)
-        if size == check_size and mode == "full":
+        if size == next(iter(self.sizes)) and mode == "full":
             want = self.make_step("eager", x, "no_grad")()
             got = self.make_step(impl, x, "no_grad")()
             torch.testing.assert_close(got.float(), want, atol=1e-5, rtol=1e-4)

@@ -30,10 +30,9 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from ftib.bench._loss_bench import LossBench, loss_step
+from ftib.bench._loss_bench import LossBench, can_import, loss_step
 from ftib.kernels.grpo_loss import fused_linear_grpo_loss
 from ftib.kernels.reference import grpo_loss as ref
 
@@ -54,14 +53,6 @@ IMPLS = ["fused", "eager", "liger"]
 # The KL without TRL's bias correction: the objective Liger's loss computes, so that the
 # three implementations compute the same value.
 CONFIG = dict(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, loss_type="bnpo", use_bias_correction_kl=False)
-
-
-def liger_available() -> bool:
-    try:
-        from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss  # noqa: F401
-    except Exception:  # liger-kernel is optional; any import failure means "not usable"
-        return False
-    return True
 
 
 def make_inputs(size: str | tuple[int, int, int], dtype=torch.float32):
@@ -110,15 +101,12 @@ BENCH = LossBench(script=Path(__file__), sizes=SIZES, slow=frozenset(SLOW), roun
                   make_inputs=make_inputs, make_step=make_step, device=DEVICE, fused_impl=FUSED)
 
 
-@pytest.mark.parametrize("size", BENCH.size_params())
-@pytest.mark.parametrize("mode", ["full", "no_grad"])
-@pytest.mark.parametrize("impl", IMPLS)
+@BENCH.cases(IMPLS)
 def test_grpo_loss(benchmark, impl, mode, size):
-    V, H, tokens = SIZES[size]
     # The three implementations agree on the first size before they are timed (bnpo, beta > 0).
-    BENCH.run_case(benchmark, impl=impl, mode=mode, size=size, check_size="v32k-h512-t1024",
-                   shapes={"V": V, "H": H, "tokens": tokens, "seqs": SEQS}, config=CONFIG,
-                   liger_ok=liger_available(), liger_reason="liger-kernel is not installed or does not import here")
+    BENCH.run_case(benchmark, impl=impl, mode=mode, size=size, shapes={"seqs": SEQS}, config=CONFIG,
+                   liger_ok=can_import("liger_kernel.chunked_loss", "LigerFusedLinearGRPOLoss"),
+                   liger_reason="liger-kernel is not installed or does not import here")
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--measure-memory":

@@ -30,10 +30,9 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from ftib.bench._loss_bench import LossBench, loss_step
+from ftib.bench._loss_bench import LossBench, can_import, loss_step
 from ftib.kernels.linear_ce import fused_linear_cross_entropy
 from ftib.kernels.reference import linear_ce as ref
 
@@ -48,16 +47,6 @@ SIZES = {
 SLOW = {"v168k-h1024-t2048", "v168k-h1024-t8192"}
 ROUNDS = {"v32k-h512-t1024": 5}
 IMPLS = ["fused", "eager", "liger"]
-
-
-def liger_available() -> bool:
-    if DEVICE.type != "cuda":
-        return False  # Liger's fused linear CE is Triton on CUDA only
-    try:
-        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss  # noqa: F401
-    except Exception:  # liger-kernel is optional; any import failure means "not usable"
-        return False
-    return True
 
 
 def make_inputs(size: str | tuple[int, int, int], dtype=torch.float32):
@@ -93,16 +82,14 @@ BENCH = LossBench(script=Path(__file__), sizes=SIZES, slow=frozenset(SLOW), roun
                   make_inputs=make_inputs, make_step=make_step, device=DEVICE, fused_impl=FUSED)
 
 
-@pytest.mark.parametrize("size", BENCH.size_params())
-@pytest.mark.parametrize("mode", ["full", "no_grad"])
-@pytest.mark.parametrize("impl", IMPLS)
+@BENCH.cases(IMPLS)
 def test_linear_ce(benchmark, impl, mode, size):
-    V, H, tokens = SIZES[size]
     # The implementations agree on the first size before they are timed.
-    BENCH.run_case(benchmark, impl=impl, mode=mode, size=size, check_size="v32k-h512-t1024",
-                   shapes={"V": V, "H": H, "tokens": tokens},
+    BENCH.run_case(benchmark, impl=impl, mode=mode, size=size,
                    config={"reduction": "mean", "z_loss_weight": 0.0, "bias": False},
-                   liger_ok=liger_available(),
+                   # Liger's fused linear CE is Triton on CUDA only.
+                   liger_ok=DEVICE.type == "cuda" and can_import(
+                       "liger_kernel.transformers.fused_linear_cross_entropy", "LigerFusedLinearCrossEntropyLoss"),
                    liger_reason="Liger's fused linear CE needs CUDA and an importable liger-kernel")
 
 
