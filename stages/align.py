@@ -25,7 +25,7 @@ from typing import Literal
 
 from ftib.core import Stage
 from ftib.core.train import TrainConfig
-from ftib.stages.common import TrainableConfig, train_chat_stage, training_bundle
+from ftib.stages.common import TrainableConfig, check_chat_data, train_chat_stage, training_bundle
 
 
 def describe_prompt() -> str:
@@ -54,14 +54,7 @@ class AlignConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, warmup_steps=5))
 
     def __post_init__(self) -> None:
-        from ftib.data.sources import check_spec
-
-        check_spec(self.data, "data")
-        from ftib.data.loaders import check_pixel_range
-
-        check_pixel_range(self.min_pixels, self.max_pixels)
-        if not 0.0 <= self.max_drop_share <= 1.0:
-            raise ValueError(f"max_drop_share must lie in [0, 1], got {self.max_drop_share}")
+        check_chat_data(self)
 
 
 class AlignStage(Stage):
