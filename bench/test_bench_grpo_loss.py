@@ -30,10 +30,9 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from ftib.bench._kernel_bench import extra_info, measure_peak, peak_in_subprocess, sync
+from ftib.bench._loss_bench import LossBench, can_import, loss_step
 from ftib.kernels.grpo_loss import fused_linear_grpo_loss
 from ftib.kernels.reference import grpo_loss as ref
 
@@ -54,25 +53,6 @@ IMPLS = ["fused", "eager", "liger"]
 # The KL without TRL's bias correction: the objective Liger's loss computes, so that the
 # three implementations compute the same value.
 CONFIG = dict(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, loss_type="bnpo", use_bias_correction_kl=False)
-
-
-def liger_available() -> bool:
-    try:
-        from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss  # noqa: F401
-    except Exception:  # liger-kernel is optional; any import failure means "not usable"
-        return False
-    return True
-
-
-MEMORY_NOTE = (
-    "peak_extra_mib: peak RSS (CUDA: max allocated) of one step minus the memory with the "
-    "inputs allocated (CPU: after a warm-up step on tiny inputs); workspace_mib: peak_extra_mib "
-    "minus grads_mib, the size of the gradients the step returns (dL/dW + dL/dhidden), "
-    "equal for every implementation"
-)
-# Warm-up size of the memory subprocess (V, H, tokens): one step at it runs the first-call
-# initialisation of the implementation before the measured step.
-WARMUP = (1024, 64, 64)
 
 
 def make_inputs(size: str | tuple[int, int, int], dtype=torch.float32):
@@ -114,93 +94,20 @@ def make_step(impl: str, x: dict, mode: str):
         def loss_fn():
             return module(*args, ref_per_token_logps=x["ref"], old_per_token_logps=x["old"])[0]
 
-    def step():
-        if mode == "no_grad":
-            with torch.no_grad():
-                loss = loss_fn()
-        else:
-            x["hidden"].grad = None
-            x["weight"].grad = None
-            loss = loss_fn()
-            loss.backward()
-        sync(DEVICE)
-        return loss
-
-    return step
+    return loss_step(loss_fn, (x["hidden"], x["weight"]), mode, DEVICE)
 
 
-def grads_mib(size: str, mode: str, dtype=torch.float32) -> float:
-    """Size of the gradients one step returns (dL/dW and dL/dhidden), MiB."""
-    if mode == "no_grad":
-        return 0.0
-    V, H, tokens = SIZES[size]
-    return (V * H + tokens * H) * torch.empty((), dtype=dtype).element_size() / 2**20
+BENCH = LossBench(script=Path(__file__), sizes=SIZES, slow=frozenset(SLOW), rounds=ROUNDS,
+                  make_inputs=make_inputs, make_step=make_step, device=DEVICE, fused_impl=FUSED)
 
 
-def _measure_here(args: dict) -> dict:
-    # CPU only: on CUDA the peak counts device allocations, which one-time host-side
-    # initialisation does not touch, and a warm-up would compile Liger twice.
-    warmup = args.get("warmup", DEVICE.type == "cpu")
-    if warmup:
-        make_step(args["impl"], make_inputs(WARMUP), args["mode"])()
-    x = make_inputs(args["size"])
-    step = make_step(args["impl"], x, args["mode"])
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        peak = torch.cuda.max_memory_allocated()
-        out = {"peak_extra_mib": (peak - before) / 2**20, "peak_total_mib": peak / 2**20}
-    else:
-        out = measure_peak(step)
-    grads = grads_mib(args["size"], args["mode"])
-    out.update(grads_mib=grads, workspace_mib=out["peak_extra_mib"] - grads, warmup=warmup)
-    return out
-
-
-def _eager_fits(size: str) -> bool:
-    """Eager keeps ~4 (tokens, V) float32 buffers alive in its backward."""
-    V, H, tokens = SIZES[size]
-    need = 4 * tokens * V * 4 + 3 * V * H * 4
-    if DEVICE.type == "cuda":
-        return need < torch.cuda.get_device_properties(DEVICE).total_memory * 0.85
-    avail = next(int(l.split()[1]) * 1024 for l in Path("/proc/meminfo").read_text().splitlines()
-                 if l.startswith("MemAvailable"))
-    return need < avail * 0.85
-
-
-def _size_params():
-    return [pytest.param(s, marks=[pytest.mark.slow] if s in SLOW else []) for s in SIZES]
-
-
-@pytest.mark.parametrize("size", _size_params())
-@pytest.mark.parametrize("mode", ["full", "no_grad"])
-@pytest.mark.parametrize("impl", IMPLS)
+@BENCH.cases(IMPLS)
 def test_grpo_loss(benchmark, impl, mode, size):
-    if impl == "liger" and not liger_available():
-        pytest.skip("liger-kernel is not installed or does not import here")
-    if impl == "eager" and not _eager_fits(size):
-        pytest.skip(f"eager full logits for {size} do not fit in this machine's memory")
-    if mode == "no_grad" and size in SLOW:
-        pytest.skip("no_grad mode is timed on the default sizes only")
-    V, H, tokens = SIZES[size]
-    x = make_inputs(size)
-    if size == "v32k-h512-t1024" and mode == "full":
-        # The three implementations agree before they are timed (bnpo, beta > 0).
-        want = make_step("eager", x, "no_grad")()
-        got = make_step(impl, x, "no_grad")()
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-    memory = peak_in_subprocess(Path(__file__), {"impl": impl, "mode": mode, "size": size})
-    extra_info(benchmark, impl=FUSED if impl == "fused" else impl, mode=mode, device=DEVICE,
-               dtype=torch.float32, shapes={"V": V, "H": H, "tokens": tokens, "seqs": SEQS},
-               config=CONFIG, memory_note=MEMORY_NOTE, **memory)
-    step = make_step(impl, x, mode)
-    # Large cases: no warm-up round (a step takes tens of seconds on CPU; the memory
-    # subprocess already ran one step of this case).
-    benchmark.pedantic(step, rounds=ROUNDS.get(size, 2), warmup_rounds=1 if size in ROUNDS else 0,
-                       iterations=1)
+    # The three implementations agree on the first size before they are timed (bnpo, beta > 0).
+    BENCH.run_case(benchmark, impl=impl, mode=mode, size=size, shapes={"seqs": SEQS}, config=CONFIG,
+                   liger_ok=can_import("liger_kernel.chunked_loss", "LigerFusedLinearGRPOLoss"),
+                   liger_reason="liger-kernel is not installed or does not import here")
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--measure-memory":
-    print(json.dumps(_measure_here(json.loads(sys.argv[2]))))
+    print(json.dumps(BENCH.measure_here(json.loads(sys.argv[2]))))

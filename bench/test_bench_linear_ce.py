@@ -30,10 +30,9 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from ftib.bench._kernel_bench import extra_info, measure_peak, peak_in_subprocess, sync
+from ftib.bench._loss_bench import LossBench, can_import, loss_step
 from ftib.kernels.linear_ce import fused_linear_cross_entropy
 from ftib.kernels.reference import linear_ce as ref
 
@@ -48,22 +47,6 @@ SIZES = {
 SLOW = {"v168k-h1024-t2048", "v168k-h1024-t8192"}
 ROUNDS = {"v32k-h512-t1024": 5}
 IMPLS = ["fused", "eager", "liger"]
-WARMUP = (1024, 64, 64)
-MEMORY_NOTE = (
-    "peak_extra_mib: peak RSS (CUDA: max allocated) of one step minus the memory with the "
-    "inputs allocated (CPU: after a warm-up step on tiny inputs); workspace_mib: peak_extra_mib "
-    "minus grads_mib (dL/dW + dL/dhidden), equal for every implementation"
-)
-
-
-def liger_available() -> bool:
-    if DEVICE.type != "cuda":
-        return False  # Liger's fused linear CE is Triton on CUDA only
-    try:
-        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss  # noqa: F401
-    except Exception:  # liger-kernel is optional; any import failure means "not usable"
-        return False
-    return True
 
 
 def make_inputs(size: str | tuple[int, int, int], dtype=torch.float32):
@@ -92,89 +75,23 @@ def make_step(impl: str, x: dict, mode: str):
         def loss_fn():
             return module(w, h, y)
 
-    def step():
-        if mode == "no_grad":
-            with torch.no_grad():
-                loss = loss_fn()
-        else:
-            h.grad = None
-            w.grad = None
-            loss = loss_fn()
-            loss.backward()
-        sync(DEVICE)
-        return loss
-
-    return step
+    return loss_step(loss_fn, (h, w), mode, DEVICE)
 
 
-def grads_mib(size: str, mode: str) -> float:
-    if mode == "no_grad":
-        return 0.0
-    V, H, tokens = SIZES[size]
-    return (V * H + tokens * H) * 4 / 2**20
+BENCH = LossBench(script=Path(__file__), sizes=SIZES, slow=frozenset(SLOW), rounds=ROUNDS,
+                  make_inputs=make_inputs, make_step=make_step, device=DEVICE, fused_impl=FUSED)
 
 
-def _measure_here(args: dict) -> dict:
-    warmup = DEVICE.type == "cpu"
-    if warmup:
-        make_step(args["impl"], make_inputs(WARMUP), args["mode"])()
-    x = make_inputs(args["size"])
-    step = make_step(args["impl"], x, args["mode"])
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        peak = torch.cuda.max_memory_allocated()
-        out = {"peak_extra_mib": (peak - before) / 2**20, "peak_total_mib": peak / 2**20}
-    else:
-        out = measure_peak(step)
-    grads = grads_mib(args["size"], args["mode"])
-    out.update(grads_mib=grads, workspace_mib=out["peak_extra_mib"] - grads, warmup=warmup)
-    return out
-
-
-def _eager_fits(size: str) -> bool:
-    """Eager keeps ~4 (tokens, V) float32 buffers alive in its backward."""
-    V, H, tokens = SIZES[size]
-    need = 4 * tokens * V * 4 + 3 * V * H * 4
-    if DEVICE.type == "cuda":
-        return need < torch.cuda.get_device_properties(DEVICE).total_memory * 0.85
-    avail = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                 if line.startswith("MemAvailable"))
-    return need < avail * 0.85
-
-
-def _size_params():
-    return [pytest.param(s, marks=[pytest.mark.slow] if s in SLOW else []) for s in SIZES]
-
-
-@pytest.mark.parametrize("size", _size_params())
-@pytest.mark.parametrize("mode", ["full", "no_grad"])
-@pytest.mark.parametrize("impl", IMPLS)
+@BENCH.cases(IMPLS)
 def test_linear_ce(benchmark, impl, mode, size):
-    if impl == "liger" and not liger_available():
-        pytest.skip("Liger's fused linear CE needs CUDA and an importable liger-kernel")
-    if impl == "eager" and not _eager_fits(size):
-        pytest.skip(f"eager full logits for {size} do not fit in this machine's memory")
-    if mode == "no_grad" and size in SLOW:
-        pytest.skip("no_grad mode is timed on the default size only")
-    V, H, tokens = SIZES[size]
-    x = make_inputs(size)
-    if size == "v32k-h512-t1024" and mode == "full":
-        # The implementations agree before they are timed.
-        want = make_step("eager", x, "no_grad")()
-        got = make_step(impl, x, "no_grad")()
-        torch.testing.assert_close(got.float(), want, atol=1e-5, rtol=1e-4)
-    memory = peak_in_subprocess(Path(__file__), {"impl": impl, "mode": mode, "size": size})
-    extra_info(benchmark, impl=FUSED if impl == "fused" else impl, mode=mode, device=DEVICE,
-               dtype=torch.float32, shapes={"V": V, "H": H, "tokens": tokens},
-               config={"reduction": "mean", "z_loss_weight": 0.0, "bias": False},
-               memory_note=MEMORY_NOTE, **memory)
-    step = make_step(impl, x, mode)
-    benchmark.pedantic(step, rounds=ROUNDS.get(size, 2), warmup_rounds=1 if size in ROUNDS else 0,
-                       iterations=1)
+    # The implementations agree on the first size before they are timed.
+    BENCH.run_case(benchmark, impl=impl, mode=mode, size=size,
+                   config={"reduction": "mean", "z_loss_weight": 0.0, "bias": False},
+                   # Liger's fused linear CE is Triton on CUDA only.
+                   liger_ok=DEVICE.type == "cuda" and can_import(
+                       "liger_kernel.transformers.fused_linear_cross_entropy", "LigerFusedLinearCrossEntropyLoss"),
+                   liger_reason="Liger's fused linear CE needs CUDA and an importable liger-kernel")
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--measure-memory":
-    print(json.dumps(_measure_here(json.loads(sys.argv[2]))))
+    print(json.dumps(BENCH.measure_here(json.loads(sys.argv[2]))))

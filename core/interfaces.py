@@ -218,6 +218,22 @@ class Evaluator(_Plugin):
         """Score the model and return metrics plus per-item records."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class RewardContext:
+    """What a stage tells its rewards when it binds them (:meth:`Reward.bind`).
+
+    Attributes:
+        device: the policy's device (``"cpu"``, ``"cuda:0"``).
+        data: the stage's data spec (``ftibworld[:SIZE[:SEED]]`` or a folder), for a
+            reward whose model is derived from the training data.
+        seed: the run's seed, for anything a reward builds from that data.
+    """
+
+    device: str
+    data: str
+    seed: int
+
+
 class Reward(_Plugin):
     """Scores GRPO completions.
 
@@ -229,12 +245,17 @@ class Reward(_Plugin):
           (it gets advantage 0, as in TRL), any other non-finite value is an error.
           The GRPO stage weights and sums rewards and logs each one separately.
         * Must be deterministic for the same inputs and must not keep gradients.
-        * :meth:`bind` is called once, before the first call, with the policy's device;
-          a reward holding a model moves it there. The default does nothing.
+        * :meth:`bind` is called once, after the reward is built from its config and
+          before the first call, with a :class:`RewardContext`. Whatever a reward needs
+          from the run it takes there (a reward holding a model moves it to
+          ``context.device``; one whose model is trained from the stage's data resolves
+          it from ``context.data`` and ``context.seed``), so the stage treats every
+          reward alike and never tests a reward's name. The default does nothing.
     """
 
-    def bind(self, device: str) -> Reward:
-        """Place whatever the reward computes with on ``device``; return ``self``."""
+    def bind(self, context: RewardContext) -> Reward:
+        """Take what the reward needs from the run (see :class:`RewardContext`); return
+        ``self``."""
         return self
 
     @abc.abstractmethod

@@ -8,6 +8,6 @@ GRPO hot path (docs/kernels.md): :mod:`ftib.kernels.similarity` (embedding-rewar
 similarity), :mod:`ftib.kernels.advantages` (group-relative advantages) and
 :mod:`ftib.kernels.grpo_loss` (fused linear GRPO loss); the CPT/Align/SFT loss:
 :mod:`ftib.kernels.linear_ce` (fused linear cross-entropy), which shares the GRPO loss's
-chunk row passes (:mod:`ftib.kernels._vocab_chunks`). They are imported from their
+chunk loop, row passes and autograd plumbing (:mod:`ftib.kernels._vocab_chunks`). They are imported from their
 modules, not re-exported here, so ``import ftib.kernels`` does not import Triton.
 """

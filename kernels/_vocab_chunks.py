@@ -14,6 +14,13 @@ lm_head weight, giving a (chunk, V) buffer, and run two row passes over it:
 Then two GEMMs give dL/dhidden of the chunk and add its share of dL/dweight
 (:func:`chunk_logits` and :func:`accumulate_chunk_grads`).
 
+Around the row passes, both ops share the rest of their plumbing here too:
+:class:`VocabChunks` (the active rows, the chunk loop, the gradient buffers and the op's
+gradient outputs), :func:`needed_grads` and :func:`resolve_chunk_tokens` (the public
+wrappers' share), and :func:`register_stored_grads` (the fake outputs' gradient part and
+the autograd registration: the gradients are computed in the forward, while each chunk's
+logits are at hand, and the backward only scales them by the incoming scalar gradient).
+
 Two implementations of the row passes with the same contract: Triton kernels streaming
 over the vocabulary in BLOCK_V tiles with an online log-sum-exp (Milakov & Gimelshein
 2018, "Online normalizer calculation for softmax"), and PyTorch ops on the chunk (CPU),
@@ -21,6 +28,10 @@ which turn ``z`` into ``softmax(z / T)`` in place during the first pass.
 """
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, overload
 
 import torch
 import triton
@@ -190,3 +201,203 @@ def accumulate_chunk_grads(
         dw.addmm_(dz.t().to(f32), h.to(f32))
     if db is not None:
         db += dz.sum(0, dtype=f32)
+
+
+# ---------------------------------------------------------------------------------------
+# The chunk loop and its gradient buffers
+# ---------------------------------------------------------------------------------------
+class NeededGrads(NamedTuple):
+    """Which of the op's GEMM inputs get a gradient computed in the forward."""
+
+    dh: bool
+    dw: bool
+    db: bool
+
+    @property
+    def any(self) -> bool:
+        return self.dh or self.dw or self.db
+
+
+def needed_grads(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> NeededGrads:
+    """The gradients the autograd graph will ask for, decided before the op runs."""
+    on = torch.is_grad_enabled()
+    return NeededGrads(on and hidden.requires_grad, on and weight.requires_grad,
+                       on and bias is not None and bias.requires_grad)
+
+
+def resolve_chunk_tokens(op: str, chunk_tokens: int | None, V: int, device: torch.device) -> int:
+    """``chunk_tokens`` or, when None, :func:`default_chunk` for a float32 (chunk, V) buffer."""
+    if chunk_tokens is None:
+        chunk_tokens = default_chunk(V, 4, device)
+    if chunk_tokens < 1:
+        raise ValueError(f"{op}: chunk_tokens must be >= 1, got {chunk_tokens}")
+    return int(chunk_tokens)
+
+
+class ChunkPlan(NamedTuple):
+    """How a fused linear loss op runs its chunks: the gradients it computes, the rows
+    per chunk and which row passes (Triton or PyTorch)."""
+
+    need: NeededGrads
+    chunk_tokens: int
+    use_triton: bool
+
+
+class OpGrads(NamedTuple):
+    """The gradient outputs of a fused linear loss op (float32; empty where not computed)."""
+
+    dh: torch.Tensor  # shaped as the op's hidden input
+    dw: torch.Tensor  # (V, H)
+    db: torch.Tensor  # (V,)
+
+
+class VocabChunks:
+    """The active rows of a fused linear loss, processed ``chunk_tokens`` at a time
+    against the lm_head, and the float32 gradient buffers the chunks write into.
+
+    Args:
+        hidden: (N, H) hidden states of every row (GEMM dtype).
+        weight: (V, H) lm_head weight, hidden's dtype; bias: (V,) or None.
+        keep: (N,) bool, the rows with a loss term (the others get no logits and a zero
+            dL/dhidden).
+        plan: the gradient buffers to allocate (``plan.need``), rows per chunk, Triton
+            row passes (else PyTorch on float32 chunks).
+
+    Attributes:
+        active: (n,) int64 rows of ``keep`` in ``hidden``; ``all_active`` when n == N.
+        hs: (n, H) the active rows.
+        dh: (N, H) float32 or None (dL/dhidden, written chunk by chunk; inactive rows stay
+            0); dw: (V, H) float32 or None; db: (V,) float32 or None (accumulated).
+    """
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, keep: torch.Tensor,
+                 plan: ChunkPlan) -> None:
+        N, H = hidden.shape
+        V = weight.shape[0]
+        dev, f32 = hidden.device, torch.float32
+        need = plan.need
+        self.weight, self.bias, self.need = weight, bias, need
+        self.chunk_tokens, self.use_triton = plan.chunk_tokens, plan.use_triton
+        self.active = keep.nonzero().squeeze(1)
+        self.n = self.active.numel()
+        self.all_active = self.n == N
+        self.hs = hidden if self.all_active else hidden.index_select(0, self.active)
+        # dL/dhidden goes straight into the op's float32 output (no second (N, H) buffer).
+        self.dh = (torch.empty if self.all_active else torch.zeros)(N, H, dtype=f32, device=dev) if need.dh else None
+        self.dw = torch.zeros(V, H, dtype=f32, device=dev) if need.dw else None
+        self.db = torch.zeros(V, dtype=f32, device=dev) if need.db else None
+        self.lse_rows, self.grad_rows = row_passes(plan.use_triton)
+
+    @overload
+    def take(self, x: torch.Tensor, dtype: torch.dtype = ...) -> torch.Tensor: ...
+    @overload
+    def take(self, x: None, dtype: torch.dtype = ...) -> None: ...
+    @overload
+    def take(self, x: torch.Tensor | None, dtype: torch.dtype = ...) -> torch.Tensor | None: ...
+
+    def take(self, x: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """(n,) the active rows of a per-row input (any shape flattening to (N,)), or None."""
+        if x is None:
+            return None
+        x = x.reshape(-1).to(dtype)
+        return x if self.all_active else x.index_select(0, self.active)
+
+    def ranges(self) -> Iterator[tuple[int, int]]:
+        """Row ranges [c0, c1) of the active rows, one (chunk, V) logits buffer each."""
+        for c0 in range(0, self.n, self.chunk_tokens):
+            yield c0, min(self.n, c0 + self.chunk_tokens)
+
+    def forward_rows(self, c0: int, c1: int, y: torch.Tensor, temperature: float, entropy: bool):
+        """The chunk's logits and first row pass.
+
+        Returns:
+            (h (chunk, H), z (chunk, V) buffer for :meth:`backward_rows`, lse, label logit,
+            entropy or None), the last three (chunk,) float32 of ``z / temperature``.
+        """
+        h = self.hs[c0:c1]
+        z = chunk_logits(h, self.weight, self.bias, self.use_triton)
+        lse, zy, ent = self.lse_rows(z, y, temperature, entropy)
+        return h, z, lse, zy, ent
+
+    def backward_rows(self, c0: int, c1: int, h: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
+                      lse: torch.Tensor, g: torch.Tensor, temperature: float,
+                      g_softmax: torch.Tensor | None = None) -> None:
+        """Turn ``z`` into dL/dlogits (:func:`grad_rows_torch` for ``g``, ``g_softmax``) and
+        accumulate the chunk's gradients into the buffers."""
+        dz = self.grad_rows(z, y, lse, g.contiguous(), temperature, g_softmax)
+        accumulate_chunk_grads(dz, h, self.weight, slice(c0, c1), None if self.all_active else self.active,
+                               self.dh, self.dw, self.db)
+
+    def grad_outputs(self, like: torch.Tensor) -> OpGrads:
+        """(dL/dhidden shaped as ``like``, dL/dweight, dL/dbias) for the op's outputs, a
+        distinct empty float32 tensor for each one not computed (a custom op's outputs
+        must not alias each other)."""
+
+        def empty():
+            return like.new_empty(0, dtype=torch.float32)
+
+        return OpGrads(self.dh.view(like.shape) if self.dh is not None else empty(),
+                       self.dw if self.dw is not None else empty(),
+                       self.db if self.db is not None else empty())
+
+
+def fake_grad_outputs(hidden: torch.Tensor, weight: torch.Tensor, need: NeededGrads) -> OpGrads:
+    """The fake (meta) tensors of :meth:`VocabChunks.grad_outputs`."""
+    f32 = torch.float32
+    return OpGrads(hidden.new_empty(tuple(hidden.shape) if need.dh else (0,), dtype=f32),
+                   hidden.new_empty(tuple(weight.shape) if need.dw else (0,), dtype=f32),
+                   hidden.new_empty((weight.shape[0],) if need.db else (0,), dtype=f32))
+
+
+# ---------------------------------------------------------------------------------------
+# Autograd: gradients computed in the forward, scaled in the backward
+# ---------------------------------------------------------------------------------------
+def register_stored_grads(op, fn: Callable, name: str) -> None:
+    """Register the autograd formula of a fused linear loss op built from ``fn``.
+
+    ``fn``'s parameters start with ``hidden, weight, bias`` and hold ``need_dh, need_dw,
+    need_db`` in a row; its outputs are ``(loss, *non-differentiable, dh, dw, db)`` with
+    the gradients of a unit loss (:meth:`VocabChunks.grad_outputs`). The backward
+    returns them scaled by the loss's incoming gradient, in the inputs' dtypes.
+    """
+    params = list(inspect.signature(fn).parameters)
+    at = params.index("need_dh")
+    if params[:3] != ["hidden", "weight", "bias"] or params[at:at + 3] != ["need_dh", "need_dw", "need_db"]:
+        raise TypeError(f"{name}: {fn.__name__} must take hidden, weight, bias first and need_dh, need_dw, "
+                        f"need_db in a row, got {params}")
+    n_inputs = len(params)
+
+    def setup_context(ctx, inputs, output):
+        hidden, weight, bias = inputs[0], inputs[1], inputs[2]
+        dh, dw, db = output[-3:]
+        ctx.save_for_backward(dh, dw, db)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.need = inputs[at:at + 3]
+        ctx.consumed = False
+        ctx.mark_non_differentiable(*output[1:])
+        # The outputs other than the loss never receive a gradient. By default autograd
+        # would materialise zeros for them before calling the backward, among them a
+        # zero (V, H) float32 tensor as large as dL/dW itself (594 MiB at V = 151,936,
+        # H = 1,024), allocated and zeroed right before the backward.
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, g_loss, *unused):
+        # The stored gradients are scaled in place: a second copy of dL/dweight would
+        # double the op's peak memory. So the backward may run once (like a graph without
+        # retain_graph); a second call raises instead of returning twice-scaled gradients.
+        if ctx.consumed:
+            raise RuntimeError(f"{name}: backward ran twice; this op supports a single backward")
+        ctx.consumed = True
+        grads: list[torch.Tensor | None] = [None] * n_inputs
+        if g_loss is None:  # no gradient reached the loss (grads are not materialised)
+            return tuple(grads)
+        for i, (buf, needed, dtype, arg) in enumerate(zip(ctx.saved_tensors, ctx.need, ctx.dtypes,
+                                                         ("hidden", "weight", "bias"))):
+            if not ctx.needs_input_grad[i]:
+                continue
+            if not needed:
+                raise RuntimeError(f"{name}: {arg} started requiring grad after the forward")
+            grads[i] = buf.mul_(g_loss).to(dtype)
+        return tuple(grads)
+
+    op.register_autograd(backward, setup_context=setup_context)

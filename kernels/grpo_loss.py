@@ -23,7 +23,8 @@ the forward when an input needs them: the chunk's logits are at hand then, so th
 backward only scales the stored gradients by the incoming scalar gradient instead of
 recomputing every logit a second time (that would be a fourth GEMM, +33% time). This is
 exact because the loss is a scalar. The backward returns the stored buffers themselves
-(no copy, no zero-filled gradients for the op's other outputs; see _grpo_setup_context).
+(no copy, no zero-filled gradients for the op's other outputs; see
+:func:`ftib.kernels._vocab_chunks.register_stored_grads`).
 
 ``impl="triton"`` (CUDA) runs the two row passes as Triton kernels that stream over the
 vocabulary in BLOCK_V tiles with an online log-sum-exp (Milakov & Gimelshein 2018);
@@ -33,7 +34,6 @@ eager full-logits reference. GEMMs are cuBLAS/MKL through torch in all cases.
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from typing import NamedTuple
@@ -41,12 +41,10 @@ from typing import NamedTuple
 import torch
 
 from ftib.kernels._dispatch import FLOAT_DTYPES, check_tensor, resolve_impl
-# The chunk row passes (Triton and PyTorch) are shared with ftib.kernels.linear_ce.
-from ftib.kernels._vocab_chunks import default_chunk as _default_chunk
-from ftib.kernels._vocab_chunks import grad_rows_torch as _grad_rows_torch
-from ftib.kernels._vocab_chunks import grad_rows_triton as _grad_rows_triton
-from ftib.kernels._vocab_chunks import lse_rows_torch as _rows_torch
-from ftib.kernels._vocab_chunks import lse_rows_triton as _rows_triton
+# The chunk loop, its row passes (Triton and PyTorch) and the autograd plumbing are
+# shared with ftib.kernels.linear_ce.
+from ftib.kernels._vocab_chunks import ChunkPlan, NeededGrads, OpGrads, VocabChunks, fake_grad_outputs, needed_grads
+from ftib.kernels._vocab_chunks import register_stored_grads, resolve_chunk_tokens
 from ftib.kernels.reference import grpo_loss as reference
 
 _OP = "fused_linear_grpo_loss"
@@ -205,36 +203,42 @@ def _clip_indicators(c, c1, adv, el, eh):
     return torch.stack([low, high, low | high, (c > eh) & (adv > 0)]).float()
 
 
-def _chunks(n: int, chunk_tokens: int):
-    """Row ranges [c0, c1) of the active tokens, one (chunk, V) logits buffer each."""
-    for c0 in range(0, n, chunk_tokens):
-        yield c0, min(n, c0 + chunk_tokens)
+class _Completions(NamedTuple):
+    """The sampled completions the loss is computed on."""
+
+    ids: torch.Tensor  # (B, T) int64
+    mask: torch.Tensor  # (B, T); 0 marks padding
+    advantages: torch.Tensor  # (B,)
+    old_logps: torch.Tensor | None  # (B, T) log-probs of the sampling policy
+    ref_logps: torch.Tensor | None  # (B, T) of the reference policy
+    importance_weights: torch.Tensor | None  # (B, T)
 
 
-def _fused_forward(
-    hidden, weight, bias, ids, mask, advantages, old_logps, ref_logps, importance_weights,
-    obj: Objective, normalizer, temperature, compute_entropy,
-    need_dh, need_dw, need_db, chunk_tokens, use_triton,
-):
+class _GRPOOutputs(NamedTuple):
+    """What the op returns (see :func:`_grpo_op_fn`)."""
+
+    loss: torch.Tensor  # () float32
+    metrics: torch.Tensor  # (len(METRICS),) float32, NaN where not computed
+    logps: torch.Tensor  # (B, T) float32, 0 at masked positions
+    grads: OpGrads  # of a unit loss, for the backward
+
+
+def _fused_forward(hidden, weight, bias, x: _Completions, *, obj: Objective, normalizer: float, temperature: float,
+                   compute_entropy: bool, plan: ChunkPlan) -> _GRPOOutputs:
+    """The chunked loss of ``hidden`` (B, T, H) on the completions ``x`` and, per
+    ``plan``, its gradients."""
+    ids, mask, advantages, old_logps, ref_logps, importance_weights = x
+    need = plan.need
     B, T, H = hidden.shape
-    V = weight.shape[0]
     dev = hidden.device
     f32 = torch.float32
     lt = obj.loss_type
     w_tok = _token_weights(mask, lt, normalizer).reshape(-1)
     m2 = mask.float()
     m_flat = m2.reshape(-1)
-    active = (m_flat != 0).nonzero().squeeze(1)
-    n = active.numel()
-    all_active = n == B * T
-    h2 = hidden.reshape(B * T, H)
-    hs = h2 if all_active else h2.index_select(0, active)
-
-    def take(x, dtype=f32):
-        if x is None:
-            return None
-        x = x.reshape(-1).to(dtype)
-        return x if all_active else x.index_select(0, active)
+    w_lp = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
+    chunks = VocabChunks(hidden.reshape(B * T, H), w_lp, bias, m_flat != 0, plan)
+    n, active, take = chunks.n, chunks.active, chunks.take
 
     adv_seq = advantages.to(f32)
     inv_len = 1.0 / m2.sum(1).clamp(min=1.0)
@@ -257,38 +261,10 @@ def _fused_forward(
     kl_sum = torch.zeros((), dtype=f32, device=dev)
     ent_sum = torch.zeros((), dtype=f32, device=dev)
     clip_sums = torch.zeros(4, dtype=f32, device=dev)
-    need_grad = need_dh or need_dw or need_db
-    # dL/dhidden is written chunk by chunk straight into the op's float32 output
-    # (no second (tokens, H) buffer); padded rows stay 0.
-    dh = None
-    if need_dh:
-        dh = (torch.empty if all_active else torch.zeros)(B * T, H, dtype=f32, device=dev)
-    dw = torch.zeros(V, H, dtype=f32, device=dev) if need_dw else None
-    db = torch.zeros(V, dtype=f32, device=dev) if need_db else None
-    w_lp = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
-    rows, grad_rows = (_rows_triton, _grad_rows_triton) if use_triton else (_rows_torch, _grad_rows_torch)
 
     def logits_rows(c0, c1, entropy):
-        h = hs[c0:c1]
-        z = torch.addmm(bias.to(h.dtype), h, w_lp.t()) if bias is not None else h @ w_lp.t()
-        if not use_triton and z.dtype != f32:
-            z = z.float()  # the torch row passes work in float32, like the reference
-        lse, zy, ent = rows(z, ys[c0:c1], temperature, entropy)
+        h, z, lse, zy, ent = chunks.forward_rows(c0, c1, ys[c0:c1], temperature, entropy)
         return h, z, lse, zy - lse, ent
-
-    def backprop(c0, c1, h, z, lse, g):
-        dz = grad_rows(z, ys[c0:c1], lse, g.contiguous(), temperature)
-        if need_dh:
-            if all_active and w_lp.dtype == f32:
-                torch.mm(dz, w_lp, out=dh[c0:c1])
-            elif all_active:
-                dh[c0:c1].copy_(dz.to(w_lp.dtype) @ w_lp)
-            else:
-                dh.index_copy_(0, active[c0:c1], (dz.to(w_lp.dtype) @ w_lp).to(f32))
-        if need_dw:
-            dw.addmm_(dz.t().to(f32), h.to(f32))
-        if need_db:
-            db.add_(dz.sum(0, dtype=f32))
 
     def tokens(sl, logp):
         def part(x):
@@ -301,7 +277,7 @@ def _fused_forward(
         return _Tokens(logp, part(old_s), part(ref_s), adv_s[sl], part(isw_s), ws[sl], ms[sl], seq_s[sl], phi)
 
     if two_pass:
-        for c0, c1 in _chunks(n, chunk_tokens):
+        for c0, c1 in chunks.ranges():
             _, z, _, logp, ent = logits_rows(c0, c1, compute_entropy)
             logp_s[c0:c1] = logp
             if ent is not None:
@@ -309,13 +285,13 @@ def _fused_forward(
             del z
         t = _objective_terms(tokens(slice(0, n), logp_s), obj, inv_len, adv_seq)
         loss, kl_sum, clip_sums = t.loss, t.kl_sum, t.clip_sums
-        if need_grad:
-            for c0, c1 in _chunks(n, chunk_tokens):
+        if need.any:
+            for c0, c1 in chunks.ranges():
                 h, z, lse, _, _ = logits_rows(c0, c1, False)
-                backprop(c0, c1, h, z, lse, t.g[c0:c1])
+                chunks.backward_rows(c0, c1, h, z, ys[c0:c1], lse, t.g[c0:c1], temperature)
                 del z
     else:
-        for c0, c1 in _chunks(n, chunk_tokens):
+        for c0, c1 in chunks.ranges():
             h, z, lse, logp, ent = logits_rows(c0, c1, compute_entropy)
             logp_s[c0:c1] = logp
             if ent is not None:
@@ -324,8 +300,8 @@ def _fused_forward(
             loss += t.loss
             kl_sum += t.kl_sum
             clip_sums += t.clip_sums
-            if need_grad:
-                backprop(c0, c1, h, z, lse, t.g)
+            if need.any:
+                chunks.backward_rows(c0, c1, h, z, ys[c0:c1], lse, t.g, temperature)
             del z
 
     n_tok = m_flat.sum().clamp(min=1.0)
@@ -341,15 +317,7 @@ def _fused_forward(
     ])
     logps = torch.zeros(B * T, dtype=f32, device=dev)
     logps.index_copy_(0, active, logp_s)
-    # Distinct empty tensors: a custom op's outputs must not alias each other.
-    def empty():
-        return hidden.new_empty(0, dtype=f32)
-
-    dh = dh.view(B, T, H) if need_dh else empty()
-    return (
-        loss, metrics, logps.view(B, T), dh,
-        dw if need_dw else empty(), db if need_db else empty(),
-    )
+    return _GRPOOutputs(loss, metrics, logps.view(B, T), chunks.grad_outputs(hidden))
 
 
 def _vespo_seq_lr(logp_s, old_s, ms, seq_s, B):
@@ -407,18 +375,15 @@ def _grpo_op_fn(
     k_neg, lambda_neg; ``delta`` inf when off."""
     obj = Objective(loss_type, importance_sampling_level, beta, epsilon_low, epsilon_high, delta,
                     use_bias_correction_kl, tuple(objective_params[:2]), tuple(objective_params[2:6]))
+    x = _Completions(ids, mask, advantages, old_logps, ref_logps, importance_weights)
+    plan = ChunkPlan(NeededGrads(need_dh, need_dw, need_db), chunk_tokens, impl == "triton")
     with torch.no_grad():
-        return _fused_forward(
-            hidden, weight, bias, ids, mask, advantages, old_logps, ref_logps,
-            importance_weights, obj, normalizer, temperature, compute_entropy,
-            need_dh, need_dw, need_db, chunk_tokens, impl == "triton",
-        )
+        out = _fused_forward(hidden, weight, bias, x, obj=obj, normalizer=normalizer, temperature=temperature,
+                             compute_entropy=compute_entropy, plan=plan)
+    return (out.loss, out.metrics, out.logps, *out.grads)
 
 
 _grpo_op = torch.library.custom_op("ftib::fused_linear_grpo_loss", mutates_args=())(_grpo_op_fn)
-_OP_ARGS = list(inspect.signature(_grpo_op_fn).parameters)
-_N_INPUTS = len(_OP_ARGS)
-_NEED_DH = _OP_ARGS.index("need_dh")  # need_dh, need_dw, need_db follow each other
 
 
 @_grpo_op.register_fake
@@ -426,60 +391,17 @@ def _grpo_fake(hidden, weight, bias, ids, mask, advantages, old_logps, ref_logps
                importance_weights, loss_type, importance_sampling_level, beta, epsilon_low,
                epsilon_high, delta, use_bias_correction_kl, objective_params, normalizer,
                temperature, compute_entropy, need_dh, need_dw, need_db, chunk_tokens, impl):
-    B, T, H = hidden.shape
-    V = weight.shape[0]
+    B, T, _ = hidden.shape
     f32 = torch.float32
     return (
         hidden.new_empty((), dtype=f32),
         hidden.new_empty(len(METRICS), dtype=f32),
         hidden.new_empty(B, T, dtype=f32),
-        hidden.new_empty((B, T, H) if need_dh else (0,), dtype=f32),
-        hidden.new_empty((V, H) if need_dw else (0,), dtype=f32),
-        hidden.new_empty((V,) if need_db else (0,), dtype=f32),
+        *fake_grad_outputs(hidden, weight, NeededGrads(need_dh, need_dw, need_db)),
     )
 
 
-def _grpo_setup_context(ctx, inputs, output):
-    hidden, weight, bias = inputs[0], inputs[1], inputs[2]
-    _, metrics, logps, dh, dw, db = output
-    ctx.save_for_backward(dh, dw, db)
-    ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-    ctx.need = inputs[_NEED_DH : _NEED_DH + 3]
-    ctx.consumed = False
-    ctx.mark_non_differentiable(metrics, logps, dh, dw, db)
-    # The outputs other than the loss never receive a gradient. By default autograd
-    # would materialise zeros for them before calling the backward, among them a
-    # zero (V, H) float32 tensor as large as dL/dW itself (594 MiB at V = 151,936,
-    # H = 1,024), allocated and zeroed right before the backward.
-    ctx.set_materialize_grads(False)
-
-
-def _grpo_backward(ctx, g_loss, *unused):
-    # The stored gradients are scaled in place: a second copy of dL/dweight would double
-    # the op's peak memory. So the backward may run once (like a graph without
-    # retain_graph); a second call raises instead of returning twice-scaled gradients.
-    if ctx.consumed:
-        raise RuntimeError(f"{_OP}: backward ran twice; this op supports a single backward")
-    ctx.consumed = True
-    grads = [None] * _N_INPUTS
-    if g_loss is None:  # no gradient reached the loss (grads are not materialised)
-        return tuple(grads)
-    dh, dw, db = ctx.saved_tensors
-    need_dh, need_dw, need_db = ctx.need
-    h_t, w_t, b_t = ctx.dtypes
-    for i, (buf, needed, dtype, name) in enumerate(
-        ((dh, need_dh, h_t, "hidden"), (dw, need_dw, w_t, "weight"), (db, need_db, b_t, "bias"))
-    ):
-        if not ctx.needs_input_grad[i]:
-            continue
-        if not needed:
-            raise RuntimeError(f"{_OP}: {name} started requiring grad after the forward")
-        grads[i] = buf.mul_(g_loss).to(dtype)
-    return tuple(grads)
-
-
-_grpo_op.register_autograd(_grpo_backward, setup_context=_grpo_setup_context)
-
+register_stored_grads(_grpo_op, _grpo_op_fn, _OP)
 
 
 # ---------------------------------------------------------------------------------------
@@ -628,14 +550,8 @@ def fused_linear_grpo_loss(
             temperature=temperature, compute_entropy=compute_entropy, **objective,
         )
         return GRPOLossOutput(loss, {k: v.detach() for k, v in metrics.items()}, logps.detach())
-    if chunk_tokens is None:
-        chunk_tokens = _default_chunk(V, 4, dev)
-    if chunk_tokens < 1:
-        raise ValueError(f"{op}: chunk_tokens must be >= 1, got {chunk_tokens}")
-    grad_on = torch.is_grad_enabled()
-    need_dh = grad_on and hidden.requires_grad
-    need_dw = grad_on and weight.requires_grad
-    need_db = grad_on and bias is not None and bias.requires_grad
+    chunk_tokens = resolve_chunk_tokens(op, chunk_tokens, V, dev)
+    need = needed_grads(hidden, weight, bias)
     params = [float(sapo_temperature_pos), float(sapo_temperature_neg), float(vespo_k_pos),
               float(vespo_lambda_pos), float(vespo_k_neg), float(vespo_lambda_neg)]
     # The op's own arithmetic is explicit about precision (float32 statistics); autocast
@@ -646,7 +562,7 @@ def fused_linear_grpo_loss(
             old_logps, ref_logps, importance_weights, loss_type, importance_sampling_level,
             float(beta), float(epsilon_low), float(eps_high), math.inf if delta is None else float(delta),
             bool(use_bias_correction_kl), params, normalizer, float(temperature),
-            bool(compute_entropy), need_dh, need_dw, need_db, int(chunk_tokens), chosen,
+            bool(compute_entropy), *need, chunk_tokens, chosen,
         )
     names = reference.metric_names(loss_type, compute_entropy)
     return GRPOLossOutput(loss, {k: metrics[METRICS.index(k)] for k in names}, logps)

@@ -39,7 +39,8 @@ from typing import NamedTuple
 import torch
 
 from ftib.kernels._dispatch import FLOAT_DTYPES, check_tensor, resolve_impl
-from ftib.kernels._vocab_chunks import accumulate_chunk_grads, chunk_logits, default_chunk, row_passes
+from ftib.kernels._vocab_chunks import ChunkPlan, NeededGrads, OpGrads, VocabChunks, fake_grad_outputs, needed_grads
+from ftib.kernels._vocab_chunks import register_stored_grads, resolve_chunk_tokens
 from ftib.kernels.reference import linear_ce as reference
 
 _OP = "fused_linear_cross_entropy"
@@ -55,9 +56,18 @@ class LinearCEOutput(NamedTuple):
     z_loss: torch.Tensor
 
 
-def _fused_forward(hidden, weight, bias, labels, ignore_index, z_loss_weight, reduction,
-                   need_dh, need_dw, need_db, chunk_tokens, use_triton):
-    N, H = hidden.shape
+class _CEOutputs(NamedTuple):
+    """What the op returns (see :func:`_ce_op_fn`)."""
+
+    loss: torch.Tensor  # () float32, z-loss included
+    z_loss: torch.Tensor  # () float32
+    grads: OpGrads  # of a unit loss, for the backward
+
+
+def _fused_forward(hidden, weight, bias, labels, *, ignore_index: int, z_loss_weight: float, reduction: str,
+                   plan: ChunkPlan) -> _CEOutputs:
+    """The chunked loss of ``hidden`` (N, H) against ``labels`` (N,) int64 and, per
+    ``plan``, its gradients."""
     V = weight.shape[0]
     dev = hidden.device
     f32 = torch.float32
@@ -69,52 +79,33 @@ def _fused_forward(hidden, weight, bias, labels, ignore_index, z_loss_weight, re
         i = int(bad.nonzero()[0, 0])
         raise ValueError(f"{_OP}: label {int(labels[i])} at flat position {i} is outside [0, {V}) "
                          f"and is not ignore_index ({ignore_index})")
-    active = keep.nonzero().squeeze(1)
-    n = active.numel()
-    all_active = n == N
-    hs = hidden if all_active else hidden.index_select(0, active)
-    ys = labels if all_active else labels.index_select(0, active)
-    scale = 1.0 / max(n, 1) if reduction == "mean" else 1.0
+    chunks = VocabChunks(hidden, weight, bias, keep, plan)
+    ys = chunks.take(labels, torch.int64)
+    scale = 1.0 / max(chunks.n, 1) if reduction == "mean" else 1.0
     ce_sum = torch.zeros((), dtype=f32, device=dev)
     z_sum = torch.zeros((), dtype=f32, device=dev)
-    # dL/dhidden goes chunk by chunk straight into the op's float32 output; unlabelled
-    # rows stay 0.
-    dh = (torch.empty if all_active else torch.zeros)(N, H, dtype=f32, device=dev) if need_dh else None
-    dw = torch.zeros(V, H, dtype=f32, device=dev) if need_dw else None
-    db = torch.zeros(V, dtype=f32, device=dev) if need_db else None
-    need_grad = need_dh or need_dw or need_db
-    lse_rows, grad_rows = row_passes(use_triton)
-    for c0 in range(0, n, chunk_tokens):
-        c1 = min(n, c0 + chunk_tokens)
-        h, y = hs[c0:c1], ys[c0:c1]
-        z = chunk_logits(h, weight, bias, use_triton)
-        lse, zy, _ = lse_rows(z, y, 1.0, False)
+    for c0, c1 in chunks.ranges():
+        y = ys[c0:c1]
+        h, z, lse, zy, _ = chunks.forward_rows(c0, c1, y, 1.0, False)
         ce_sum += (lse - zy).sum()
         if z_loss_weight:
             z_sum += lse.square().sum()
-        if not need_grad:
+        if not plan.need.any:
             continue
         # dL/dlogp(label) = -w; the z-loss adds 2 z w lse to the softmax coefficient.
         g = torch.full((c1 - c0,), -scale, dtype=f32, device=dev)
         g_softmax = g * (1.0 + 2.0 * z_loss_weight * lse) if z_loss_weight else None
-        dz = grad_rows(z, y, lse, g, 1.0, g_softmax)
-        accumulate_chunk_grads(dz, h, weight, slice(c0, c1), None if all_active else active, dh, dw, db)
-        del z, dz
+        chunks.backward_rows(c0, c1, h, z, y, lse, g, 1.0, g_softmax)
+        del z
     z_term = z_sum * (z_loss_weight * scale)
     loss = ce_sum * scale + z_term
-
-    # Distinct empty tensors: a custom op's outputs must not alias each other.
-    def empty():
-        return hidden.new_empty(0, dtype=f32)
-
-    return (loss, z_term, dh if need_dh else empty(), dw if need_dw else empty(), db if need_db else empty())
+    return _CEOutputs(loss, z_term, chunks.grad_outputs(hidden))
 
 
 # ---------------------------------------------------------------------------------------
 # Custom op, fake implementation and autograd registration
 # ---------------------------------------------------------------------------------------
-@torch.library.custom_op("ftib::fused_linear_cross_entropy", mutates_args=())
-def _ce_op(
+def _ce_op_fn(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -130,60 +121,28 @@ def _ce_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns loss, z_loss, dL/dhidden (N, H), dL/dweight (V, H), dL/dbias (V,) (float32;
     empty where not asked for)."""
+    plan = ChunkPlan(NeededGrads(need_dh, need_dw, need_db), chunk_tokens, impl == "triton")
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-        return _fused_forward(hidden, weight, bias, labels, ignore_index, z_loss_weight, reduction,
-                              need_dh, need_dw, need_db, chunk_tokens, impl == "triton")
+        out = _fused_forward(hidden, weight, bias, labels, ignore_index=ignore_index, z_loss_weight=z_loss_weight,
+                             reduction=reduction, plan=plan)
+    return (out.loss, out.z_loss, *out.grads)
+
+
+_ce_op = torch.library.custom_op("ftib::fused_linear_cross_entropy", mutates_args=())(_ce_op_fn)
 
 
 @_ce_op.register_fake
 def _ce_fake(hidden, weight, bias, labels, ignore_index, z_loss_weight, reduction, need_dh, need_dw, need_db,
              chunk_tokens, impl):
-    N, H = hidden.shape
-    V = weight.shape[0]
     f32 = torch.float32
     return (
         hidden.new_empty((), dtype=f32),
         hidden.new_empty((), dtype=f32),
-        hidden.new_empty((N, H) if need_dh else (0,), dtype=f32),
-        hidden.new_empty((V, H) if need_dw else (0,), dtype=f32),
-        hidden.new_empty((V,) if need_db else (0,), dtype=f32),
+        *fake_grad_outputs(hidden, weight, NeededGrads(need_dh, need_dw, need_db)),
     )
 
 
-def _ce_setup_context(ctx, inputs, output):
-    hidden, weight, bias = inputs[0], inputs[1], inputs[2]
-    _, z_loss, dh, dw, db = output
-    ctx.save_for_backward(dh, dw, db)
-    ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-    ctx.need = inputs[7:10]
-    ctx.consumed = False
-    ctx.mark_non_differentiable(z_loss, dh, dw, db)
-    # No zero gradients for the outputs other than the loss (one would be a (V, H)
-    # float32 tensor as large as dL/dW); see ftib.kernels.grpo_loss.
-    ctx.set_materialize_grads(False)
-
-
-def _ce_backward(ctx, g_loss, *unused):
-    # The stored gradients are scaled in place (a copy of dL/dW would double the peak),
-    # so a second backward would return twice-scaled gradients: it raises instead.
-    if ctx.consumed:
-        raise RuntimeError(f"{_OP}: backward ran twice; this op supports a single backward")
-    ctx.consumed = True
-    grads = [None] * 12
-    if g_loss is None:
-        return tuple(grads)
-    dh, dw, db = ctx.saved_tensors
-    for i, (buf, needed, dtype, name) in enumerate(zip((dh, dw, db), ctx.need, ctx.dtypes,
-                                                        ("hidden", "weight", "bias"))):
-        if not ctx.needs_input_grad[i]:
-            continue
-        if not needed:
-            raise RuntimeError(f"{_OP}: {name} started requiring grad after the forward")
-        grads[i] = buf.mul_(g_loss).to(dtype)
-    return tuple(grads)
-
-
-_ce_op.register_autograd(_ce_backward, setup_context=_ce_setup_context)
+register_stored_grads(_ce_op, _ce_op_fn, _OP)
 
 
 # ---------------------------------------------------------------------------------------
@@ -255,16 +214,10 @@ def fused_linear_cross_entropy(
                                                  ignore_index=ignore_index, z_loss_weight=z_loss_weight,
                                                  reduction=reduction)
         return LinearCEOutput(loss, z)
-    if chunk_tokens is None:
-        chunk_tokens = default_chunk(V, 4, dev)
-    if chunk_tokens < 1:
-        raise ValueError(f"{op}: chunk_tokens must be >= 1, got {chunk_tokens}")
-    grad_on = torch.is_grad_enabled()
-    need_dh = grad_on and hidden.requires_grad
-    need_dw = grad_on and weight.requires_grad
-    need_db = grad_on and bias is not None and bias.requires_grad
+    chunk_tokens = resolve_chunk_tokens(op, chunk_tokens, V, dev)
+    need = needed_grads(hidden, weight, bias)
     loss, z_loss, _, _, _ = _ce_op(
         hidden.reshape(-1, H), weight, bias, labels, int(ignore_index), float(z_loss_weight), reduction,
-        need_dh, need_dw, need_db, int(chunk_tokens), chosen,
+        *need, chunk_tokens, chosen,
     )
     return LinearCEOutput(loss, z_loss)

@@ -121,10 +121,50 @@ def load_bundle(
         FtibError: the model cannot be loaded, or an accelerator request cannot be met
             (package missing, device not CUDA, model type not supported).
     """
-    import torch
-    from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM,
-                              AutoModelForImageTextToText, AutoTokenizer)
+    src = resolve_source(name_or_path, cache_dir=cache_dir, preset_overrides=preset_overrides)
+    kernels = _check_options(dtype=dtype, kernels=kernels, attn_implementation=attn_implementation, device=device)
+    common: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if revision is not None:
+        common["revision"] = revision
+    config = _load_config(src, common)
+    model = _load_model(src, config, common, attn_implementation=attn_implementation, dtype=dtype)
+    tokenizer, image_processor = _load_processors(src, config, common)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    extra: dict[str, Any] = {}
+    if kernels.get("liger"):
+        extra["kernels"] = {"liger": list(apply_liger(model))}
+    return ModelBundle(model=model, tokenizer=tokenizer, image_processor=image_processor,
+                       chat=ChatProcessor(tokenizer, image_processor, source_dir=src.path), source=src.source,
+                       path=src.path, extra=extra)
 
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSource:
+    """Where :func:`load_bundle` loads a model from.
+
+    Attributes:
+        source: the name or path as given.
+        path: the local directory (a preset's cached build or a ``save_pretrained``
+            directory), None for a hub name.
+        location: what ``from_pretrained`` is given.
+    """
+
+    source: str
+    path: Path | None
+    location: str
+
+
+def resolve_source(name_or_path: str | Path, *, cache_dir: str | Path | None = None,
+                   preset_overrides: dict[str, Any] | None = None) -> ModelSource:
+    """Turn a preset name into its cached directory (built on first use) and check a
+    local path; a hub name passes through.
+
+    Raises:
+        FtibError: a misspelt preset, overrides for something that is not a preset, a file
+            or a directory without ``config.json`` given as the model.
+    """
     source = str(name_or_path)
     meant = looks_like_preset(source)
     if meant is not None:
@@ -136,62 +176,77 @@ def load_bundle(
     if preset_overrides and not is_preset(source):
         raise FtibError(f"preset_overrides given but {source!r} is not a preset ({', '.join(PRESETS)})")
     if is_preset(source):
-        path: Path | None = preset_dir(source, cache_dir=cache_dir, **(preset_overrides or {}))
-        location = str(path)
-    else:
-        p = Path(source).expanduser()
-        if p.exists() and not p.is_dir():
-            raise FtibError(f"model path {source!r} is a file; expected a directory written by save_pretrained")
-        if p.is_dir() and not (p / "config.json").is_file():
-            raise FtibError(f"model directory {source!r} has no config.json (not a save_pretrained directory)")
-        path = p if p.is_dir() else None
-        location = str(p) if path else source
+        path = preset_dir(source, cache_dir=cache_dir, **(preset_overrides or {}))
+        return ModelSource(source=source, path=path, location=str(path))
+    p = Path(source).expanduser()
+    if p.exists() and not p.is_dir():
+        raise FtibError(f"model path {source!r} is a file; expected a directory written by save_pretrained")
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise FtibError(f"model directory {source!r} has no config.json (not a save_pretrained directory)")
+    return ModelSource(source=source, path=p if p.is_dir() else None, location=str(p) if p.is_dir() else source)
+
+
+def _check_options(*, dtype: str | None, kernels: Mapping[str, Any] | None, attn_implementation: str | None,
+                   device: str | None) -> dict[str, Any]:
+    """Reject a load request that cannot be met before anything loads; returns the
+    kernels options as a dict."""
     if dtype is not None and dtype not in DTYPES:
         raise FtibError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    kernels = dict(kernels or {})
-    unknown = sorted(set(kernels) - set(KERNEL_OPTIONS))
+    out = dict(kernels or {})
+    unknown = sorted(set(out) - set(KERNEL_OPTIONS))
     if unknown:
         raise FtibError(f"model.kernels: unknown option(s) {unknown}; known: {', '.join(KERNEL_OPTIONS)}")
     _check_attn_implementation(attn_implementation, device)
-    if kernels.get("liger"):
+    if out.get("liger"):
         _import_liger()  # fail on a missing package before the weights load
-    common: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if revision is not None:
-        common["revision"] = revision
+    return out
+
+
+def _load_config(src: ModelSource, common: dict[str, Any]) -> Any:
+    """The model's ``transformers`` config, of a family ftib supports."""
+    from transformers import AutoConfig
+
     try:
-        config = AutoConfig.from_pretrained(location, **common)
+        config = AutoConfig.from_pretrained(src.location, **common)
     except OSError as exc:
-        hint = "" if path else (f"; it is not a preset ({', '.join(PRESETS)}) nor a local directory, "
-                                "and the hub could not provide it")
-        raise FtibError(f"cannot load model {source!r}{hint}: {exc}") from exc
-    _check_family(config, str(path / "config.json") if path is not None else source)
+        hint = "" if src.path else (f"; it is not a preset ({', '.join(PRESETS)}) nor a local directory, "
+                                    "and the hub could not provide it")
+        raise FtibError(f"cannot load model {src.source!r}{hint}: {exc}") from exc
+    _check_family(config, str(src.path / "config.json") if src.path is not None else src.source)
+    return config
+
+
+def _load_model(src: ModelSource, config: Any, common: dict[str, Any], *, attn_implementation: str | None,
+                dtype: str | None) -> Any:
+    """The weights, through the Auto class of the config's kind (image-text or causal LM)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
     kwargs: dict[str, Any] = dict(common)
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype)
-    multimodal = _is_multimodal(config)
-    auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    auto = AutoModelForImageTextToText if _is_multimodal(config) else AutoModelForCausalLM
     try:
-        model = auto.from_pretrained(location, **kwargs)
+        return auto.from_pretrained(src.location, **kwargs)
     except (ImportError, ValueError) as exc:
         if attn_implementation is None:
             raise
         raise FtibError(f"model.attn_implementation: {attn_implementation!r} cannot be used for "
-                        f"{source!r}: {exc}") from exc
-    tokenizer = AutoTokenizer.from_pretrained(location, **common)
-    if path is not None:
-        _template_fallback(tokenizer, path)
-    image_processor = AutoImageProcessor.from_pretrained(location, backend="pil", **common) if multimodal else None
-    if device is not None:
-        model.to(device)
-    model.eval()
-    extra: dict[str, Any] = {}
-    if kernels.get("liger"):
-        extra["kernels"] = {"liger": list(apply_liger(model))}
-    return ModelBundle(model=model, tokenizer=tokenizer, image_processor=image_processor,
-                       chat=ChatProcessor(tokenizer, image_processor, source_dir=path), source=source, path=path,
-                       extra=extra)
+                        f"{src.source!r}: {exc}") from exc
+
+
+def _load_processors(src: ModelSource, config: Any, common: dict[str, Any]) -> tuple[Any, Any]:
+    """(tokenizer, image processor or None for a text-only model)."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(src.location, **common)
+    if src.path is not None:
+        _template_fallback(tokenizer, src.path)
+    image_processor = (AutoImageProcessor.from_pretrained(src.location, backend="pil", **common)
+                       if _is_multimodal(config) else None)
+    return tokenizer, image_processor
 
 
 #: The model families ftib's stages know the anatomy and chat format of

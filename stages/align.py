@@ -25,7 +25,7 @@ from typing import Literal
 
 from ftib.core import Stage
 from ftib.core.train import TrainConfig
-from ftib.stages.common import TrainableConfig, check_drop_share, train_chat_stage, training_bundle
+from ftib.stages.common import TrainableConfig, check_chat_data, train_chat_stage, training_bundle
 
 
 def describe_prompt() -> str:
@@ -54,13 +54,7 @@ class AlignConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, warmup_steps=5))
 
     def __post_init__(self) -> None:
-        from ftib.data.sources import check_spec
-
-        check_spec(self.data, "data")
-        from ftib.data.loaders import check_pixel_range
-
-        check_pixel_range(self.min_pixels, self.max_pixels)
-        check_drop_share(self.max_drop_share)
+        check_chat_data(self)
 
 
 class AlignStage(Stage):

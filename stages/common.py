@@ -282,6 +282,18 @@ def save_adapter_dir(model: Any, out: Path, *, processor: Any = None, tokenizer:
     return out
 
 
+def check_chat_data(cfg: Any) -> None:
+    """The checks of a chat stage's data fields (``align``, ``sft``), for its Config's
+    ``__post_init__``: the ``data`` spec, the pixel budget (``min_pixels`` <=
+    ``max_pixels``) and ``max_drop_share`` in [0, 1]."""
+    from ftib.data.loaders import check_pixel_range
+    from ftib.data.sources import check_spec
+
+    check_spec(cfg.data, "data")
+    check_pixel_range(cfg.min_pixels, cfg.max_pixels)
+    check_drop_share(cfg.max_drop_share)
+
+
 def training_bundle(ctx: Any, trainable: TrainableConfig) -> Any:
     """The bundle a training stage starts from, on ``ctx.device``.
 

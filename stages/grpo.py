@@ -68,10 +68,9 @@ from typing import Any, Literal
 
 import torch
 
-from ftib.core import FtibError, Stage, StageResult, build_config
+from ftib.core import FtibError, RewardContext, Stage, StageResult, build_config
 from ftib.core.registry import REWARDS, Registry
 from ftib.core.train import LossOutput, ParamGroup, TrainConfig, Trainer
-from ftib.models.reward_encoder import resolve_encoder
 from ftib.data.prompts import read_prompts
 from ftib.stages.common import (TrainableConfig, check_drop_share, check_dropped, save_model_dir, select_trainable,
                                 trainable_parameter_count, training_bundle)
@@ -251,14 +250,9 @@ class _Rewards:
         self.terms = []
         for i, spec in enumerate(specs):
             cls = reg.load(REWARDS, spec.name)
-            conf = dict(spec.config)
-            if spec.name == "semantic" and "model" in conf:
-                # "ftibworld-encoder" (bare: the stage's own FTibWorld data) is trained on
-                # first use and cached; other specs pass through.
-                conf["model"] = resolve_encoder(conf["model"], data, seed=seed)
-            reward = cls(build_config(cls.Config, conf, where=f"rewards[{i}].config"))
-            if hasattr(reward, "bind"):
-                reward.bind(device)
+            reward = cls(build_config(cls.Config, dict(spec.config), where=f"rewards[{i}].config"))
+            # Every reward takes what it needs from the run in bind (Reward's contract).
+            reward.bind(RewardContext(device=device, data=str(data), seed=seed))
             self.terms.append((spec.name, spec.weight, reward))
 
     def __call__(self, prompts, completions, references, metadata

@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -217,7 +217,7 @@ def greedy_similarity(model: torch.nn.Module, chat: Any, reward: Any, prompts: l
             batch = chat.collate(encs, padding_side="left")
             batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
             with torch.no_grad():
-                out = model.generate(**batch, do_sample=False, temperature=None, top_p=None, top_k=None,
+                out = cast(Any, model).generate(**batch, do_sample=False, temperature=None, top_p=None, top_k=None,
                                      max_new_tokens=max_new_tokens, eos_token_id=sorted(stop_ids),
                                      pad_token_id=pad_id)
             texts = [strip_thinking(chat.decode(row))[0] for row in out[:, batch["input_ids"].shape[1] :]]
@@ -306,7 +306,8 @@ class Monitors:
 
         if self.on["mixed_language"]:
             v = metrics.get("monitor/mixed_language_share")
-            flag("mixed_language", v, v is not None and v > c.mixed_language_max,
+            limit = c.mixed_language_max
+            flag("mixed_language", v, v is not None and limit is not None and v > limit,
                  f"{v:.3f} of completions have semantic reward >= {c.semantic_min} but fail language "
                  f"consistency (max {c.mixed_language_max})" if v is not None else "")
         if len(rows) >= c.reference_steps:
@@ -325,21 +326,21 @@ class Monitors:
                 if base is not None and base > 0:
                     ratio = metrics["entropy"] / base
                     out["monitor/entropy_ratio"] = ratio
-                    flag("entropy", ratio, ratio < c.entropy_ratio_min,
+                    flag("entropy", ratio, c.entropy_ratio_min is not None and ratio < c.entropy_ratio_min,
                          f"mean token entropy is {ratio:.3f}x the cold-start mean ({base:.3f}; "
                          f"min {c.entropy_ratio_min})")
         if self.on["kl"] and "kl" in metrics:
             v = metrics["kl"]
-            flag("kl", v, v > c.kl_max, f"KL to the reference is {v:.4f} (max {c.kl_max})")
+            flag("kl", v, c.kl_max is not None and v > c.kl_max, f"KL to the reference is {v:.4f} (max {c.kl_max})")
         if self.on["zero_std"] and "zero_std_groups" in metrics:
             v = metrics["zero_std_groups"]
-            flag("zero_std", v, v > c.zero_std_max, f"{v:.3f} of groups have zero reward variance "
+            flag("zero_std", v, c.zero_std_max is not None and v > c.zero_std_max, f"{v:.3f} of groups have zero reward variance "
                  f"(max {c.zero_std_max})")
         if self.on["clip"]:
             key = next((k for k in CLIP_KEYS if k in metrics), None)
             if key is not None:
                 v = metrics[key]
-                flag("clip", v, v > c.clip_max, f"{key} is {v:.3f} (max {c.clip_max})")
+                flag("clip", v, c.clip_max is not None and v > c.clip_max, f"{key} is {v:.3f} (max {c.clip_max})")
         if self.heldout is not None:
             if step == 0 and self._start is not None:
                 out["monitor/heldout_similarity_start"] = self._start

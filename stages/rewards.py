@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import torch
 
-from ftib.core import ConfigError, FtibError, Reward
+from ftib.core import ConfigError, FtibError, Reward, RewardContext
 
 from ftib.data.scripts import SCRIPT_RANGES, Script, script_of, script_share  # noqa: F401  (re-exported)
 
@@ -138,22 +138,39 @@ class SemanticReward(Reward):
             # A local encoder is checked when the config is built, before any work starts.
             check_encoder_dir(self.model)
 
+    config: Config  # the plugin's own Config (the base class knows only `object`)
+
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self._encoder = None
         self._cache: dict[str, torch.Tensor] = {}
         self.device = "cpu"
+        self.model = config.model  # the encoder loaded: config.model as resolved by bind
+        self._bound = False
 
-    def bind(self, device: str) -> SemanticReward:
-        """Run the encoder on the policy's device (called by the GRPO stage)."""
+    def bind(self, context: RewardContext) -> SemanticReward:
+        """Resolve the encoder against the run and run it on the policy's device (called
+        by the GRPO stage): ``ftibworld-encoder`` (bare: trained on the stage's own
+        FTibWorld data, ``context.data``) is trained on first use and cached; a hub name
+        or a directory is used as it is."""
+        from ftib.models.reward_encoder import resolve_encoder
+
         if self.config.device == "auto":
-            self.device = device
+            self.device = context.device
+        self.model = resolve_encoder(self.config.model, context.data, seed=context.seed)
+        check_encoder_dir(self.model)
+        self._bound = True
         return self
 
     @property
     def encoder(self):
         if self._encoder is None:
-            self._encoder = load_encoder(self.config.model, self.config.device if self.config.device != "auto" else self.device)
+            from ftib.models.reward_encoder import FTIBWORLD_ENCODER
+
+            if self.model.startswith(FTIBWORLD_ENCODER) and not self._bound:
+                raise FtibError(f"semantic reward: model {self.model!r} is trained from the run's data; "
+                                "bind(RewardContext(...)) the reward before calling it (the GRPO stage does)")
+            self._encoder = load_encoder(self.model, self.config.device if self.config.device != "auto" else self.device)
         return self._encoder
 
     def _embed(self, texts: Sequence[str]) -> torch.Tensor:

@@ -32,7 +32,7 @@ from typing import Literal
 
 from ftib.core import Stage
 from ftib.core.train import TrainConfig
-from ftib.stages.common import TrainableConfig, check_drop_share, train_chat_stage, training_bundle
+from ftib.stages.common import TrainableConfig, check_chat_data, train_chat_stage, training_bundle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,13 +54,7 @@ class SFTConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, warmup_steps=10))
 
     def __post_init__(self) -> None:
-        from ftib.data.sources import check_spec
-
-        check_spec(self.data, "data")
-        from ftib.data.loaders import check_pixel_range
-
-        check_pixel_range(self.min_pixels, self.max_pixels)
-        check_drop_share(self.max_drop_share)
+        check_chat_data(self)
 
 
 def text_task_records(cfg: SFTConfig) -> list[tuple[list[dict], list, str]]:

@@ -47,6 +47,22 @@ def test_pixel_budget_below_one_patch_grid_is_a_config_error():
         with_pixel_budget(load_bundle("tiny-qwen3").chat, None, 4096, where="stages.sft")
 
 
+@pytest.mark.parametrize("stage", ["align", "sft"])
+def test_chat_stage_configs_check_their_data_fields(stage, tmp_path):
+    """align and sft share their data-field checks (stages.common.check_chat_data)."""
+    from ftib.core.config import build
+    from ftib.stages.align import AlignConfig
+    from ftib.stages.sft import SFTConfig
+
+    cls = {"align": AlignConfig, "sft": SFTConfig}[stage]
+    with pytest.raises(ConfigError, match=r"max_drop_share must lie in \[0, 1\], got 1.5"):
+        build(cls, {"max_drop_share": 1.5}, where=f"stages.{stage}")
+    with pytest.raises(ConfigError, match="min_pixels"):
+        build(cls, {"min_pixels": 5000, "max_pixels": 4000}, where=f"stages.{stage}")
+    with pytest.raises(ConfigError, match=r"data: .*missing' does not exist"):
+        build(cls, {"data": str(tmp_path / "missing")}, where=f"stages.{stage}")
+
+
 def test_stage_configs_check_the_pixel_range():
     from ftib.core.config import build
 

@@ -1,5 +1,6 @@
 """The GRPO stage on the tiny preset and FTibWorld (tiny)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -226,3 +227,32 @@ def test_bad_objectives_are_config_errors(tmp_path, config, match):
             "train": {"max_steps": 1, "batch_size": 2}}
     with pytest.raises(ConfigError, match=match):
         run_grpo(tmp_path, {**base, **config})
+
+
+def test_the_stage_binds_every_reward_alike(monkeypatch):
+    """No reward is special-cased by name: each one, whatever it is called, is built from
+    its own config and bound with the same RewardContext."""
+    from ftib.core import Reward, RewardContext
+    from ftib.core.registry import Registry
+    from ftib.stages import grpo
+
+    bound = []
+
+    class Recording(Reward):
+        @dataclasses.dataclass(frozen=True, kw_only=True)
+        class Config:
+            model: str = "ftibworld-encoder"
+
+        def bind(self, context):
+            bound.append((self.config.model, context))
+            return self
+
+        def __call__(self, prompts, completions, references, metadata):
+            return torch.zeros(len(completions))
+
+    monkeypatch.setattr(Registry, "load", lambda self, group, name: Recording)
+    specs = (grpo.RewardSpec(name="semantic", config={"model": "x"}), grpo.RewardSpec(name="mine"))
+    rewards = grpo._Rewards(specs, "cpu", 7, "ftibworld:tiny")
+    want = RewardContext(device="cpu", data="ftibworld:tiny", seed=7)
+    assert bound == [("x", want), ("ftibworld-encoder", want)]  # the config reaches the reward unresolved
+    assert [name for name, _, _ in rewards.terms] == ["semantic", "mine"]

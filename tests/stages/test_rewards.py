@@ -87,3 +87,37 @@ def test_semantic_reward_bad_encoder_paths(tmp_path):
         build(SemanticReward.Config, {"model": str(tmp_path / "plain")})
     with pytest.raises(ConfigError, match="not a sentence-transformers model"):
         load_encoder(str(tmp_path / "plain"))
+
+
+def test_semantic_reward_resolves_its_encoder_in_bind(tmp_path, monkeypatch):
+    """The reward, not the stage, turns ``ftibworld-encoder`` into a trained encoder,
+    from the RewardContext it is bound with."""
+    import ftib.models.reward_encoder as reward_encoder
+    from ftib.core import FtibError, RewardContext
+
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    (enc / "modules.json").write_text("[]")
+    calls = []
+
+    def fake_resolve(spec, data="ftibworld", seed=0):
+        calls.append((spec, data, seed))
+        return str(enc)
+
+    monkeypatch.setattr(reward_encoder, "resolve_encoder", fake_resolve)
+    unbound = SemanticReward(SemanticReward.Config(model="ftibworld-encoder"))
+    with pytest.raises(FtibError, match="bind"):
+        unbound.encoder  # noqa: B018  (the property loads the encoder)
+    reward = SemanticReward(SemanticReward.Config(model="ftibworld-encoder"))
+    assert reward.bind(RewardContext(device="meta", data="ftibworld:tiny:3", seed=5)) is reward
+    assert calls == [("ftibworld-encoder", "ftibworld:tiny:3", 5)]
+    assert reward.model == str(enc) and reward.device == "meta"
+    pinned = SemanticReward(SemanticReward.Config(model="ftibworld-encoder", device="cpu"))
+    pinned.bind(RewardContext(device="meta", data="ftibworld", seed=0))
+    assert pinned.device == "cpu"  # config.device other than auto wins over the policy's
+    # A resolved directory that holds no sentence-transformers model fails in bind.
+    (tmp_path / "plain").mkdir()
+    monkeypatch.setattr(reward_encoder, "resolve_encoder", lambda spec, data="", seed=0: str(tmp_path / "plain"))
+    with pytest.raises(ConfigError, match="not a sentence-transformers model"):
+        SemanticReward(SemanticReward.Config(model="ftibworld-encoder")).bind(
+            RewardContext(device="cpu", data="ftibworld", seed=0))
