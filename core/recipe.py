@@ -450,7 +450,7 @@ def rollout_bytes(config: Mapping[str, Any], limits: ModelLimits) -> int | None:
     vocabulary, a float32 KV cache (2 x layers x hidden) and training activations
     (about 34 x hidden values per layer and token: Korthikanti et al. 2022, eq. 1
     without the attention-score term). ``None`` for a config without ``group_size``."""
-    if "group_size" not in config or None in (limits.vocab, limits.hidden, limits.layers):
+    if "group_size" not in config or limits.vocab is None or limits.hidden is None or limits.layers is None:
         return None
     prompts = int((config.get("train") or {}).get("batch_size", 1))
     length = int(config.get("max_prompt_length", 0)) + int(config.get("max_new_tokens", 0))
@@ -473,9 +473,9 @@ def check_limits(recipe: Recipe, limits: ModelLimits) -> None:
                 if isinstance(value, int) and value > limits.context:
                     raise ConfigError(f"{where}.{name}: {value} exceeds the model's context of "
                                       f"{limits.context} tokens (max_position_embeddings)")
-            both = conf.get("max_prompt_length"), conf.get("max_new_tokens")
-            if all(isinstance(v, int) for v in both) and sum(both) > limits.context:
-                raise ConfigError(f"{where}.max_prompt_length + max_new_tokens = {both[0]} + {both[1]} exceeds "
+            prompt_len, new_tokens = conf.get("max_prompt_length"), conf.get("max_new_tokens")
+            if isinstance(prompt_len, int) and isinstance(new_tokens, int) and prompt_len + new_tokens > limits.context:
+                raise ConfigError(f"{where}.max_prompt_length + max_new_tokens = {prompt_len} + {new_tokens} exceeds "
                                   f"the model's context of {limits.context} tokens")
         need = rollout_bytes(conf, limits)
         if need is not None and need > recipe.run.max_rollout_gib * 2**30:

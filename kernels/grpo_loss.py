@@ -165,11 +165,13 @@ def _objective_terms(x: _Tokens, obj: Objective, inv_len: torch.Tensor, adv_seq:
         sg = torch.sigmoid(tau * (c - 1))
         p, dp_loc, dp_s = -sg * 4 / tau * adv, zero, -adv * 4 * sg * (1 - sg) * c
     else:  # vespo
+        assert x.phi is not None  # computed above for vespo
         p, dp_loc, dp_s = -x.phi * adv * logp, -x.phi * adv, zero
     if x.isw is not None and lt != "vespo":
         p, dp_loc, dp_s = p * x.isw, dp_loc * x.isw, dp_s * x.isw
     kl_sum = logp.new_zeros(())
     if obj.beta != 0.0:
+        assert x.ref is not None  # the op checks ref_logps is given when beta != 0
         d = x.ref - logp
         ed = torch.exp(d)
         kl, dkl = ed - d - 1.0, 1.0 - ed
@@ -374,7 +376,8 @@ def _grpo_op_fn(
     ``objective_params``: sapo temperatures (pos, neg), then vespo k_pos, lambda_pos,
     k_neg, lambda_neg; ``delta`` inf when off."""
     obj = Objective(loss_type, importance_sampling_level, beta, epsilon_low, epsilon_high, delta,
-                    use_bias_correction_kl, tuple(objective_params[:2]), tuple(objective_params[2:6]))
+                    use_bias_correction_kl, (objective_params[0], objective_params[1]),
+                    (objective_params[2], objective_params[3], objective_params[4], objective_params[5]))
     x = _Completions(ids, mask, advantages, old_logps, ref_logps, importance_weights)
     plan = ChunkPlan(NeededGrads(need_dh, need_dw, need_db), chunk_tokens, impl == "triton")
     with torch.no_grad():

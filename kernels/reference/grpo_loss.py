@@ -177,6 +177,8 @@ def grpo_loss_from_logps(
     coef_1 = torch.exp(log_iw)
     kl = None
     if beta != 0.0:
+        if ref_logps is None:
+            raise ValueError("beta != 0 needs ref_logps")
         d = ref_logps.float() - logps
         kl = torch.exp(d) - d - 1
         if use_bias_correction_kl:
@@ -211,6 +213,8 @@ def grpo_loss_from_logps(
         length = logps.shape[1] if max_completion_length is None else max_completion_length
         loss = (per_token * m).sum() / (B * length)
     elif loss_type in ("dapo", "cispo", "vespo"):
+        if num_items_in_batch is None:
+            raise ValueError(f"loss_type {loss_type!r} needs num_items_in_batch (the global token count)")
         loss = (per_token * m).sum() / num_items_in_batch
     else:  # luspo
         loss = (per_token * m).sum(-1).sum() / B
