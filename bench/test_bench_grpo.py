@@ -13,7 +13,8 @@ through a thin wrapper. Every case runs in a **fresh subprocess** with the same 
 torch threads (``FTIB_BENCH_THREADS``, default this process's), so its peak RSS is its
 own. Cases: ``trl``; ``ftib`` (the stage as configured by default); ``ftib_generate``
 (the stage with ``sampler: transformers``, i.e. rollouts through ``model.generate`` as
-TRL does: shows how much of the gap is the sampler).
+TRL does: shows how much of the gap is the sampler); each at two shapes, ``g4`` (the
+above) and ``g8`` (G = 8, at most 64 new tokens).
 
 * ``samples_per_s`` — completions per second over optimiser steps 2..N (the first step,
   with one-off warm-up costs, is reported separately as ``first_step_s``), clocked by
@@ -22,11 +23,16 @@ TRL does: shows how much of the gap is the sampler).
 * ``peak_rss_mib`` — the subprocess's peak resident set (VmHWM: imports, model, data,
   training); ``peak_extra_mib`` — that peak minus the RSS after importing torch,
   transformers and the framework;
-* ftib cases also record the stage's own median time breakdown (``median/...``) and,
+* every case records a median time breakdown per phase (``median/generation_s``,
+  ``reward_s``, ``ref_logps_s``, ``loss_fwd_s`` ...): ftib's from the stage's own metrics,
+  TRL's by clocking its trainer's ``_generate``, ``_calculate_rewards``,
+  ``_generate_and_score_completions`` and ``compute_loss`` (``other_s``: backward,
+  optimizer and the rest of the step);
+* ftib cases also record,
   after the ``trl`` case of the same session, ``speedup_vs_trl`` and
   ``peak_rss_ratio_vs_trl``; every case records ``load_avg_1m``.
 
-Goal (issue 8): ftib >= 2x TRL's samples/s at no more peak memory. ::
+Goal (issues 8 and 19): ftib >= 3x TRL's completions/s at no more peak memory, at both shapes. ::
 
     python -m pytest bench/test_bench_grpo.py --benchmark-only -s
     FTIB_BENCH_THREADS=1 python -m pytest bench/test_bench_grpo.py --benchmark-only -s
@@ -70,10 +76,13 @@ SETTINGS = {
     "max_grad_norm": 1.0,
     "seed": 0,
 }
+#: The two shapes: the default (G = 4, 32 new tokens) and issue 19's longer case (G = 8,
+#: 64 new tokens: 32 completions per step, twice as long).
+SHAPES = {"g4": {}, "g8": {"group_size": 8, "max_new_tokens": 64}}
 LANGUAGE = {"scripts": ["han"], "mode": "fraction"}
 TIMED_STEPS = 12
 SMOKE_STEPS = 2
-_RESULTS: dict[str, dict] = {}
+_RESULTS: dict[tuple[str, str], dict] = {}
 
 
 def trl_available() -> bool:
@@ -172,12 +181,31 @@ def run_trl(s: dict, steps: int, work: Path) -> dict:
     marks: list[float] = []
     begin: list[float] = []
 
+    # TRL's own phases, clocked by wrapping its trainer's methods on the instance (TRL 1.16
+    # names: ``_generate`` = rollouts, ``_calculate_rewards`` = rewards, both inside
+    # ``_generate_and_score_completions``, which also computes old/reference log-probs and
+    # advantages; ``compute_loss`` = the loss forward). Summed per optimiser step.
+    phase_names = ("generation_s", "reward_s", "score_total_s", "loss_fwd_s")
+    current = dict.fromkeys(phase_names, 0.0)
+    per_step: list[dict[str, float]] = []
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                current[name] += time.perf_counter() - t0
+        return wrapper
+
     class Clock(transformers.TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
             begin.append(time.perf_counter())
 
         def on_step_end(self, args, state, control, **kw):
             marks.append(time.perf_counter())
+            per_step.append(dict(current))
+            current.update(dict.fromkeys(phase_names, 0.0))
 
     path = preset_dir(s["model"])
     tok = transformers.AutoTokenizer.from_pretrained(path)
@@ -199,6 +227,9 @@ def run_trl(s: dict, steps: int, work: Path) -> dict:
     )
     trainer = GRPOTrainer(model=model, reward_funcs=[_language_reward_for_trl()], args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[Clock()])
+    for name, method in (("generation_s", "_generate"), ("reward_s", "_calculate_rewards"),
+                         ("score_total_s", "_generate_and_score_completions"), ("loss_fwd_s", "compute_loss")):
+        setattr(trainer, method, timed(name, getattr(trainer, method)))
     trainer.train()
     out = _summary(marks, B * G, marks[0] - begin[0])
     out["rss_after_imports_mib"] = rss_imports
@@ -206,6 +237,22 @@ def run_trl(s: dict, steps: int, work: Path) -> dict:
     if logs:
         out["completion_len_mean"] = sum(h["completions/mean_length"] for h in logs) / len(logs)
         out["reward_mean"] = sum(h["reward"] for h in logs) / len(logs)
+    # Medians over steps 2..N, the same phases as ftib's breakdown: ref_logps_s = the rest
+    # of scoring (old/reference log-probs, advantages); other_s = backward, optimizer and
+    # everything else in the step.
+    steps_s = [b - a for a, b in zip(marks, marks[1:])]
+    tail = list(zip(steps_s, per_step[1:]))
+    if tail:
+        def median(vals):
+            vals = sorted(vals)
+            return vals[len(vals) // 2]
+
+        out["median/step_time_s"] = median([t for t, _ in tail])
+        out["median/generation_s"] = median([p["generation_s"] for _, p in tail])
+        out["median/reward_s"] = median([p["reward_s"] for _, p in tail])
+        out["median/ref_logps_s"] = median([p["score_total_s"] - p["generation_s"] - p["reward_s"] for _, p in tail])
+        out["median/loss_fwd_s"] = median([p["loss_fwd_s"] for _, p in tail])
+        out["median/other_s"] = median([t - p["score_total_s"] - p["loss_fwd_s"] for t, p in tail])
     return out
 
 
@@ -243,14 +290,16 @@ def bench_threads() -> int:
     return int(os.environ.get("FTIB_BENCH_THREADS") or torch.get_num_threads())
 
 
-# trl first: the ftib cases record their ratios to it.
+# trl first: the ftib cases record their ratios to it (per shape).
 @pytest.mark.parametrize("impl", ["trl", "ftib", "ftib_generate"])
-def test_grpo_vs_trl(benchmark, cache, impl):
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_grpo_vs_trl(benchmark, cache, shape, impl):
     if impl == "trl" and not trl_available():
         pytest.skip("trl is not installed (pip install -e '.[dev]'); it is the baseline of this benchmark")
     steps = SMOKE_STEPS if benchmark.disabled else TIMED_STEPS
     # The untimed smoke run needs no parallelism (and OpenMP spinning on a busy CI box costs minutes).
-    args = {"impl": impl, "steps": steps, "threads": 1 if benchmark.disabled else bench_threads()}
+    args = {"impl": impl, "steps": steps, "threads": 1 if benchmark.disabled else bench_threads(),
+            "settings": SHAPES[shape]}
     result: dict = {}
 
     def run():
@@ -260,9 +309,9 @@ def test_grpo_vs_trl(benchmark, cache, impl):
     benchmark.pedantic(run, rounds=1, iterations=1)
     if "error" in result:
         pytest.fail(f"{impl} subprocess failed: {result['error']}")
-    _RESULTS[impl] = result
+    _RESULTS[(shape, impl)] = result
     more = {"load_avg_1m": os.getloadavg()[0]}
-    trl = _RESULTS.get("trl")
+    trl = _RESULTS.get((shape, "trl"))
     if impl != "trl" and trl and result.get("samples_per_s") and trl.get("samples_per_s"):
         more.update(speedup_vs_trl=result["samples_per_s"] / trl["samples_per_s"],
                     peak_rss_ratio_vs_trl=result["peak_rss_mib"] / trl["peak_rss_mib"],
@@ -271,10 +320,11 @@ def test_grpo_vs_trl(benchmark, cache, impl):
         from importlib import metadata
 
         more["trl_version"] = metadata.version("trl")
+    settings = {**SETTINGS, **SHAPES[shape]}
     extra_info(benchmark, impl=impl, mode="train", device=torch.device("cpu"), dtype=torch.float32,
-               shapes={"group_size": SETTINGS["group_size"], "prompts_per_step": SETTINGS["prompts_per_step"],
-                       "max_new_tokens": SETTINGS["max_new_tokens"]},
-               settings=SETTINGS, **result, **more)
+               shapes={"group_size": settings["group_size"], "prompts_per_step": settings["prompts_per_step"],
+                       "max_new_tokens": settings["max_new_tokens"]},
+               settings=settings, **result, **more)
     print(f"\n{impl}: {json.dumps({**result, **more}, sort_keys=True)}")
 
 
