@@ -54,6 +54,10 @@ are the task's ``collate_times``, so the loop's ``data_time_s`` is only drawing 
 encoding prompts and ``step_time_s`` ≈ ``data_time_s`` + ``time/generation_s`` +
 ``time/reward_s`` + ``time/ref_logps_s`` + ``time/forward_s`` + ``time/backward_s`` +
 ``time/optimizer_s``.
+
+With ``select`` set, the stage's output is not the last step's weights but the evaluated
+checkpoint with the best held-out metric whose alignment tax (drift from the starting
+weights on general text) is within ``select.max_tax`` (:mod:`ftib.stages.grpo_select`).
 """
 
 from __future__ import annotations
