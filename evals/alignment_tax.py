@@ -22,122 +22,15 @@ after SFT.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-
-from ftib.core.errors import FtibError
 from ftib.core.interfaces import EvalResult, Evaluator, RunContext
 from ftib.evals.loaders import check_data, load_items
-from ftib.evals.metrics import mean, percentile
+# The computation lives in models/ (one home; the GRPO stage's checkpoint selection uses it too).
+from ftib.models.drift import alignment_tax
 
-
-def _token_stats(model: Any, ids: list[int]) -> tuple[Any, Any]:
-    """Per-position log-probs ``(T-1, V) float32`` and NLL of the actual next tokens ``(T-1,)``."""
-    import torch
-
-    device = next(model.parameters()).device
-    x = torch.tensor([ids], device=device)
-    logits = model(input_ids=x).logits[0, :-1].float()
-    logp = torch.log_softmax(logits, dim=-1)
-    nll = -logp.gather(-1, x[0, 1:, None].to(logp.device))[:, 0]
-    return logp, nll
-
-
-def alignment_tax(base_model: Any, base_tokenizer: Any, adapted_model: Any, adapted_tokenizer: Any,
-                  texts: Sequence[str], *, max_length: int = 256,
-                  ids: Sequence[str] | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Compare two causal LMs on ``texts`` (see the module docstring).
-
-    Args:
-        base_model, adapted_model: causal LMs returning ``logits (1, T, V)``; the
-            adapted vocabulary must contain the base one (``V_adapted >= V_base``).
-        base_tokenizer, adapted_tokenizer: their tokenizers (Hugging Face call API).
-        texts: the held-out texts; each is cut to ``max_length`` tokens.
-        ids: record ids (default: positions).
-
-    Returns:
-        ``(metrics, records)``; metrics ``nll_base, nll_adapted, nll_increase_mean,
-        nll_increase_p90, kl_mean`` (per token, nats), ``nll_per_char_base,
-        nll_per_char_adapted, nll_per_char_increase``, ``texts``, ``tokens`` and
-        ``tokenization_mismatch``.
-    """
-    modes = [(m, m.training) for m in (base_model, adapted_model)]
-    for m, _ in modes:
-        m.eval()
-    try:
-        return _alignment_tax(base_model, base_tokenizer, adapted_model, adapted_tokenizer, texts,
-                              max_length=max_length, ids=ids)
-    finally:  # leave the models in the mode they were handed over in
-        for m, training in modes:
-            m.train(training)
-
-
-def _alignment_tax(base_model: Any, base_tokenizer: Any, adapted_model: Any, adapted_tokenizer: Any,
-                   texts: Sequence[str], *, max_length: int, ids: Sequence[str] | None
-                   ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    import torch
-
-    diffs: list[float] = []
-    nll_b_all: list[float] = []
-    nll_a_all: list[float] = []
-    kls: list[float] = []
-    per_char_b: list[float] = []
-    per_char_a: list[float] = []
-    records: list[dict[str, Any]] = []
-    mismatch = 0
-    for i, text in enumerate(texts):
-        ib = base_tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
-        ia = adapted_tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
-        if len(ib) < 2 or len(ia) < 2:
-            raise FtibError(f"general text {i} has fewer than two tokens; it cannot be scored")
-        with torch.no_grad():
-            logp_b, nll_b = _token_stats(base_model, list(ib))
-            logp_a, nll_a = _token_stats(adapted_model, list(ia))
-        rid = ids[i] if ids is not None else str(i)
-        # Per character over the text each model actually saw (both cut to max_length).
-        n_chars_b = len(base_tokenizer.decode(ib[1:]))
-        n_chars_a = len(adapted_tokenizer.decode(ia[1:]))
-        pcb = float(nll_b.sum()) / max(n_chars_b, 1)
-        pca = float(nll_a.sum()) / max(n_chars_a, 1)
-        per_char_b.append(pcb)
-        per_char_a.append(pca)
-        rec: dict[str, Any] = {"id": rid, "prediction": float(nll_a.mean()), "parsed": None,
-                               "gold": float(nll_b.mean()), "correct": None,
-                               "nll_per_char_base": pcb, "nll_per_char_adapted": pca}
-        if list(ib) == list(ia):
-            vb = logp_b.shape[-1]
-            if logp_a.shape[-1] < vb:
-                raise FtibError(f"the adapted model's vocabulary ({logp_a.shape[-1]}) is smaller than "
-                                f"the base model's ({vb}); the KL is undefined")
-            pb = logp_b.exp()
-            kl = (pb * (logp_b - logp_a[:, :vb])).sum(-1)
-            d = (nll_a - nll_b).tolist()
-            diffs += d
-            nll_b_all += nll_b.tolist()
-            nll_a_all += nll_a.tolist()
-            kls += kl.tolist()
-            rec.update(nll_increase=mean(d), kl=float(kl.mean()), tokens=len(d))
-        else:
-            mismatch += 1
-            rec.update(nll_increase=None, kl=None, tokens=None)
-        records.append(rec)
-    metrics = {
-        "nll_base": mean(nll_b_all),
-        "nll_adapted": mean(nll_a_all),
-        "nll_increase_mean": mean(diffs),
-        "nll_increase_p90": percentile(diffs, 90),
-        "kl_mean": mean(kls),
-        "nll_per_char_base": mean(per_char_b),
-        "nll_per_char_adapted": mean(per_char_a),
-        "nll_per_char_increase": mean(a - b for a, b in zip(per_char_a, per_char_b)),
-        "texts": float(len(texts)),
-        "tokens": float(len(diffs)),
-        "tokenization_mismatch": float(mismatch),
-    }
-    return metrics, records
+__all__ = ["AlignmentTaxEvaluator", "alignment_tax", "resolve_base_model"]
 
 
 def resolve_base_model(spec: str, run_dir: Path) -> str:

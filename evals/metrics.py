@@ -6,10 +6,12 @@ scores (MME) say so in their name or docstring; everything else is a fraction in
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
+
+# One home for these two (the alignment tax, in models/, needs them below evals/).
+from ftib.models.drift import mean, percentile
 
 __all__ = [
     "accuracy",
@@ -249,17 +251,6 @@ def rouge_l(hyp: Sequence[Hashable], ref: Sequence[Hashable], beta: float = 1.0)
     return {"precision": p, "recall": r, "f": (1 + beta**2) * p * r / (r + beta**2 * p)}
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) with linear interpolation (numpy's default)."""
-    if not values:
-        return math.nan
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def rule_shares(rules: Iterable[str], order: Sequence[str] | None = None) -> dict[str, float]:
     """Share of records resolved by each extraction rule (rules that never fired are 0)."""
     rules = list(rules)
@@ -268,11 +259,6 @@ def rule_shares(rules: Iterable[str], order: Sequence[str] | None = None) -> dic
         counts[r] += 1
     keys = list(order or []) + sorted(k for k in counts if k not in (order or []))
     return {k: counts.get(k, 0) / len(rules) if rules else 0.0 for k in keys}
-
-
-def mean(values: Iterable[float]) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else math.nan
 
 
 def label_metrics(records: Sequence[dict[str, Any]], labels: tuple[str, str]) -> dict[str, float]:

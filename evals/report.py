@@ -249,6 +249,13 @@ def _stage_table(manifest: Mapping[str, Any]) -> list[str]:
             other.append("monitor alarms (steps) " + ", ".join(f"{k} {_fmt(v)}" for k, v in alarms.items()))
         if "monitor_stop_step" in m:
             other.append(f"stopped by a monitor after step {_fmt(m['monitor_stop_step'])}")
+        if "select/step" in m:  # GRPO checkpoint selection (ftib.stages.grpo_select)
+            if m.get("select/none_within_budget"):
+                other.append(f"no checkpoint within the tax budget {_fmt(m.get('select/max_tax'))}: output = "
+                             "starting weights")
+            else:
+                other.append(f"selected step {_fmt(m['select/step'])} (similarity {_fmt(m.get('select/similarity'))}"
+                             f", tax {_fmt(m.get('select/tax'))} ≤ {_fmt(m.get('select/max_tax'))})")
         for k in ("tokens_per_s", "trainable_params"):
             if k in m:
                 other.append(f"{k.replace('_', ' ')} {_fmt(m[k])}")
@@ -300,6 +307,27 @@ def _tax_table(manifest: Mapping[str, Any], results: Results) -> list[str]:
     return lines
 
 
+def _selection_table(run_dir: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """Each GRPO stage's checkpoint-selection curve (its ``selection.json``): every
+    evaluation's metric and tax, whether it was within budget, and the choice."""
+    lines: list[str] = []
+    for sid in manifest.get("stages", {}):
+        path = Path(run_dir) / "stages" / sid / "selection.json"
+        if not path.is_file():
+            continue
+        sel = json.loads(path.read_text(encoding="utf-8"))
+        chosen = sel.get("chosen_step")
+        lines += ["", f"`{sid}`: {sel.get('metric')} under {sel.get('tax_metric')} ≤ {_fmt(sel.get('max_tax'))}, "
+                  f"every {sel.get('every')} steps; starting similarity {_fmt(sel.get('similarity_start'))}; "
+                  + (f"output: step {chosen}." if chosen is not None
+                     else "no evaluation within budget: output = the starting weights."), "",
+                  "| step | similarity ↑ | tax ↓ | within budget | chosen |", "|---:|---:|---:|---|---|"]
+        for c in sel.get("curve", []):
+            lines.append(f"| {c['step']} | {_fmt(c['similarity'])} | {_fmt(c['tax'])} | "
+                         f"{'yes' if c['within_budget'] else 'no'} | {'✓' if c['step'] == chosen else ''} |")
+    return lines
+
+
 def run_markdown(run_dir: Path) -> str:
     """The report of a pipeline run: stages, benchmark scores, the learning check against
     chance, the alignment-tax comparison when present, and the machine it ran on."""
@@ -330,6 +358,9 @@ def run_markdown(run_dir: Path) -> str:
     tax = _tax_table(manifest, results)
     if tax:
         lines += ["", "## Alignment tax", ""] + tax
+    selection = _selection_table(run_dir, manifest)
+    if selection:
+        lines += ["", "## Checkpoint selection"] + selection
     if results:
         body = markdown(results, "Benchmarks").split("\n", 1)[1]
         lines += ["", "## Benchmarks", body.rstrip()]
@@ -343,6 +374,11 @@ MONITOR_CURVES = {
     "monitor/heldout_similarity": "heldout", "monitor/entropy_ratio": "entropy", "kl": "kl",
     "zero_std_groups": "zero_std", "clip_ratio_region": "clip", "cispo_clip_ratio": "clip",
 }
+
+
+# The checkpoint selection's curves (ftib.stages.grpo_select); over-budget evaluations
+# (``select/within_budget`` 0) are marked.
+SELECT_CURVES = ("select/similarity", "select/tax")
 
 
 def plot_training(run_dir: Path, out: Path) -> Path | None:
@@ -361,6 +397,8 @@ def plot_training(run_dir: Path, out: Path) -> Path | None:
     # GRPO monitor curves, for stages that logged monitors, with their alarm steps marked.
     panels += [(stage, key) for stage, rs in rows.items() if any("monitor/alarms" in r for r in rs)
                for key in MONITOR_CURVES if any(key in r for r in rs)]
+    # GRPO checkpoint selection: the metric and tax curves, over-budget evaluations marked.
+    panels += [(stage, key) for stage, rs in rows.items() for key in SELECT_CURVES if any(key in r for r in rs)]
     cols = min(len(panels), 4)
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), squeeze=False)
@@ -371,6 +409,9 @@ def plot_training(run_dir: Path, out: Path) -> Path | None:
         alarm = MONITOR_CURVES.get(key)
         hits = [(r["step"], r[key]) for r in rows[stage]
                 if alarm and r.get(f"monitor/{alarm}_alarm") == 1.0 and isinstance(r.get(key), (int, float))]
+        if key in SELECT_CURVES:
+            hits = [(r["step"], r[key]) for r in rows[stage]
+                    if r.get("select/within_budget") == 0.0 and isinstance(r.get(key), (int, float))]
         if hits:
             ax.scatter(*zip(*hits), color="red", marker="x", s=16, zorder=3, label="alarm")
         ax.set_title(f"{stage}: {key}", fontsize=9)

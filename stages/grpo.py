@@ -54,6 +54,10 @@ are the task's ``collate_times``, so the loop's ``data_time_s`` is only drawing 
 encoding prompts and ``step_time_s`` ≈ ``data_time_s`` + ``time/generation_s`` +
 ``time/reward_s`` + ``time/ref_logps_s`` + ``time/forward_s`` + ``time/backward_s`` +
 ``time/optimizer_s``.
+
+With ``select`` set, the stage's output is not the last step's weights but the evaluated
+checkpoint with the best held-out metric whose alignment tax (drift from the starting
+weights on general text) is within ``select.max_tax`` (:mod:`ftib.stages.grpo_select`).
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ from ftib.stages.common import (TrainableConfig, check_drop_share, check_dropped
                                 trainable_parameter_count, training_bundle)
 from ftib.stages.grpo_monitors import (HeldOut, Monitors, MonitorsConfig, alarm_counts, end_at_last_good,
                                        greedy_similarity, split_heldout)
+from ftib.stages.grpo_select import AdapterDisabled, Measure, SelectConfig, Selection, general_texts
 
 
 
@@ -144,6 +149,10 @@ class GRPOConfig:
         trainable: full or LoRA.
         monitors: thresholds and ``on_alarm`` of the reward-hacking and drift monitors
             (:mod:`ftib.stages.grpo_monitors`).
+        select: checkpoint selection under an alignment-tax budget
+            (:mod:`ftib.stages.grpo_select`): the output is the evaluated checkpoint with
+            the best held-out metric whose tax is within ``max_tax``; ``None`` (default):
+            off, the output is the last step's weights.
         train: the shared loop; ``batch_size`` is the number of prompts per micro-batch.
     """
 
@@ -179,6 +188,7 @@ class GRPOConfig:
     kernel_impl: Literal["auto", "reference"] = "auto"
     trainable: TrainableConfig = TrainableConfig(mode="full")
     monitors: MonitorsConfig = MonitorsConfig()
+    select: SelectConfig | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, batch_size=4, max_grad_norm=1.0))
 
     def __post_init__(self) -> None:
@@ -214,6 +224,11 @@ class GRPOConfig:
             self.monitors.check_rewards([spec.name for spec in self.rewards])
         except ValueError as exc:
             raise ValueError(f"monitors.{exc}") from None
+        if self.select is not None:
+            try:
+                self.select.check_rewards([spec.name for spec in self.rewards])
+            except ValueError as exc:
+                raise ValueError(f"select.{exc}") from None
 
 
 @dataclass
@@ -490,8 +505,8 @@ class _GRPOTask:
     collate_times = _ROLLOUT_TIMES
 
     def __init__(self, stage_cfg: GRPOConfig, model, groups: list[ParamGroup], chat, prompts, rewards: _Rewards,
-                 ref_model, save, logger, monitors: Monitors) -> None:
-        self.monitors = monitors
+                 ref_model, save, logger, monitors: Monitors, selection: Selection | None = None) -> None:
+        self.monitors, self.selection = monitors, selection
         self.cfg, self.model, self._groups, self.chat = stage_cfg, model, groups, chat
         self.prompts, self.rewards, self.ref_model, self._save, self.log = prompts, rewards, ref_model, save, logger
         tok = chat.tokenizer
@@ -670,18 +685,25 @@ class _GRPOTask:
                           samples=r.completion_ids.shape[0], metrics=metrics)
 
     def after_step(self, step, metrics, history):
-        """The loop's hook: the monitors' verdict on this step."""
-        return self.monitors.after_step(step, metrics, history)
+        """The loop's hook: the monitors' verdict on this step, then (unless a monitor
+        stops the stage here: these weights were measured bad) the checkpoint selection's
+        evaluation."""
+        check = self.monitors.after_step(step, metrics, history)
+        if self.selection is None or check.stop is not None:
+            return check
+        return dataclasses.replace(check, metrics={**check.metrics, **self.selection.after_step(step, history)})
 
     def save_model(self, out_dir: Path) -> None:
         self._save(out_dir)
 
 
-def _heldout(cfg: GRPOConfig, model, chat, rewards: _Rewards, prompts: list[dict[str, Any]]) -> HeldOut | None:
-    """The held-out evaluation of the monitors: greedy completions scored by the semantic term."""
+def _heldout(cfg: GRPOConfig, model, chat, rewards: _Rewards, prompts: list[dict[str, Any]],
+             reward_name: str) -> HeldOut | None:
+    """A held-out evaluation (the monitors', the selection's): greedy completions scored
+    by the reward term ``reward_name``."""
     if not prompts:
         return None
-    reward = next(r for name, _, r in rewards.terms if name == cfg.monitors.semantic_reward)
+    reward = next(r for name, _, r in rewards.terms if name == reward_name)
     stop_ids, pad_id = sorted(set(chat.stop_ids(model))), chat.tokenizer.pad_token_id
 
     def score(items):
@@ -689,6 +711,38 @@ def _heldout(cfg: GRPOConfig, model, chat, rewards: _Rewards, prompts: list[dict
                                  pad_id=pad_id, enable_thinking=cfg.enable_thinking)
 
     return HeldOut(prompts=prompts, score=score)
+
+
+def _selection(cfg: GRPOConfig, sel: SelectConfig, model, ref_model, chat, rewards: _Rewards,
+               prompts: list[dict[str, Any]], ctx) -> Selection:
+    """The checkpoint selection: its held-out metric (greedy completions of ``prompts``
+    scored by ``sel.reward``) and its alignment tax against the stage's starting weights
+    (the LoRA base with the adapter disabled, the KL reference of a full stage with
+    ``beta > 0``, else a frozen copy made here)."""
+    from ftib.models.drift import alignment_tax
+
+    held = _heldout(cfg, model, chat, rewards, prompts, sel.reward)
+    assert held is not None
+    if cfg.trainable.mode == "lora":
+        reference: Any = AdapterDisabled(model)
+    elif ref_model is not None:
+        reference = ref_model
+    else:
+        reference = copy.deepcopy(model).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+    texts = general_texts(sel.tax_data, sel.tax_texts, ctx.logger)
+    tok = chat.tokenizer
+
+    def tax() -> dict[str, float]:
+        return alignment_tax(reference, tok, model, tok, texts, max_length=sel.tax_max_length)[0]
+
+    ctx.logger.info("checkpoint selection: %s on %d held-out prompts and %s <= %g on %d general texts, every %d "
+                    "steps", sel.metric, len(prompts), sel.tax, sel.max_tax, len(texts), sel.every)
+    return Selection(sel, measure=Measure(score=lambda: held.score(held.prompts), tax=tax),
+                     max_steps=cfg.train.max_steps,
+                     stop_patience=cfg.monitors.patience if cfg.monitors.on_alarm == "stop" else None,
+                     work_dir=ctx.work_dir, is_main=ctx.dist.is_main, logger=ctx.logger)
 
 
 def _context_length(model: torch.nn.Module) -> int | None:
@@ -741,6 +795,12 @@ class GRPOStage(Stage):
                             "raise it or shorten the data")
         n_total = len(dropped) + len(prompts)
         prompts, heldout = split_heldout(prompts, cfg.monitors.heldout_prompts)
+        select_prompts: list[dict[str, Any]] = []
+        if cfg.select is not None:
+            if cfg.select.heldout_prompts >= len(prompts):
+                raise FtibError(f"select.heldout_prompts={cfg.select.heldout_prompts} would hold out all "
+                                f"{len(prompts)} prompts left for training; lower it")
+            prompts, select_prompts = split_heldout(prompts, cfg.select.heldout_prompts)
         model, groups = select_trainable(bundle.model, cfg.trainable)
         ctx.logger.info("%d prompts (%s); trainable parameters: %d", len(prompts), ", ".join(cfg.tasks),
                         trainable_parameter_count(groups))
@@ -755,13 +815,23 @@ class GRPOStage(Stage):
             save_model_dir(model, out_dir, processor=bundle.chat, save_adapter=cfg.trainable.lora.save_adapter)
 
         monitors = Monitors(cfg.monitors, beta=cfg.beta, reward_names=[s.name for s in cfg.rewards],
-                            heldout=_heldout(cfg, model, bundle.chat, rewards, heldout), logger=ctx.logger)
-        task = _GRPOTask(cfg, model, groups, bundle.chat, prompts, rewards, ref_model, save, ctx.logger, monitors)
+                            heldout=_heldout(cfg, model, bundle.chat, rewards, heldout,
+                                             cfg.monitors.semantic_reward), logger=ctx.logger)
+        selection = None
+        if cfg.select is not None:
+            selection = _selection(cfg, cfg.select, model, ref_model, bundle.chat, rewards, select_prompts, ctx)
+        task = _GRPOTask(cfg, model, groups, bundle.chat, prompts, rewards, ref_model, save, ctx.logger, monitors,
+                         selection)
         trainer = Trainer(task, cfg.train, ctx)
-        # on_alarm: stop may have to end at the starting weights (no step checkpoint yet).
-        start = trainer.trainable_state() if cfg.monitors.on_alarm == "stop" else None
+        # on_alarm: stop and the selection's fallback may have to end at the starting
+        # weights (read before train() loads a resumed step: the stage's input model).
+        start = trainer.trainable_state() if cfg.monitors.on_alarm == "stop" or selection is not None else None
+        if selection is not None:
+            selection.bind(state=trainer.trainable_state, steps_dir=trainer.steps_dir)
         with trainer.autocast():
             monitors.begin(resumed=ctx.resume_from is not None)
+            if selection is not None:
+                selection.begin(resumed=ctx.resume_from is not None)
         result = trainer.train()
         # Every step's metrics, restored from the step checkpoint on resume: the summary
         # does not depend on interruptions or on what else metrics.jsonl holds.
@@ -770,9 +840,14 @@ class GRPOStage(Stage):
         metrics["prompts_dropped"] = float(len(dropped))
         metrics["prompts_total"] = float(n_total)  # held-out monitor prompts included
         metrics.update(alarm_counts(result.history))
+        chosen = None
+        if selection is not None:
+            assert start is not None
+            sel_metrics, chosen = selection.finish(result.history, result.stopped, trainer.load_trainable, start)
+            metrics.update(sel_metrics)
         if result.stopped is not None:
             metrics.update(end_at_last_good(trainer, result.stopped, cfg.monitors.patience, start, ctx.work_dir,
-                                            ctx.logger))
+                                            ctx.logger, chosen=chosen))
         # First vs last 20% of the steps, overall and (several tasks) per task.
         for name, key in [("reward", "reward_mean")] + [(f"reward_{t}", f"reward/task_{t}_mean")
                                                         for t in cfg.tasks if len(cfg.tasks) > 1]:

@@ -429,14 +429,18 @@ def last_good_checkpoint(steps_dir: Path, stop_step: int, patience: int) -> Path
 
 
 def end_at_last_good(trainer: Any, stopped: Any, patience: int, start_state: dict[str, torch.Tensor] | None,
-                     work_dir: Path, logger: Any) -> dict[str, float]:
+                     work_dir: Path, logger: Any, chosen: str | None = None) -> dict[str, float]:
     """After a monitor stopped the loop (``stopped``: the trainer's
     :class:`~ftib.core.train.EarlyStop`): set the trainable weights back to the last good
     step checkpoint (:func:`last_good_checkpoint`), or to ``start_state`` (the stage's
     starting weights) when there is none, write ``monitor_stop.json`` and return the
-    stage metrics that record it."""
-    good = last_good_checkpoint(trainer.steps_dir, stopped.step, patience)
-    if good is not None:
+    stage metrics that record it. ``chosen``: the checkpoint selection
+    (:mod:`ftib.stages.grpo_select`) already set the weights among the good steps; they
+    are kept and the record names them."""
+    good = None if chosen is not None else last_good_checkpoint(trainer.steps_dir, stopped.step, patience)
+    if chosen is not None:
+        where = f"{chosen} (checkpoint selection among the steps before the alarm's streak)"
+    elif good is not None:
         trainer.load_trainable(good)
         where = str(good)
     else:

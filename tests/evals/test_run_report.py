@@ -115,3 +115,36 @@ def test_grpo_monitor_curves_and_alarms_are_reported(tmp_path, monkeypatch):
     text = run_markdown(run)
     assert "monitor alarms (steps) length 1" in text and "kl 0" not in text
     assert "stopped by a monitor after step 1" in text
+
+
+def test_grpo_checkpoint_selection_is_reported(tmp_path, monkeypatch):
+    """A GRPO stage with checkpoint selection: the stage table names the choice, a
+    section lists the curve from selection.json, and both curves are plotted."""
+    from ftib.evals import report
+
+    run = _run_dir(tmp_path)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["grpo"]["metrics"].update({"select/step": 1.0, "select/similarity": 0.61, "select/tax": 0.04,
+                                                  "select/max_tax": 0.1, "select/none_within_budget": 0.0})
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    curve = [{"step": 0, "similarity": 0.5, "tax": 0.02, "within_budget": True},
+             {"step": 1, "similarity": 0.61, "tax": 0.04, "within_budget": True},
+             {"step": 2, "similarity": 0.7, "tax": 0.3, "within_budget": False}]
+    stage = run / "stages" / "grpo"
+    stage.mkdir(parents=True, exist_ok=True)
+    (stage / "selection.json").write_text(json.dumps({
+        "metric": "similarity", "tax_metric": "nll_increase_mean", "max_tax": 0.1, "every": 1, "chosen_step": 1,
+        "similarity_start": 0.4, "curve": curve}))
+    rows = [{"stage": "grpo", "step": c["step"], "loss": 0.0, "reward_mean": 0.5, "select/similarity": c["similarity"],
+             "select/tax": c["tax"], "select/within_budget": float(c["within_budget"])} for c in curve]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    titles = []
+    import matplotlib.axes
+
+    real = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, t, **kw: (titles.append(t), real(self, t, **kw)))
+    assert report.plot_training(run, tmp_path / "curves.png").is_file()
+    assert titles == ["grpo: loss", "grpo: reward_mean", "grpo: select/similarity", "grpo: select/tax"]
+    text = run_markdown(run)
+    assert "selected step 1 (similarity 0.61" in text
+    assert "## Checkpoint selection" in text and "| 2 | 0.7 | 0.3 | no |  |" in text and "| 1 | 0.61 | 0.04 | yes | ✓ |" in text
