@@ -1,23 +1,9 @@
 """Alignment tax: how much general (non-Tibetan) ability the adapted model lost.
 
-On a held-out general-text set (Chinese/English), both the adapted model (the run's
-model) and its base model score every text with teacher forcing:
-
-* per-token NLL ``-log p(x_t | x_<t)`` under each model; the increase per token
-  ``nll_adapted - nll_base`` is summarised by its mean and 90th percentile;
-* the KL divergence ``KL(p_base || p_adapted)`` between their next-token distributions
-  at every position, averaged over tokens. It is taken over the base vocabulary: an
-  adapted model with an extended vocabulary keeps its full softmax (mass on new tokens
-  counts as mass taken from the base tokens), and the base model puts no mass on the
-  new tokens, so the divergence stays finite and well defined.
-
-Per-token comparisons need both models to tokenise a text identically (true for a
-Tibetan vocabulary extension on Chinese/English text, whose split is unchanged). A text
-tokenised differently is still compared by its NLL per character (``nll_per_char_*``)
-and counted in ``tokenization_mismatch``, but left out of the per-token statistics.
-
-The seed paper reports a mean NLL increase of +0.24 after semantic GRPO against +0.64
-after SFT.
+The ``alignment_tax`` evaluator: per-token NLL increase (mean, p90) and KL(base ||
+adapted) on held-out Chinese/English general text against a base model. The
+computation and its exact definition live in :mod:`ftib.models.drift` (shared with the
+GRPO stage's checkpoint selection); this module scores a run's model with it.
 """
 
 from __future__ import annotations

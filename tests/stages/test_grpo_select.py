@@ -12,24 +12,15 @@ import math
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from ftib.core import ConfigError, build_config
-from ftib.core.pipeline import Pipeline
-from ftib.core.recipe import load_recipe
 from ftib.core.train import safe_load
 from ftib.stages import grpo
 from ftib.stages.grpo import GRPOConfig
 from ftib.stages.grpo_select import Measure, best_upto
 
-
-def run_grpo(tmp_path, config, model="tiny-qwen3-vl", name="run"):
-    recipe = tmp_path / f"{name}.yaml"
-    recipe.write_text(yaml.safe_dump({"model": model, "stages": [{"name": "grpo", "config": config}]}))
-    manifest = Pipeline(load_recipe(recipe), tmp_path / name, progress=False).run()
-    rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-    return manifest["stages"]["grpo"], [r for r in rows if "reward_mean" in r]
+from .test_grpo_monitors import run_grpo
 
 
 # A deterministic "similarity" that does not train (weight 0): 1 - characters / 200.
