@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +381,28 @@ MONITOR_CURVES = {
 SELECT_CURVES = ("select/similarity", "select/tax")
 
 
+#: Curves with at least this many points are drawn smoothed (raw in light).
+SMOOTH_MIN_POINTS = 20
+
+
+def smoothing_span(n: int) -> int:
+    """The EMA span for a curve of ``n`` points: a twentieth of it, at least 5."""
+    return max(5, n // 20)
+
+
+def smooth(values: Sequence[float], span: int | None = None) -> list[float]:
+    """Bias-corrected exponential moving average (alpha = 2 / (span + 1), as pandas'
+    ``ewm(span=..., adjust=True)``): the first points are not pulled towards 0."""
+    span = smoothing_span(len(values)) if span is None else span
+    alpha = 2.0 / (span + 1.0)
+    out, num, den = [], 0.0, 0.0
+    for v in values:
+        num = (1.0 - alpha) * num + v
+        den = (1.0 - alpha) * den + 1.0
+        out.append(num / den)
+    return out
+
+
 def plot_training(run_dir: Path, out: Path) -> Path | None:
     """Loss of every stage per step (and GRPO's mean reward and monitor curves, alarm
     steps marked) from ``metrics.jsonl``."""
@@ -404,7 +426,14 @@ def plot_training(run_dir: Path, out: Path) -> Path | None:
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), squeeze=False)
     for ax, (stage, key) in zip(axes.flat, panels):
         pts = [(r["step"], r[key]) for r in rows[stage] if isinstance(r.get(key), (int, float))]
-        if pts:
+        if len(pts) >= SMOOTH_MIN_POINTS:
+            # raw per-step values in light, their running mean on top (a GRPO reward is
+            # noise step to step; the trend is what the panel is for)
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, lw=0.6, alpha=0.3, color="C0", label="per step")
+            ax.plot(xs, smooth(ys), lw=1.4, color="C0", label=f"EMA, span {smoothing_span(len(ys))}")
+            ax.legend(fontsize=6, loc="best")
+        elif pts:
             ax.plot(*zip(*pts), lw=1, marker="." if len(pts) < 3 else None)
         alarm = MONITOR_CURVES.get(key)
         hits = [(r["step"], r[key]) for r in rows[stage]

@@ -148,3 +148,17 @@ def test_grpo_checkpoint_selection_is_reported(tmp_path, monkeypatch):
     text = run_markdown(run)
     assert "selected step 1 (similarity 0.61" in text
     assert "## Checkpoint selection" in text and "| 2 | 0.7 | 0.3 | no |  |" in text and "| 1 | 0.61 | 0.04 | yes | ✓ |" in text
+
+
+def test_smoothing_is_pandas_ewm_adjusted():
+    """The report's curve smoothing equals pandas' ``ewm(span, adjust=True).mean()``,
+    written out: y_t = sum_k (1-a)^k x_{t-k} / sum_k (1-a)^k, a = 2 / (span + 1)."""
+    from ftib.evals.report import smooth, smoothing_span
+
+    xs = [1.0, 3.0, 2.0, 5.0, 4.0, 0.0]
+    a = 2.0 / (3 + 1)
+    want = [sum((1 - a) ** k * xs[t - k] for k in range(t + 1)) / sum((1 - a) ** k for k in range(t + 1))
+            for t in range(len(xs))]
+    assert smooth(xs, 3) == pytest.approx(want)
+    assert smooth([7.0] * 30) == pytest.approx([7.0] * 30)  # a constant stays itself
+    assert smoothing_span(10) == 5 and smoothing_span(400) == 20
