@@ -139,30 +139,45 @@ def markdown(results: Results, title: str = "FTibBench results") -> str:
     return "\n".join(lines) + "\n"
 
 
+def score_panels(results: Results) -> list[tuple[str, str, list[str]]]:
+    """The score plot's panels: ``(evaluator name, primary metric, evaluation ids)``, one
+    per evaluator and metric, so that the same benchmark in two languages (``pope`` and
+    ``pope_zh``, say) shares a panel, Tibetan and Chinese side by side."""
+    points = list(results)
+    benches = list(dict.fromkeys(b for p in points for b in results[p]))
+    panels: dict[tuple[str, str], list[str]] = {}
+    for b in benches:
+        name = next(results[p][b]["name"] for p in points if b in results[p])
+        metrics0 = next(results[p][b]["metrics"] for p in points if b in results[p])
+        panels.setdefault((name, _primary(name, metrics0)), []).append(b)
+    return [(name, key, ids) for (name, key), ids in panels.items()]
+
+
 def plot_stages(results: Results, out: Path) -> Path:
-    """One panel per benchmark: its primary metric at each evaluated point."""
+    """One panel per benchmark (:func:`score_panels`): its primary metric at each
+    evaluated point, one line per evaluation of it, and chance as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     points = list(results)
-    benches = list(dict.fromkeys(b for p in points for b in results[p]))
-    n = len(benches)
+    panels = score_panels(results)
+    n = len(panels)
     cols = min(n, 4)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-    for ax, b in zip(axes.flat, benches):
-        name = next(results[p][b]["name"] for p in points if b in results[p])
-        metrics0 = next(results[p][b]["metrics"] for p in points if b in results[p])
-        key = _primary(name, metrics0)
-        xs = [i for i, p in enumerate(points) if key in results[p].get(b, {}).get("metrics", {})]
-        ys = [results[points[i]][b]["metrics"][key] for i in xs]
-        ax.plot(xs, ys, marker="o")
+    for ax, (name, key, ids) in zip(axes.flat, panels):
+        for b in ids:
+            xs = [i for i, p in enumerate(points) if key in results[p].get(b, {}).get("metrics", {})]
+            ys = [results[points[i]][b]["metrics"][key] for i in xs]
+            ax.plot(xs, ys, marker="o", label=b)
         if (name, key) in CHANCE:
             ax.axhline(CHANCE[(name, key)], ls="--", lw=0.8, color="grey")
             ax.text(0, CHANCE[(name, key)], " chance", fontsize=7, color="grey", va="bottom")
-        ax.set_title(f"{b}: {key}", fontsize=9)
+        if len(ids) > 1:
+            ax.legend(fontsize=6, loc="best")
+        ax.set_title(f"{name}: {key}" if len(ids) > 1 else f"{ids[0]}: {key}", fontsize=9)
         ax.set_xticks(range(len(points)))
         ax.set_xticklabels(points, rotation=30, fontsize=8)
         ax.grid(alpha=0.3)

@@ -162,3 +162,18 @@ def test_smoothing_is_pandas_ewm_adjusted():
     assert smooth(xs, 3) == pytest.approx(want)
     assert smooth([7.0] * 30) == pytest.approx([7.0] * 30)  # a constant stays itself
     assert smoothing_span(10) == 5 and smoothing_span(400) == 20
+
+
+def test_one_score_panel_per_benchmark_with_both_languages():
+    """pope (Tibetan) and pope_zh (Chinese) share a panel; mme has its own."""
+    from ftib.evals.report import score_panels
+
+    results = {
+        "base": {"pope_bo": {"name": "pope", "metrics": {"accuracy": 0.5}},
+                 "pope_zh": {"name": "pope", "metrics": {"accuracy": 0.9}}},
+        "sft": {"pope_bo": {"name": "pope", "metrics": {"accuracy": 0.8}},
+                "pope_zh": {"name": "pope", "metrics": {"accuracy": 0.85}},
+                "mme": {"name": "mme", "metrics": {"perception": 400.0}}},
+    }
+    panels = score_panels(results)
+    assert [(n, ids) for n, _, ids in panels] == [("pope", ["pope_bo", "pope_zh"]), ("mme", ["mme"])]
