@@ -39,7 +39,8 @@ RECIPE = {
 }
 REL = 1e-6  # ~8 float32 ulps
 # Fields that measure time or memory, not results.
-TIMING = {"time", "tokens_per_s", "samples_per_s", "step_time_s", "data_time_s", "peak_mem_bytes"}
+TIMING = {"time", "tokens_per_s", "samples_per_s", "step_time_s", "data_time_s", "peak_mem_bytes",
+          "monitor/time_s", "select/time_s"}
 
 
 def _clean(row):
