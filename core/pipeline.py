@@ -198,8 +198,10 @@ def _latest_step_checkpoint(stage_dir: Path) -> Path | None:
 def _step_number(step_dir: Path) -> int:
     """The step of a checkpoint folder named ``step-<N>`` (the trainer's format); -1 if
     the name carries none (a plugin's own format: its rows are then all redone)."""
-    tail = step_dir.name.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else -1
+    from ftib.core.train import step_of
+
+    step = step_of(step_dir)
+    return -1 if step is None else step
 
 
 class Pipeline:

@@ -78,6 +78,13 @@ log = logging.getLogger("ftib.train")
 STEP_DIR_FORMAT = "step-{:06d}"
 
 
+def step_of(step_dir: Path) -> int | None:
+    """The step of a checkpoint folder named as :data:`STEP_DIR_FORMAT` (``step-<N>``);
+    ``None`` for any other name."""
+    head, _, tail = step_dir.name.partition("-")
+    return int(tail) if head == "step" and tail.isdigit() else None
+
+
 class TrainingDiverged(FtibError):
     """The loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
 

@@ -414,16 +414,13 @@ def last_good_checkpoint(steps_dir: Path, stop_step: int, patience: int) -> Path
     rollouts came from checkpoint ``stop_step - patience``: the last good one is therefore
     the newest at step <= ``stop_step - patience - 1`` (conservative for ``heldout``,
     which measures the weights after its step). ``None`` if there is none on disk."""
-    from ftib.core.train import verify_step_checkpoint
+    from ftib.core.train import step_of, verify_step_checkpoint
 
     limit = stop_step - patience - 1
     found = []
     for d in Path(steps_dir).glob("step-*") if Path(steps_dir).is_dir() else ():
-        try:
-            k = int(d.name.split("-", 1)[1])
-        except ValueError:
-            continue
-        if k <= limit and verify_step_checkpoint(d) is None:
+        k = step_of(d)
+        if k is not None and k <= limit and verify_step_checkpoint(d) is None:
             found.append((k, d))
     return max(found)[1] if found else None
 

@@ -66,7 +66,7 @@ import torch
 
 from ftib.core.errors import FtibError, RunDirError
 from ftib.core.rundir import atomic_dir, atomic_write_json, sha256_path
-from ftib.core.train import CHECKSUMS, STEP_DIR_FORMAT, EarlyStop, verify_step_checkpoint
+from ftib.core.train import CHECKSUMS, STEP_DIR_FORMAT, EarlyStop, step_of, verify_step_checkpoint
 
 SELECTED_DIR = "selected"
 TAX_KEYS = ("nll_increase_mean", "kl_mean")
@@ -304,11 +304,7 @@ class Selection:
         later can set (stop step - patience - 1 >= step - patience - 1)."""
         limits = {step}
         if self._steps_dir is not None and self._steps_dir.is_dir():
-            for d in self._steps_dir.glob("step-*"):
-                try:
-                    limits.add(int(d.name.split("-", 1)[1]))
-                except ValueError:
-                    continue
+            limits |= {k for k in map(step_of, self._steps_dir.glob("step-*")) if k is not None}
         if self.patience is not None:
             limits |= set(range(step - self.patience - 1, step + 1))
         found = (best_upto(rows, lim) for lim in limits if lim >= 0)
@@ -317,13 +313,13 @@ class Selection:
     def _prune(self, rows: Sequence[dict[str, float]], step: int) -> None:
         keep = self._needed(rows, step)
         for d in self._dirs():
-            if _step_of(d) not in keep:
+            if step_of(d) not in keep:
                 shutil.rmtree(d)
 
     def _dirs(self) -> list[Path]:
         if not self.dir.is_dir():
             return []
-        return sorted(d for d in self.dir.glob("step-*") if d.is_dir() and _step_of(d) is not None)
+        return sorted(d for d in self.dir.glob("step-*") if d.is_dir() and step_of(d) is not None)
 
     # -- at the end ------------------------------------------------------------------------
     def finish(self, history: list[dict[str, float]], stopped: EarlyStop | None,
@@ -365,7 +361,7 @@ class Selection:
                         "select/similarity_start": float(start_sim)})
         if self.is_main:
             for d in self._dirs():  # only the choice stays on disk
-                if chosen is None or _step_of(d) != chosen.step:
+                if chosen is None or step_of(d) != chosen.step:
                     shutil.rmtree(d)
             atomic_write_json(self.work_dir / "selection.json", {
                 "metric": cfg.metric, "tax_metric": cfg.tax, "max_tax": cfg.max_tax, "every": cfg.every,
@@ -388,13 +384,6 @@ class Selection:
         if problem is not None:
             raise RunDirError(f"checkpoint selection chose step {chosen.step} but its weights cannot be used: "
                               f"{problem}")
-
-
-def _step_of(d: Path) -> int | None:
-    try:
-        return int(d.name.split("-", 1)[1])
-    except (IndexError, ValueError):
-        return None
 
 
 def _fmt(v: float) -> str:
