@@ -802,8 +802,9 @@ class GRPOStage(Stage):
                                 f"{len(prompts)} prompts left for training; lower it")
             prompts, select_prompts = split_heldout(prompts, cfg.select.heldout_prompts)
         model, groups = select_trainable(bundle.model, cfg.trainable)
-        ctx.logger.info("%d prompts (%s); trainable parameters: %d", len(prompts), ", ".join(cfg.tasks),
-                        trainable_parameter_count(groups))
+        ctx.logger.info("%d prompts (%s) to train on, %d held out for the monitors, %d for checkpoint "
+                        "selection; trainable parameters: %d", len(prompts), ", ".join(cfg.tasks), len(heldout),
+                        len(select_prompts), trainable_parameter_count(groups))
         ref_model = None
         if cfg.beta != 0.0 and cfg.trainable.mode != "lora":
             ref_model = copy.deepcopy(model).eval()
@@ -838,7 +839,8 @@ class GRPOStage(Stage):
         mine = [r for r in result.history if "reward_mean" in r]
         metrics = dict(result.metrics)
         metrics["prompts_dropped"] = float(len(dropped))
-        metrics["prompts_total"] = float(n_total)  # held-out monitor prompts included
+        metrics["prompts_total"] = float(n_total)  # held-out prompts included
+        metrics["prompts_heldout"] = float(len(heldout) + len(select_prompts))
         metrics.update(alarm_counts(result.history))
         chosen = None
         if selection is not None:

@@ -72,6 +72,7 @@ def test_reward_up_while_heldout_similarity_down_alarms(length_run):
     assert rows[1]["reward_mean"] > rows[0]["reward_mean"]
     assert rows[1]["monitor/heldout_alarm"] == 1.0
     assert rec["metrics"]["monitor_heldout_alarm_steps"] == 1.0
+    assert rec["metrics"]["prompts_heldout"] == 8.0  # counted, not silently taken from training
 
 
 def test_entropy_collapse_and_zero_variance_groups_alarm(length_run):
