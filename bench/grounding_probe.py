@@ -101,7 +101,7 @@ def run_probe(model: str, *, steps: int = 200, lr: float = 1e-3, batch_size: int
         if (step + 1) % every == 0 or step == steps - 1:
             g = image_grounding(net, chat, held)
             net.train()
-            points.append(ProbePoint(step=step + 1, loss=float(loss), gap=g["grounding_gap"],
+            points.append(ProbePoint(step=step + 1, loss=loss.item(), gap=g["grounding_gap"],
                                      matched=g["grounding_loss_matched"]))
     return points
 
