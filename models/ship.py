@@ -123,9 +123,18 @@ def render_card(name: str, manifest: dict[str, Any], stage_id: str, params: int,
         lines += ["**This checkpoint does not reach them and is not yet a capable VLM**: its image-grounding",
                   "gap is zero, so its answers come from the language prior alone (see the scores: chance",
                   "level, one answer for every yes/no question). It knows the world's Chinese and English",
-                  "text and answer formats; its vision has not been learnt in the steps this recipe had",
-                  "time for on a shared 2-core CPU. More steps of the `captions` stage (the main job's",
-                  "align needed about 900 to ground from random init) are the first thing to try."]
+                  "text and answer formats; its vision has not been learnt. What is known (issue 17,",
+                  "`python -m ftib.bench.grounding_probe`, runs of the `sft` stage on constructed data):",
+                  "",
+                  "- the image path works: a one-circle colour question is learnt in 200 steps, from random",
+                  "  init and from the `text` checkpoint (the latter only since text-only stages keep the",
+                  "  vision token rows fixed, `trainable.keep_vision_token_rows`);",
+                  "- what this 1 M-parameter model fails to learn in 800-1,500 steps is small objects: the",
+                  "  same question with a circle of radius 5 px instead of 9 px (of 64), or about one",
+                  "  FTibWorld object drawn at the world's size, stays at gap 0.000; drawn 1.4x larger it is",
+                  "  learnt in 200 steps. Multi-object scenes (every question type, also with objects 1.4x",
+                  "  larger, also with a cell-by-cell description as the answer, also with the vision tower",
+                  "  frozen at its random init) stayed at gap 0.000 in 800-1,500 steps."]
     lines.append("")
     return "\n".join(lines)
 

@@ -62,6 +62,15 @@ class TrainableConfig:
         embedding_lr_scale: learning-rate multiplier for embedding parameters.
         train_vision: also train the vision tower (VLMs).
         train_merger: also train the vision→language merger (VLMs).
+        keep_vision_token_rows: in a stage whose data has no images, keep the embedding
+            rows (input and, when tied, output) of a VLM's vision special tokens
+            (``vision_start/end``, image/video pads) fixed. Text-only data never shows
+            them as input, but with tied embeddings the softmax still moves their rows
+            (and Adam moves a row with a tiny gradient as far as any other): after
+            ``ftibworld-base``'s text stage the drifted ``<|vision_start|>``/
+            ``<|vision_end|>`` rows alone left the model unable to learn a one-object
+            image question (grounding gap 0.00 vs 0.91 with those two rows restored;
+            ``ftib.bench.grounding_probe``). ``false`` lets them train.
     """
 
     mode: Literal["none", "new_embeddings", "embeddings", "lora", "full"] = "full"
@@ -70,6 +79,18 @@ class TrainableConfig:
     embedding_lr_scale: float = 1.0
     train_vision: bool = False
     train_merger: bool = False
+    keep_vision_token_rows: bool = True
+
+
+# The config fields of a VLM's vision special tokens (Qwen2/2.5/3-VL, Qwen3.5).
+VISION_TOKEN_FIELDS = ("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id")
+
+
+def vision_token_ids(model: torch.nn.Module) -> list[int]:
+    """The ids of ``model``'s vision special tokens, from its config (sorted, unique)."""
+    config = getattr(model, "config", None)
+    ids = {getattr(config, f, None) for f in VISION_TOKEN_FIELDS}
+    return sorted(i for i in ids if isinstance(i, int) and i >= 0)
 
 
 def is_vlm(model: torch.nn.Module) -> bool:
@@ -84,27 +105,32 @@ def _embedding_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return params
 
 
-def _keep_rows_from(param: torch.nn.Parameter, start: int) -> None:
-    """Zero the gradient of rows < start so only the new rows learn."""
+def _freeze_rows(param: torch.nn.Parameter, rows: slice | list[int]) -> None:
+    """Zero the gradient of ``rows`` of an embedding matrix: with a zero gradient from the
+    first step AdamW's moments stay 0, so those rows do not move (the embedding group
+    has no weight decay)."""
 
     def hook(grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone()
-        grad[:start] = 0
+        grad[rows] = 0
         return grad
 
     param.register_hook(hook)
 
 
 def select_trainable(
-    model: torch.nn.Module, cfg: TrainableConfig, *, new_token_start: int | None = None
+    model: torch.nn.Module, cfg: TrainableConfig, *, new_token_start: int | None = None,
+    text_only: bool = False, logger: Any = None,
 ) -> tuple[torch.nn.Module, list[ParamGroup]]:
     """Freeze the model, then unfreeze what ``cfg`` asks for.
 
     Returns the model to train (wrapped by peft for LoRA) and the parameter groups
     (``embeddings`` with ``embedding_lr_scale`` and no weight decay; ``main``; ``vision``;
-    ``merger``).
+    ``merger``). ``text_only``: the stage's data has no images, so a VLM's vision token
+    rows stay fixed (``cfg.keep_vision_token_rows``; logged on ``logger``).
     """
     vlm = is_vlm(model)
+    vision_ids = vision_token_ids(model) if vlm and text_only and cfg.keep_vision_token_rows else []
     if (cfg.train_vision or cfg.train_merger) and not vlm:
         raise ConfigError("trainable.train_vision/train_merger need a vision-language model")
     if cfg.mode == "lora":
@@ -156,7 +182,14 @@ def select_trainable(
         raise ConfigError("the trainable configuration selects no parameters")
     if cfg.mode == "new_embeddings":
         for p in emb:
-            _keep_rows_from(p, new_token_start)
+            _freeze_rows(p, slice(0, new_token_start))
+    elif vision_ids and any(p.requires_grad for p in emb):
+        for p in emb:
+            if p.requires_grad:
+                _freeze_rows(p, [i for i in vision_ids if i < p.shape[0]])
+        if logger is not None:
+            logger.info("text-only data: the embedding rows of the %d vision tokens (ids %s) stay fixed "
+                        "(trainable.keep_vision_token_rows)", len(vision_ids), vision_ids)
     return model, out
 
 
@@ -589,7 +622,8 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
     chat = with_pixel_budget(bundle.chat, *pixels, where=where)
     records, held = split_grounding_records(records, grounding_check)
     before = image_grounding(bundle.model, chat, held, enable_thinking=enable_thinking) if held else {}
-    model, groups = select_trainable(bundle.model, trainable)
+    model, groups = select_trainable(bundle.model, trainable, logger=ctx.logger,
+                                     text_only=not any(imgs for _, imgs, _ in records + held))
     ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
                     ", ".join(g.name for g in groups))
 

@@ -253,7 +253,8 @@ class CPTStage(Stage):
                             len(rows), truncated, cfg.block_size)
         if not rows:
             raise FtibError(f"no CPT training rows: every document tokenised to nothing ({data_stats})")
-        model, groups = select_trainable(model, cfg.trainable, new_token_start=new_token_start)
+        model, groups = select_trainable(model, cfg.trainable, new_token_start=new_token_start,
+                                         text_only=True, logger=ctx.logger)
         ctx.logger.info("trainable parameters: %d (%s)", trainable_parameter_count(groups),
                         ", ".join(f"{g.name}={sum(p.numel() for p in g.params)}" for g in groups))
 

@@ -801,7 +801,8 @@ class GRPOStage(Stage):
                 raise FtibError(f"select.heldout_prompts={cfg.select.heldout_prompts} would hold out all "
                                 f"{len(prompts)} prompts left for training; lower it")
             prompts, select_prompts = split_heldout(prompts, cfg.select.heldout_prompts)
-        model, groups = select_trainable(bundle.model, cfg.trainable)
+        # GRPO prompts are text (read_prompts): a VLM's vision token rows stay fixed
+        model, groups = select_trainable(bundle.model, cfg.trainable, text_only=True, logger=ctx.logger)
         ctx.logger.info("%d prompts (%s) to train on, %d held out for the monitors, %d for checkpoint "
                         "selection; trainable parameters: %d", len(prompts), ", ".join(cfg.tasks), len(heldout),
                         len(select_prompts), trainable_parameter_count(groups))

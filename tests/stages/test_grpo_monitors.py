@@ -29,6 +29,8 @@ def run_grpo(tmp_path, config, model="tiny-qwen3-vl", name="run"):
     return manifest["stages"]["grpo"], [r for r in rows if "reward_mean" in r]
 
 
+# the length alarm's threshold in the runs below (step 1 is ~2.0x step 0's length)
+LENGTH_MAX = 1.8
 # A reward that pays for length: >= 30 characters (ftibworld-base's cold-start completions
 # have ~10 tokens; one step at this lr takes every completion to max_new_tokens).
 PAYS_FOR_LENGTH = {"name": "format", "weight": 1.0, "config": {"pattern": "(?s).{30,}"}}
@@ -38,9 +40,10 @@ SHORT_IS_SIMILAR = {"name": "length", "weight": 0.0, "config": {"min_chars": 0, 
 BASE = {"data": "ftibworld:tiny", "tasks": ["translation"], "group_size": 4, "max_new_tokens": 24,
         # ftibworld-base spells Tibetan in bytes: a quarter of the prompts are over 256 tokens
         "max_drop_share": 1.0,
-        # hot sampling: the shipped base's greedy-ish completions are all equally short,
-        # which would leave every group without variance (nothing to learn from)
-        "temperature": 1.5,
+        # measured on the shipped base: at 0.9 step 0's completions are ~12 tokens with
+        # varied rewards; one step takes them to max_new_tokens (24), the entropy falls
+        # to ~0.93x and every group's reward is 1 (temperatures >= 1.3 start long already)
+        "temperature": 0.9,
         "train": {"batch_size": 4, "lr": 5.0e-2, "schedule": "constant", "max_steps": 3}}
 
 
@@ -50,14 +53,14 @@ def length_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("length_run")
     return run_grpo(tmp, {**BASE, "rewards": [PAYS_FOR_LENGTH, SHORT_IS_SIMILAR],
                           "monitors": {"semantic_reward": "length", "heldout_prompts": 8, "heldout_every": 2,
-                                       "length_ratio_max": 2.0, "entropy_ratio_min": 0.85}},
+                                       "length_ratio_max": LENGTH_MAX, "entropy_ratio_min": 0.95}},
                     model="ftibworld-base")
 
 
 def test_length_blow_up_alarms(length_run):
     _, rows = length_run
     assert "monitor/length_ratio" not in rows[0]  # step 0 is the cold-start reference
-    assert rows[1]["monitor/length_ratio"] > 2.0 and rows[1]["monitor/length_alarm"] == 1.0
+    assert rows[1]["monitor/length_ratio"] > LENGTH_MAX and rows[1]["monitor/length_alarm"] == 1.0
     assert rows[1]["completion_len_mean"] == pytest.approx(rows[1]["monitor/length_ratio"]
                                                            * rows[0]["completion_len_mean"])
 
@@ -77,7 +80,7 @@ def test_reward_up_while_heldout_similarity_down_alarms(length_run):
 
 def test_entropy_collapse_and_zero_variance_groups_alarm(length_run):
     _, rows = length_run
-    assert rows[1]["monitor/entropy_ratio"] < 0.85 and rows[1]["monitor/entropy_alarm"] == 1.0
+    assert rows[1]["monitor/entropy_ratio"] < 0.95 and rows[1]["monitor/entropy_alarm"] == 1.0
     # Every completion is long now: every group's reward is 1, no learning signal.
     assert rows[1]["zero_std_groups"] == 1.0 and rows[1]["monitor/zero_std_alarm"] == 1.0
     assert rows[0]["monitor/zero_std_alarm"] == 0.0
@@ -159,7 +162,8 @@ def test_stop_ends_the_stage_at_the_last_good_checkpoint(tmp_path):
         "data": "ftibworld:tiny", "group_size": 4, "max_new_tokens": 8, "beta": 0.04,
         "rewards": [{"name": "length", "config": {"min_chars": 0, "max_chars": 1, "slack": 40}}],
         "monitors": {"on_alarm": "stop", "kl_max": 0.3},
-        "train": {"max_steps": 6, "batch_size": 4, "lr": 2.0e-2, "schedule": "constant", "checkpoint_every": 1}})
+        # measured: KL 0, 0.06, 1.5 at steps 0-2 (lr 2e-2 crossed 0.3 only at step 3)
+        "train": {"max_steps": 6, "batch_size": 4, "lr": 3.0e-2, "schedule": "constant", "checkpoint_every": 1}})
     assert rec["status"] == "completed"
     assert [r["step"] for r in rows] == [0, 1, 2] and rows[1]["kl"] < 0.3 < rows[2]["kl"]
     assert rec["metrics"]["monitor_stop_step"] == 2.0 and rec["metrics"]["steps"] == 3.0
@@ -179,7 +183,7 @@ def test_stop_before_any_good_checkpoint_ends_at_the_starting_weights(tmp_path, 
     output is the stage's starting weights either way."""
     rec, rows = run_grpo(tmp_path, {
         **BASE, "rewards": [PAYS_FOR_LENGTH],
-        "monitors": {"on_alarm": "stop", "length_ratio_max": 2.0},
+        "monitors": {"on_alarm": "stop", "length_ratio_max": LENGTH_MAX},
         "train": {**BASE["train"], "max_steps": 4, "checkpoint_every": checkpoint_every}}, model="ftibworld-base")
     assert [r["step"] for r in rows] == [0, 1] and rec["metrics"]["monitor_stop_step"] == 1.0
     stage_dir = tmp_path / "run" / "stages" / "grpo"
@@ -241,7 +245,7 @@ def test_a_resumed_run_monitors_as_an_uninterrupted_one(tmp_path, caplog):
     the same monitor values and alarms for steps 1 and 2 (held-out start included)."""
     config = {**BASE, "rewards": [PAYS_FOR_LENGTH, SHORT_IS_SIMILAR],
               "monitors": {"semantic_reward": "length", "heldout_prompts": 4, "heldout_every": 2,
-                           "length_ratio_max": 2.0},
+                           "length_ratio_max": LENGTH_MAX},
               "train": {**BASE["train"], "checkpoint_every": 1, "keep_checkpoints": 3}}
     _, rows = run_grpo(tmp_path, config, model="ftibworld-base")
     run = tmp_path / "run"
