@@ -402,8 +402,12 @@ def sample_completions(model: torch.nn.Module, input_ids: torch.Tensor, attentio
     G, N, device = group_size, input_ids.shape[0] * group_size, input_ids.device
     stop = torch.tensor(sorted(stop_ids), device=device)
     sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
+    # Allocated outside inference mode, so the completions stay ordinary tensors that
+    # the training forward can embed (and save for backward).
     tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    with torch.no_grad():
+    # inference_mode, not no_grad: no version counters or view tracking on the cache and
+    # activations (the rollout ran ~10 % faster on CPU, tiny-qwen3, G4 x 32 tokens).
+    with torch.inference_mode():
         cache = DynamicCache(config=model.config)
         pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
