@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -357,20 +358,23 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_p: flo
 
     if top_p >= 1.0:
         return draw(probs, cdf).squeeze(1)
-    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-    todo: torch.Tensor | None = None  # None: every row (no gather in the common single-round case)
-    for _ in range(max_rounds):
-        p, c = (probs, cdf) if todo is None else (probs[todo], cdf[todo])
-        idx = draw(p, c)
-        above = (p * (p > p.gather(1, idx))).sum(-1)
-        ok = above < top_p
-        rows = torch.arange(p.shape[0], device=p.device) if todo is None else todo
-        out[rows[ok]] = idx[ok, 0]
-        todo = rows[~ok]
+
+    def rejected(p: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        # The mass strictly above the drawn token's probability reaches top_p: outside.
+        return torch.where(p > p.gather(1, idx), p, 0.0).sum(-1) >= top_p
+
+    out = draw(probs, cdf).squeeze(1)  # round 1, every row: no gathers
+    todo = rejected(probs, out[:, None]).nonzero().squeeze(1)
+    for _ in range(max_rounds - 1):
         if todo.numel() == 0:
             return out
-    if todo is None:
-        todo = torch.arange(probs.shape[0], device=probs.device)
+        p = probs[todo]
+        idx = draw(p, cdf[todo])
+        bad = rejected(p, idx)
+        out[todo] = torch.where(bad, out[todo], idx[:, 0])
+        todo = todo[bad]
+    if todo.numel() == 0:
+        return out
     sp, si = probs[todo].sort(-1, descending=True)
     sp = sp.masked_fill(sp.cumsum(-1) - sp >= top_p, 0.0)
     out[todo] = si.gather(1, torch.multinomial(sp, 1)).squeeze(1)
@@ -379,7 +383,8 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_p: flo
 
 def sample_completions(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                        group_size: int, max_new_tokens: int, stop_ids: set[int], pad_id: int,
-                       temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
+                       temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                       decode: str = "auto") -> torch.Tensor:
     """Sample ``group_size`` completions of every prompt with a KV cache: (B*G, C) int64,
     completions of prompt ``b`` in rows ``b*G .. b*G+G-1``, ``C <= max_new_tokens`` (the
     longest one), ``pad_id`` after a row's first stop token.
@@ -392,8 +397,17 @@ def sample_completions(model: torch.nn.Module, input_ids: torch.Tensor, attentio
     :func:`completion_hidden`, so the policy that samples and the one that is trained
     see the same inputs. Uses the global torch RNG (seeded by the pipeline, restored on
     resume).
+
+    ``decode="auto"`` runs the decode steps of a Qwen3 / Qwen3-VL language model as
+    straight tensor code over a preallocated key/value buffer
+    (:class:`ftib.models.decode.FastDecoder`: transformers' operations in transformers'
+    order, without its module calls, which are most of a small-batch decode step on the
+    CPU); other decoders, and ``decode="modules"``, call the decoder per step (the
+    stage logs which, and why, when it starts).
     """
     from transformers import DynamicCache
+
+    from ftib.models.decode import fast_decoder
 
     decoder = _decoder(model)
     head = model.get_output_embeddings()
@@ -401,6 +415,9 @@ def sample_completions(model: torch.nn.Module, input_ids: torch.Tensor, attentio
     B, P = input_ids.shape
     G, N, device = group_size, input_ids.shape[0] * group_size, input_ids.device
     stop = torch.tensor(sorted(stop_ids), device=device)
+    fast, why = fast_decoder(decoder) if decode == "auto" else (None, "decode='modules'")
+    if decode not in ("auto", "modules"):
+        raise ValueError(f"decode must be 'auto' or 'modules', not {decode!r}")
     sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
     # Allocated outside inference mode, so the completions stay ordinary tensors that
     # the training forward can embed (and save for backward).
@@ -411,11 +428,14 @@ def sample_completions(model: torch.nn.Module, input_ids: torch.Tensor, attentio
         cache = DynamicCache(config=model.config)
         pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                      past_key_values=cache, use_cache=True)
+                      **{_cache_kw(decoder): cache}, use_cache=True)
         hidden = out.last_hidden_state[:, -1].repeat_interleave(G, 0)
         cache.batch_repeat_interleave(G)
         mask = torch.ones(N, P + max_new_tokens, dtype=attention_mask.dtype, device=device)
         mask[:, :P] = attention_mask.repeat_interleave(G, 0)
+        if fast is not None:
+            fast.start(cache, max_new_tokens, mask)
+            del cache
         next_pos = pos[:, -1:].repeat_interleave(G, 0) + 1  # (rows, 1)
         rows = torch.arange(N, device=device)  # batch row -> output row
         width = 0
@@ -432,15 +452,34 @@ def sample_completions(model: torch.nn.Module, input_ids: torch.Tensor, attentio
                 if keep.numel() == 0:
                     break
                 rows, tok, next_pos, mask = rows[keep], tok[keep], next_pos[keep], mask[keep]
-                cache.batch_select_indices(keep)
-            step_mask = mask[:, : P + t + 1]
-            if sdpa:  # one query row: the padding mask is the whole mask, no need to build it
-                step_mask = step_mask[:, None, None, :].bool()
-            out = decoder(input_ids=tok[:, None], attention_mask=step_mask, position_ids=next_pos,
-                          past_key_values=cache, use_cache=True)
-            hidden = out.last_hidden_state[:, -1]
+                if fast is not None:
+                    fast.select(keep)
+                else:
+                    cache.batch_select_indices(keep)
+            if fast is not None:
+                hidden = fast.step(tok, next_pos)
+            else:
+                step_mask = mask[:, : P + t + 1]
+                if sdpa:  # one query row: the padding mask is the whole mask, no need to build it
+                    step_mask = step_mask[:, None, None, :].bool()
+                out = decoder(input_ids=tok[:, None], attention_mask=step_mask, position_ids=next_pos,
+                              **{_cache_kw(decoder): cache}, use_cache=True)
+                hidden = out.last_hidden_state[:, -1]
             next_pos = next_pos + 1
     return tokens[:, :width]
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kw_of(cls: type) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def _cache_kw(decoder: torch.nn.Module) -> str:
+    """The decoder's name for its cache argument: ``cache`` (transformers >= 5.2x, where
+    ``past_key_values`` is deprecated, to go in 5.40) or ``past_key_values``."""
+    return _cache_kw_of(type(decoder))
 
 
 def _decoder(model: torch.nn.Module) -> torch.nn.Module:
@@ -489,13 +528,13 @@ def completion_hidden(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_m
 
     cache = DynamicCache(config=model.config)
     prompt = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos,
-                     past_key_values=cache, use_cache=True)
+                     **{_cache_kw(decoder): cache}, use_cache=True)
     first = prompt.last_hidden_state[:, -1:].repeat_interleave(G, 0)  # predicts completion token 0
     if C == 1:
         return first
     cache.batch_repeat_interleave(G)
     rest = decoder(input_ids=completion_ids[:, : C - 1], attention_mask=full_mask[:, : P + C - 1],
-                   position_ids=comp_pos[:, : C - 1], past_key_values=cache, use_cache=True)
+                   position_ids=comp_pos[:, : C - 1], **{_cache_kw(decoder): cache}, use_cache=True)
     return torch.cat([first, rest.last_hidden_state], dim=1)
 
 
@@ -531,6 +570,15 @@ class _GRPOTask:
         # num_iterations > 1: the rollout of each micro-batch slot, reused until its cycle ends.
         self._calls = 0
         self._buffer: dict[int, Rollout] = {}
+        if c.sampler == "ftib":
+            from ftib.models.decode import fast_decoder
+
+            fast, why = fast_decoder(_decoder(model))
+            if fast is not None:
+                logger.info("rollout decode: ftib's fused step over %d %s layers (models/decode.py)",
+                            len(fast.layers), type(fast.text.layers[0]).__name__)
+            else:
+                logger.info("rollout decode: transformers' modules per step (%s)", why)
 
     def param_groups(self):
         return self._groups
