@@ -41,12 +41,12 @@ _RMS_NORMS = ("Qwen3RMSNorm", "Qwen3VLTextRMSNorm")
 _MLPS = ("Qwen3MLP", "Qwen3VLTextMLP")
 
 
-def _text_model(decoder: torch.nn.Module) -> torch.nn.Module:
+def _text_model(decoder: Any) -> Any:
     """The module holding ``layers`` (Qwen3-VL's decoder keeps it as ``language_model``)."""
     return getattr(decoder, "language_model", decoder)
 
 
-def _why_not(text: torch.nn.Module) -> str | None:
+def _why_not(text: Any) -> str | None:
     layers = getattr(text, "layers", None)
     if layers is None or not len(layers):
         return f"{type(text).__name__} has no decoder layers"
@@ -65,7 +65,7 @@ def _why_not(text: torch.nn.Module) -> str | None:
     return None
 
 
-def fast_decoder(decoder: torch.nn.Module) -> tuple[FastDecoder | None, str]:
+def fast_decoder(decoder: Any) -> tuple[FastDecoder | None, str]:
     """``(FastDecoder, "")`` for a supported decoder, else ``(None, reason)``."""
     text = _text_model(decoder)
     why = _why_not(text)
@@ -82,14 +82,14 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def _norm(m: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _norm(m: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     if type(m).__name__ in _RMS_NORMS:
         w, eps = m.weight, m.variance_epsilon
         return lambda x: _rms(x, w, eps)
     return m
 
 
-def _proj(m: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _proj(m: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     if type(m) is torch.nn.Linear:
         w, b = m.weight, m.bias
         return lambda x: F.linear(x, w, b)
@@ -120,7 +120,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class _Layer:
     __slots__ = ("ln1", "ln2", "q", "k", "v", "o", "qn", "kn", "mlp", "heads", "kv_heads", "head_dim", "scale")
 
-    def __init__(self, layer: torch.nn.Module) -> None:
+    def __init__(self, layer: Any) -> None:
         attn = layer.self_attn
         self.ln1, self.ln2 = _norm(layer.input_layernorm), _norm(layer.post_attention_layernorm)
         self.q, self.k, self.v, self.o = (_proj(attn.q_proj), _proj(attn.k_proj), _proj(attn.v_proj),
@@ -143,7 +143,7 @@ class FastDecoder:
     preallocated key/value buffer. Use: ``start`` with the prefill's cache, then
     ``step`` per token, ``select`` when rows leave the batch."""
 
-    def __init__(self, text: torch.nn.Module, vision: bool) -> None:
+    def __init__(self, text: Any, vision: bool) -> None:
         self.text = text
         self.vision = vision  # Qwen3-VL: M-RoPE takes (3, N, 1) position ids
         self.embed = text.embed_tokens

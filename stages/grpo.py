@@ -470,7 +470,7 @@ def sample_completions(model: torch.nn.Module, input_ids: torch.Tensor, attentio
 
 
 @functools.lru_cache(maxsize=None)
-def _cache_kw_of(cls: type) -> str:
+def _cache_kw_of(cls: Any) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
@@ -479,7 +479,8 @@ def _cache_kw_of(cls: type) -> str:
 def _cache_kw(decoder: torch.nn.Module) -> str:
     """The decoder's name for its cache argument: ``cache`` (transformers >= 5.2x, where
     ``past_key_values`` is deprecated, to go in 5.40) or ``past_key_values``."""
-    return _cache_kw_of(type(decoder))
+    cls: Any = type(decoder)
+    return _cache_kw_of(cls)
 
 
 def _decoder(model: torch.nn.Module) -> torch.nn.Module:
