@@ -293,6 +293,26 @@ def is_dtensor(t: torch.Tensor) -> TypeGuard[DTensor]:
     return isinstance(t, DTensor)
 
 
+def zero_grad_rows(grad: torch.Tensor, rows: slice | list[int]) -> None:
+    """Zero ``rows`` (global indices along dim 0) of ``grad`` in place. A sharded
+    (DTensor) gradient zeroes the rows its local shard holds, so every rank clears its
+    part and no gather is needed."""
+    n = grad.shape[0]
+    wanted = range(n)[rows] if isinstance(rows, slice) else [r for r in rows if 0 <= r < n]
+    if is_dtensor(grad):
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        shape, offset = compute_local_shape_and_global_offset(grad.shape, grad.device_mesh, grad.placements)
+        local, lo, hi = grad.to_local(), offset[0], offset[0] + shape[0]
+        wanted = [r - lo for r in wanted if lo <= r < hi]
+        grad = local
+    with torch.no_grad():
+        if isinstance(wanted, range) and wanted.step == 1:
+            grad[wanted.start : wanted.stop].zero_()
+        elif len(wanted):
+            grad.index_fill_(0, torch.tensor(list(wanted), device=grad.device), 0)
+
+
 def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> float:
     """Global gradient norm (over all shards) and in-place clipping to ``max_norm``."""
     grads = [p.grad for p in params if p.grad is not None]

@@ -162,6 +162,20 @@ class ParamGroup:
     params: list[torch.nn.Parameter]
     lr_scale: float = 1.0
     weight_decay: float | None = None
+    #: ``(param, rows)``: rows of a parameter of this group whose gradient the loop zeroes
+    #: in place after the gradients are reduced and before clipping (so they do not move:
+    #: with a zero gradient AdamW's moments stay 0; give such a group no weight decay).
+    #: Works on plain, DDP-reduced and FSDP2-sharded gradients (the local shard's rows).
+    fixed_rows: list[tuple[torch.nn.Parameter, slice | list[int]]] = field(default_factory=list)
+
+
+def zero_fixed_rows(pairs: Sequence[tuple[torch.nn.Parameter, slice | list[int]]]) -> None:
+    """Zero the gradient rows of :attr:`ParamGroup.fixed_rows` pairs in place (what the
+    loop does after reducing the gradients; for loops of one's own)."""
+
+    for p, rows in pairs:
+        if p.grad is not None:
+            D.zero_grad_rows(p.grad, rows)
 
 
 @dataclass
@@ -508,6 +522,11 @@ class Trainer:
             log.info("master weights: %d trainable tensors cast to %s", cast, cfg.master_weights)
         names = {id(p): n for n, p in task.model.named_parameters()}
         group_names = [[names[id(p)] for p in g.params] for g in groups]
+        for g in groups:
+            for p, _ in g.fixed_rows:
+                if all(p is not q for q in g.params):
+                    raise FtibError(f"parameter group {g.name!r}: fixed_rows names a parameter not in the group")
+        fixed = [(names[id(p)], rows) for g in groups for p, rows in g.fixed_rows]
         if self.mode != "none":
             D.seed_rank(ctx.seed, self.rank)
             D.broadcast_parameters(p for n, p in task.model.named_parameters() if id(p) in trainable)
@@ -516,6 +535,7 @@ class Trainer:
         # fully_shard replaces parameters by sharded ones: look them up again by name.
         params = dict(task.model.named_parameters())
         self.named_trainable = {n: params[n] for gn in group_names for n in gn}
+        self.fixed_rows = [(params[n], rows) for n, rows in fixed]
         self.optimizer = torch.optim.AdamW(
             [
                 {
@@ -572,7 +592,7 @@ class Trainer:
         if hooked:
             raise FtibError(
                 f"train.distributed: fsdp2 cannot shard {hooked[:3]}: they carry gradient hooks that "
-                f"act on whole tensors (e.g. trainable.mode: new_embeddings); use ddp"
+                f"act on whole tensors (to keep embedding rows fixed use ParamGroup.fixed_rows); use ddp"
             )
         units = D.shard_model(task.model, self.device, param_dtype=self.autocast_dtype)
         log.info("fsdp2: %d block units + root over %d ranks", len(units), self.world)
@@ -849,6 +869,7 @@ class Trainer:
         t4 = time.perf_counter()
         if self.mode == "ddp":
             D.all_reduce_gradients(params)
+        zero_fixed_rows(self.fixed_rows)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else float("inf")

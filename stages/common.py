@@ -105,19 +105,6 @@ def _embedding_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return params
 
 
-def _freeze_rows(param: torch.nn.Parameter, rows: slice | list[int]) -> None:
-    """Zero the gradient of ``rows`` of an embedding matrix: with a zero gradient from the
-    first step AdamW's moments stay 0, so those rows do not move (the embedding group
-    has no weight decay)."""
-
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        grad[rows] = 0
-        return grad
-
-    param.register_hook(hook)
-
-
 def select_trainable(
     model: torch.nn.Module, cfg: TrainableConfig, *, new_token_start: int | None = None,
     text_only: bool = False, logger: Any = None,
@@ -180,13 +167,17 @@ def select_trainable(
             out.append(ParamGroup(name, unique, lr_scale=scale, weight_decay=wd))
     if not out:
         raise ConfigError("the trainable configuration selects no parameters")
+    # Rows that must not move get a zero gradient, zeroed in place by the loop after the
+    # gradients are reduced (ParamGroup.fixed_rows): with a zero gradient from the first
+    # step AdamW's moments stay 0, and the embedding group has no weight decay.
+    by_param = {id(p): g for g in out for p in g.params}
     if cfg.mode == "new_embeddings":
         for p in emb:
-            _freeze_rows(p, slice(0, new_token_start))
+            by_param[id(p)].fixed_rows.append((p, slice(0, new_token_start)))
     elif vision_ids and any(p.requires_grad for p in emb):
         for p in emb:
             if p.requires_grad:
-                _freeze_rows(p, [i for i in vision_ids if i < p.shape[0]])
+                by_param[id(p)].fixed_rows.append((p, [i for i in vision_ids if i < p.shape[0]]))
         if logger is not None:
             logger.info("text-only data: the embedding rows of the %d vision tokens (ids %s) stay fixed "
                         "(trainable.keep_vision_token_rows)", len(vision_ids), vision_ids)

@@ -49,6 +49,7 @@ def _toy():
 
 
 sys.path.insert(0, str(HERE))
+from dist_toy_worker import FIXED_ROWS  # noqa: E402  (the rows the 2-rank run keeps fixed)
 
 
 def torchrun(args: list[str], *, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -74,7 +75,7 @@ def toy_cfg(batch_size: int, distributed: str = "none") -> TrainConfig:
 
 def train_single(run_dir: Path, *, batch_size: int, resume_from: Path | None = None, distributed: str = "none"):
     torch.manual_seed(0)
-    task = _toy()(n=N_SAMPLES)
+    task = _toy()(n=N_SAMPLES, fixed_rows=FIXED_ROWS)
     task.model.drop.p = 0.0
     trainer = Trainer(task, toy_cfg(batch_size, distributed), single_ctx(run_dir, resume_from), progress=False)
     return trainer.train(), task
@@ -103,6 +104,11 @@ def test_toy_two_ranks_match_one_process_and_resume_on_one(mode, single, tmp_pat
     final = torch.load(out / "work" / "final" / "model.pt", weights_only=True)
     for k, v in ref_state.items():
         torch.testing.assert_close(final[k], v, rtol=RTOL, atol=RTOL, msg=f"{mode}: {k}")
+    # The fixed rows (zeroed on each rank's shard under fsdp2) did not move; the rest did.
+    torch.manual_seed(0)
+    init = _toy()(n=N_SAMPLES).model.emb.weight.detach()
+    moved = (final["emb.weight"] - init).abs().amax(1) > 0
+    assert not moved[FIXED_ROWS].any() and moved.sum() == init.shape[0] - len(FIXED_ROWS), moved
     step = out / "work" / "steps" / "step-000005"
     state = json.loads((step / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["global_batch"] == 2 * PER_RANK and state["distributed"] == mode

@@ -41,13 +41,14 @@ class TinyLM(torch.nn.Module):
 class TinyTask:
     """Next-token prediction on seeded random sequences of varying length (padding -100)."""
 
-    def __init__(self, n=40, seed=0, fail_at=None, freeze_emb=False, emb_scale=1.0):
+    def __init__(self, n=40, seed=0, fail_at=None, freeze_emb=False, emb_scale=1.0, fixed_rows=None):
         torch.manual_seed(seed)
         self.model = TinyLM()
         g = torch.Generator().manual_seed(seed + 1)
         self.samples = [torch.randint(0, 17, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g)
                         for _ in range(n)]
         self.fail_at, self.calls, self.freeze_emb, self.emb_scale = fail_at, 0, freeze_emb, emb_scale
+        self.fixed_rows = fixed_rows
         if freeze_emb:
             self.model.emb.weight.requires_grad_(False)
 
@@ -55,7 +56,9 @@ class TinyTask:
         rest = [p for n, p in self.model.named_parameters() if not n.startswith("emb")]
         groups = [ParamGroup("rest", rest)]
         if not self.freeze_emb:
-            groups.append(ParamGroup("emb", [self.model.emb.weight], lr_scale=self.emb_scale))
+            fixed = [(self.model.emb.weight, self.fixed_rows)] if self.fixed_rows is not None else []
+            groups.append(ParamGroup("emb", [self.model.emb.weight], lr_scale=self.emb_scale,
+                                     weight_decay=0.0 if fixed else None, fixed_rows=fixed))
         return groups
 
     def train_samples(self):
