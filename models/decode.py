@@ -5,12 +5,14 @@ small batch) the step's time is transformers' Python, not arithmetic: every step
 decoder's ``forward`` (input checks, output capturing, mask creation), then per layer the
 layer, attention, two norms, two head norms, seven projections and the MLP as modules,
 and the ``DynamicCache`` concatenates each layer's keys and values. :class:`FastDecoder`
-runs the same step as straight tensor code over the same weights, with the same
-operations in the same order as transformers' Qwen3 / Qwen3-VL text layers (RMSNorm in
-float32, q/k head norms, RoPE from the decoder's own ``rotary_emb`` module so every rope
-type and M-RoPE come out as transformers computes them, SDPA with the key/value heads
-packed as ``sdpa_attention_forward`` packs them for one query), and a preallocated
-key/value buffer written in place.
+runs the same step as straight tensor code over the same weights: RoPE from the decoder's
+own ``rotary_emb`` module (so every rope type and M-RoPE come out as transformers
+computes them), the query heads packed per key/value head as ``sdpa_attention_forward``
+packs a single query, and a preallocated key/value buffer written in place. In float32
+without autocast (the CPU case) RMSNorm is one ``F.rms_norm``, RoPE one batched GEMM per
+q and k (:func:`rope_matrices`) and attention two batched GEMMs: the same arithmetic,
+hidden states within ~2e-6 of the modules'. With bf16/fp16 weights or under autocast
+(the GPU case) the step is transformers' own operations and SDPA, bit for bit.
 
 Scope, checked by :func:`fast_decoder` (which says why when it declines, so the caller
 can log it and run the modules instead):
@@ -18,7 +20,7 @@ can log it and run the modules instead):
 * decoders whose layers are ``Qwen3DecoderLayer`` or ``Qwen3VLTextDecoderLayer`` (the
   Qwen3 and Qwen3-VL language models; Qwen3.5's hybrid linear-attention layers are not);
 * full attention only (no sliding window), any ``_attn_implementation``: the decode step
-  uses SDPA, the same attention in exact arithmetic;
+  computes the same attention (SDPA, or the two GEMMs above);
 * no forward hooks on the decoder's modules (accelerate offload, FSDP);
 * projections, norms and MLPs that are not the plain transformers / ``torch.nn`` classes
   (a peft LoRA layer, a quantised linear) are *called as modules*, so they keep their
@@ -195,7 +197,9 @@ class FastDecoder:
         x = self.embed(tokens[:, None])  # (n, 1, H)
         pos = position[None].expand(3, n, 1) if self.vision else position
         cos, sin = self.rotary(x, pos)  # (n, 1, d), as the decoder computes them
-        exact = x.dtype != torch.float32  # bf16/fp16: transformers' elementwise ops (its roundings)
+        # bf16/fp16 weights or autocast (the GPU case): transformers' own elementwise ops and
+        # SDPA, so the roundings are its roundings.
+        exact = x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type)
         if exact:
             cos, sin = cos[:, :1], sin[:, :1]  # (n, 1, d): broadcast over the heads
         else:
@@ -220,7 +224,7 @@ class FastDecoder:
             # One query row: the heads that share a key/value head are its rows, as
             # transformers' SDPA path packs a single query.
             qp = q.reshape(n * kvh, -1, d)
-            if qp.dtype == torch.float32:
+            if not exact:
                 # Float32 (the CPU case): two batched GEMMs and a softmax, ~2x faster
                 # than SDPA's CPU kernel at decode shapes.
                 scores = torch.baddbmm(add, qp, kb[:, :end].transpose(1, 2), alpha=L.scale)

@@ -128,6 +128,14 @@ def test_bfloat16_steps_are_the_modules_bit_for_bit():
     _compare(model, atol=0.0, rtol=0.0)  # bf16: transformers' own operations, bit for bit
 
 
+def test_autocast_steps_are_the_modules_bit_for_bit():
+    """Float32 weights under bf16 autocast (how the GRPO stage rolls out on a GPU): the
+    step takes transformers' own operations and SDPA, as under bf16 weights."""
+    model = _perturbed("tiny-qwen3")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _compare(model, atol=0.0, rtol=0.0)
+
+
 def test_rope_matrix_is_the_elementwise_rotation():
     g = torch.Generator().manual_seed(0)
     n, heads, d = 5, 3, 8
