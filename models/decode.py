@@ -177,6 +177,7 @@ class FastDecoder:
     def _set_mask(self, mask: torch.Tensor) -> None:
         # Additive (rows * kv heads, 1, positions): 0 where attended, -inf at padding.
         self._mask = mask
+        self._keep = mask.bool()[:, None, None, :]  # SDPA's padding mask (bf16/autocast path)
         h = self.layers[0].kv_heads
         add = torch.zeros(mask.shape, dtype=self.keys[0].dtype, device=mask.device).masked_fill_(mask == 0, float("-inf"))
         self._add = add.repeat_interleave(h, 0)[:, None, :]
@@ -206,8 +207,7 @@ class FastDecoder:
             rot = rope_matrices(cos[:, 0], sin[:, 0])  # (n, d, d)
         at = self.length
         end = at + 1
-        add = self._add[:, :, :end]
-        keep = self._mask[:, None, None, :end].bool()
+        add, keep = self._add[:, :, :end], self._keep[..., :end]  # views: no work per step
         for i, L in enumerate(self.layers):
             h = L.ln1(x)
             d, kvh = L.head_dim, L.kv_heads

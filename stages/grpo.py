@@ -415,9 +415,9 @@ def sample_completions(model: torch.nn.Module, input_ids: torch.Tensor, attentio
     B, P = input_ids.shape
     G, N, device = group_size, input_ids.shape[0] * group_size, input_ids.device
     stop = torch.tensor(sorted(stop_ids), device=device)
-    fast, why = fast_decoder(decoder) if decode == "auto" else (None, "decode='modules'")
     if decode not in ("auto", "modules"):
         raise ValueError(f"decode must be 'auto' or 'modules', not {decode!r}")
+    fast = fast_decoder(decoder)[0] if decode == "auto" else None
     sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
     # Allocated outside inference mode, so the completions stay ordinary tensors that
     # the training forward can embed (and save for backward).
