@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +89,8 @@ def _scene(rng: random.Random) -> Any:
 
 def text_probe(*, k: int = 8, steps: int = 1000, lr: float = 1e-3, layers: int = 3, width: int = 128,
                tokenizer: str = "han", batch_size: int = 16, every: int = 200, held_out: int = 200,
-               tokenizer_scenes: int = 3000, seed: int = 0) -> list[LookupPoint]:
+               tokenizer_scenes: int = 3000, seed: int = 0,
+               report: Callable[[LookupPoint], None] | None = None) -> list[LookupPoint]:
     """Train a fresh ``layers`` x ``width`` Qwen3 LM on caption + ``k`` questions.
 
     ``tokenizer``: ``han`` (Han characters split before a byte-level BPE, as Qwen keeps
@@ -158,7 +160,7 @@ def text_probe(*, k: int = 8, steps: int = 1000, lr: float = 1e-3, layers: int =
         return _pairwise_accuracy(net, [(batch([a]), batch([b])) for a, b in held])
 
     return _train(net, lambda rng: batch([encode(_scene(rng), rng, k) for _ in range(batch_size)]),
-                  accuracy, steps=steps, lr=lr, every=every, seed=seed)
+                  accuracy, steps=steps, lr=lr, every=every, seed=seed, report=report)
 
 
 # -------------------------------------------------------------------------- image probe
@@ -233,7 +235,8 @@ def align_vision_to_words(bundle: Any, *, steps: int = 300, lr: float = 1e-3, ba
 
 def image_probe(model: str, *, k: int = 8, steps: int = 1000, lr: float = 1e-3, align_steps: int = 0,
                 freeze_vision: bool = False, batch_size: int = 16, every: int = 100, held_out: int = 150,
-                seed: int = 0) -> tuple[dict[str, float], list[LookupPoint]]:
+                seed: int = 0, report: Callable[[LookupPoint], None] | None = None
+                ) -> tuple[dict[str, float], list[LookupPoint]]:
     """Train ``model`` (preset or checkpoint; loaded fresh, nothing written) on 48-pixel
     scenes with ``k`` existence questions each, after ``align_steps`` of
     :func:`align_vision_to_words`. Returns the alignment's cell accuracies and the curve."""
@@ -246,6 +249,8 @@ def image_probe(model: str, *, k: int = 8, steps: int = 1000, lr: float = 1e-3, 
     if chat.image_processor is None:
         raise SystemExit(f"{model}: a text-only model has no images to probe")
     aligned = align_vision_to_words(bundle, steps=align_steps, seed=seed) if align_steps else {}
+    if aligned and report:
+        print("word-tied alignment, held-out cell accuracy:", {n: round(v, 3) for n, v in aligned.items()}, flush=True)
     if freeze_vision:
         for p in net.model.visual.parameters():
             p.requires_grad_(False)
@@ -271,7 +276,7 @@ def image_probe(model: str, *, k: int = 8, steps: int = 1000, lr: float = 1e-3, 
         return _pairwise_accuracy(net, held)
 
     curve = _train(net, lambda rng: chat.collate([conversation(_scene(rng), rng, k) for _ in range(batch_size)]),
-                   accuracy, steps=steps, lr=lr, every=every, seed=seed)
+                   accuracy, steps=steps, lr=lr, every=every, seed=seed, report=report)
     return aligned, curve
 
 
@@ -288,11 +293,13 @@ def _pairwise_accuracy(net: torch.nn.Module, pairs: list[tuple[dict, dict]]) -> 
 
 
 def _train(net: torch.nn.Module, make_batch: Any, accuracy: Any, *, steps: int, lr: float, every: int,
-           seed: int) -> list[LookupPoint]:
+           seed: int, report: Callable[[LookupPoint], None] | None) -> list[LookupPoint]:
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
     t0 = time.perf_counter()
     points = [LookupPoint(step=0, loss=float("nan"), accuracy=accuracy(), seconds=0.0)]
+    if report:
+        report(points[-1])
     net.train()
     for step in range(1, steps + 1):
         loss = net(**make_batch(rng)).loss
@@ -303,6 +310,8 @@ def _train(net: torch.nn.Module, make_batch: Any, accuracy: Any, *, steps: int, 
         if step % every == 0 or step == steps:
             points.append(LookupPoint(step=step, loss=loss.item(), accuracy=accuracy(),
                                       seconds=time.perf_counter() - t0))
+            if report:
+                report(points[-1])
     return points
 
 
@@ -326,17 +335,17 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+
+    def show(p: LookupPoint) -> None:
+        print(f"step {p.step:5d}  loss {p.loss:.3f}  accuracy {100 * p.accuracy:5.1f} %  {p.seconds:6.0f} s",
+              flush=True)
+
     if args.setting == "text":
-        curve = text_probe(k=args.k, steps=args.steps, lr=args.lr, layers=args.layers, width=args.width,
-                           tokenizer=args.tokenizer, every=args.every, seed=args.seed)
+        text_probe(k=args.k, steps=args.steps, lr=args.lr, layers=args.layers, width=args.width,
+                   tokenizer=args.tokenizer, every=args.every, seed=args.seed, report=show)
     else:
-        aligned, curve = image_probe(args.model, k=args.k, steps=args.steps, lr=args.lr,
-                                     align_steps=args.align_steps, freeze_vision=args.freeze_vision,
-                                     every=args.every, seed=args.seed)
-        if aligned:
-            print("word-tied alignment, held-out cell accuracy:", {n: round(v, 3) for n, v in aligned.items()})
-    for p in curve:
-        print(f"step {p.step:5d}  loss {p.loss:.3f}  accuracy {100 * p.accuracy:5.1f} %  {p.seconds:6.0f} s")
+        image_probe(args.model, k=args.k, steps=args.steps, lr=args.lr, align_steps=args.align_steps,
+                    freeze_vision=args.freeze_vision, every=args.every, seed=args.seed, report=show)
     return 0
 
 
