@@ -13,7 +13,9 @@ in images. This probe measures how fast the lookup is learnt, in two settings:
     read once for eight answers.
 
 ``image``
-    A VLM checkpoint gets the scene as a 48-pixel image (one merged token per cell) and
+    A VLM checkpoint gets the scene as an FTibWorld image (rendered at ``image_size``, 64
+    pixels as the world's files; the processor of ``ftibworld-base`` brings it to 48
+    pixels, one merged token per cell) and
     ``k`` existence questions as a multi-turn chat. Optionally first
     ``--align-steps``: the vision tower and merger are trained alone so that each cell's
     merged token scores highest against the language model's own (frozen) embedding of
@@ -167,9 +169,10 @@ def text_probe(*, k: int = 8, steps: int = 1000, lr: float = 1e-3, layers: int =
 
 
 def align_vision_to_words(bundle: Any, *, steps: int = 300, lr: float = 1e-3, batch_size: int = 32,
-                          seed: int = 0) -> dict[str, float]:
-    """Train ``bundle``'s vision tower and merger (nothing else) so that each 48-pixel
-    scene cell's merged token scores highest, by dot product, against the language
+                          image_size: int = 64, seed: int = 0) -> dict[str, float]:
+    """Train ``bundle``'s vision tower and merger (nothing else) so that each scene
+    cell's merged token (images rendered at ``image_size``, as the data the model will
+    see: the features must be aligned on the pixels it is trained and tested on) scores highest, by dot product, against the language
     model's input embedding of the cell's object word and of its colour word (Chinese,
     one token each in the base's vocabulary). Returns held-out cell accuracies."""
     from ftib.data.world import lexicon as lx
@@ -195,7 +198,7 @@ def align_vision_to_words(bundle: Any, *, steps: int = 300, lr: float = 1e-3, ba
 
     def scenes(n: int, rng: random.Random) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         sc = [S.sample_scene(rng, 1, 6, 3) for _ in range(n)]
-        enc = chat.image_processor(images=[S.render(s, 48) for s in sc], return_tensors="pt")
+        enc = chat.image_processor(images=[S.render(s, image_size) for s in sc], return_tensors="pt")
         labels = {name: torch.zeros(n, 9, dtype=torch.long) for name in tables}
         for i, s in enumerate(sc):
             for o in s.objects:
@@ -209,7 +212,7 @@ def align_vision_to_words(bundle: Any, *, steps: int = 300, lr: float = 1e-3, ba
     def features(pix: dict[str, torch.Tensor]) -> torch.Tensor:
         out = visual(pix["pixel_values"], grid_thw=pix["grid_thw"], return_dict=True).pooler_output
         if out.shape[0] != pix["grid_thw"].shape[0] * 9:
-            raise ValueError("the word-tied alignment needs 48-pixel images with one merged token per cell "
+            raise ValueError("the word-tied alignment needs one merged token per scene cell (a 48-pixel budget) "
                              f"(got {out.shape[0]} tokens for {pix['grid_thw'].shape[0]} images)")
         return out.view(-1, 9, hidden)
 
@@ -235,10 +238,10 @@ def align_vision_to_words(bundle: Any, *, steps: int = 300, lr: float = 1e-3, ba
 
 def image_probe(model: str, *, k: int = 8, steps: int = 1000, lr: float = 1e-3, align_steps: int = 0,
                 freeze_vision: bool = False, batch_size: int = 16, every: int = 100, held_out: int = 150,
-                seed: int = 0, report: Callable[[LookupPoint], None] | None = None
+                image_size: int = 64, seed: int = 0, report: Callable[[LookupPoint], None] | None = None
                 ) -> tuple[dict[str, float], list[LookupPoint]]:
-    """Train ``model`` (preset or checkpoint; loaded fresh, nothing written) on 48-pixel
-    scenes with ``k`` existence questions each, after ``align_steps`` of
+    """Train ``model`` (preset or checkpoint; loaded fresh, nothing written) on
+    ``image_size``-pixel scenes with ``k`` existence questions each, after ``align_steps`` of
     :func:`align_vision_to_words`. Returns the alignment's cell accuracies and the curve."""
     from ftib.data.world import scene as S
     from ftib.models.bundle import load_bundle
@@ -248,7 +251,7 @@ def image_probe(model: str, *, k: int = 8, steps: int = 1000, lr: float = 1e-3, 
     net, chat = bundle.model, bundle.chat
     if chat.image_processor is None:
         raise SystemExit(f"{model}: a text-only model has no images to probe")
-    aligned = align_vision_to_words(bundle, steps=align_steps, seed=seed) if align_steps else {}
+    aligned = align_vision_to_words(bundle, steps=align_steps, image_size=image_size, seed=seed) if align_steps else {}
     if aligned and report:
         print("word-tied alignment, held-out cell accuracy:", {n: round(v, 3) for n, v in aligned.items()}, flush=True)
     if freeze_vision:
@@ -262,7 +265,7 @@ def image_probe(model: str, *, k: int = 8, steps: int = 1000, lr: float = 1e-3, 
                 a = NO if a == YES else YES
             msgs.append({"role": "user", "content": [{"type": "image"}] * (i == 0) + [{"type": "text", "text": q}]})
             msgs.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
-        return chat.encode(msgs, [S.render(s, 48)])
+        return chat.encode(msgs, [S.render(s, image_size)])
 
     held = []
     for i in range(held_out):
@@ -324,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("model", help="VLM preset name or save_pretrained directory")
             sp.add_argument("--align-steps", type=int, default=0, help="word-tied vision alignment steps first")
             sp.add_argument("--freeze-vision", action="store_true")
+            sp.add_argument("--image-size", type=int, default=64, help="render size (the world's files: 64)")
         else:
             sp.add_argument("--tokenizer", choices=("han", "bytes"), default="han")
             sp.add_argument("--layers", type=int, default=3)
@@ -345,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                    tokenizer=args.tokenizer, every=args.every, seed=args.seed, report=show)
     else:
         image_probe(args.model, k=args.k, steps=args.steps, lr=args.lr, align_steps=args.align_steps,
-                    freeze_vision=args.freeze_vision, every=args.every, seed=args.seed, report=show)
+                    freeze_vision=args.freeze_vision, every=args.every, image_size=args.image_size,
+                    seed=args.seed, report=show)
     return 0
 
 
