@@ -146,20 +146,14 @@ def text_probe(*, k: int = 8, steps: int = 1000, lr: float = 1e-3, layers: int =
             out["attention_mask"][j, :len(i)] = 1
         return out
 
-    held = []
-    for i in range(held_out):
-        s, r = _scene(random.Random(10_000 + i)), random.Random(20_000 + i)
-        state = r.getstate()
-        right = encode(s, r, 1)
-        r.setstate(state)
-        held.append((right, encode(s, r, 1, flip=True)))
+    held = [(batch([a]), batch([b])) for a, b in _held_pairs(held_out, 10_000, lambda s, r, f: encode(s, r, 1, f))]
     cfg = Qwen3Config(vocab_size=tk.get_vocab_size(), hidden_size=width, intermediate_size=width * 5 // 2,
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=width // 4,
                       max_position_embeddings=1024, tie_word_embeddings=True, pad_token_id=pad)
     net = Qwen3ForCausalLM(cfg)
 
     def accuracy() -> float:
-        return _pairwise_accuracy(net, [(batch([a]), batch([b])) for a, b in held])
+        return _pairwise_accuracy(net, held)
 
     return _train(net, lambda rng: batch([encode(_scene(rng), rng, k) for _ in range(batch_size)]),
                   accuracy, steps=steps, lr=lr, every=every, seed=seed, report=report)
@@ -267,13 +261,8 @@ def image_probe(model: str, *, k: int = 8, steps: int = 1000, lr: float = 1e-3, 
             msgs.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
         return chat.encode(msgs, [S.render(s, image_size)])
 
-    held = []
-    for i in range(held_out):
-        s, r = _scene(random.Random(50_000 + i)), random.Random(60_000 + i)
-        state = r.getstate()
-        right = conversation(s, r, 1)
-        r.setstate(state)
-        held.append((chat.collate([right]), chat.collate([conversation(s, r, 1, flip=True)])))
+    held = [(chat.collate([a]), chat.collate([b]))
+            for a, b in _held_pairs(held_out, 50_000, lambda s, r, f: conversation(s, r, 1, f))]
 
     def accuracy() -> float:
         return _pairwise_accuracy(net, held)
@@ -284,6 +273,20 @@ def image_probe(model: str, *, k: int = 8, steps: int = 1000, lr: float = 1e-3, 
 
 
 # ------------------------------------------------------------------------------ shared
+
+
+def _held_pairs(n: int, seed: int, make: Callable[[Any, random.Random, bool], Any]) -> list[tuple[Any, Any]]:
+    """``n`` held-out (right, flipped) items: ``make(scene, rng, flip)`` twice from the
+    same rng state, so both have the same scene and question (scene ``seed + i``,
+    questions ``seed + 10_000 + i``)."""
+    out = []
+    for i in range(n):
+        s, r = _scene(random.Random(seed + i)), random.Random(seed + 10_000 + i)
+        state = r.getstate()
+        right = make(s, r, False)
+        r.setstate(state)
+        out.append((right, make(s, r, True)))
+    return out
 
 
 def _pairwise_accuracy(net: torch.nn.Module, pairs: list[tuple[dict, dict]]) -> float:
