@@ -64,18 +64,16 @@ class LookupPoint:
 
 
 def existence_questions(scene: Any, rng: random.Random, k: int) -> list[tuple[str, str]]:
-    """``k`` Chinese existence questions about ``scene`` with their answers (是。/不是。);
-    each is about a present object with probability 1/2 (always, when every category is
-    present)."""
-    from ftib.data.world import grammar as g
-    from ftib.data.world import lexicon as lx
+    """``k`` Chinese existence questions about ``scene`` with their answers (是。/不是。),
+    by the world's own :func:`ftib.data.world.build.polar_question`; each is about a
+    present object with probability 1/2 (always, when every category is present)."""
+    from ftib.data.world.build import polar_question
 
-    present = sorted(scene.categories())
-    absent = [o.key for o in lx.OBJECTS if o.key not in scene.categories()]
     out = []
     for _ in range(k):
-        truth = rng.random() < 0.5 or not absent
-        qa = g.ask_exists(lx.BY_KEY[rng.choice(present if truth else absent)], truth, rng)
+        qa = polar_question(scene, rng, "existence", rng.random() < 0.5) or polar_question(
+            scene, rng, "existence", True)  # None: every category is present, nothing to deny
+        assert qa is not None
         out.append((qa.question.zh, qa.answer.zh))
     return out
 
