@@ -157,6 +157,7 @@ setup(
         "ftib.stages": [
             "cpt = ftib.stages.cpt:CPTStage",
             "align = ftib.stages.align:AlignStage",
+            "ground = ftib.stages.ground:GroundStage",
             "sft = ftib.stages.sft:SFTStage",
             "grpo = ftib.stages.grpo:GRPOStage",
         ],

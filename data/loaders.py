@@ -254,10 +254,35 @@ def _check_messages(row: dict[str, Any], where: str) -> None:
                         f"path(s) in 'images'")
 
 
+def _check_cells(row: dict[str, Any], where: str) -> None:
+    grid = row["grid"]
+    if (not isinstance(grid, list) or len(grid) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in grid)):
+        raise DataError(f"{where}: 'grid' must be [rows, cols], two positive integers, got {grid!r}")
+    cells = row["cells"]
+    if not isinstance(cells, list):
+        raise DataError(f"{where}: 'cells' must be a list of {{row, col, words}} objects")
+    seen = set()
+    for j, cell in enumerate(cells):
+        if not isinstance(cell, dict) or not {"row", "col", "words"} <= set(cell):
+            raise DataError(f"{where}: cells[{j}] must be an object with row, col and words, got {cell!r}")
+        r, c, words = cell["row"], cell["col"], cell["words"]
+        if not (isinstance(r, int) and isinstance(c, int) and 0 <= r < grid[0] and 0 <= c < grid[1]):
+            raise DataError(f"{where}: cells[{j}] at ({r!r}, {c!r}) is outside the {grid[0]}x{grid[1]} grid")
+        if (r, c) in seen:
+            raise DataError(f"{where}: cells[{j}]: cell ({r}, {c}) is listed twice")
+        seen.add((r, c))
+        if (not isinstance(words, dict) or not words
+                or not all(isinstance(v, str) and v.strip() for v in words.values())):
+            raise DataError(f"{where}: cells[{j}].words must map slot names to non-empty words, got {words!r}")
+
+
 SCHEMAS: dict[str, Schema] = {
     "cpt": Schema("CPT corpus", text=("id", "text")),
     "captions": Schema("image-caption", text=("id", "caption"), images=("image",),
                        optional_text=("caption_zh", "caption_en")),
+    "cells": Schema("image-cell words", text=("id",), images=("image",), other=("grid", "cells"),
+                    check_row=_check_cells),
     "sft": Schema("SFT instruction", text=("id", "task"), images=("images",), other=("messages",),
                   check_row=_check_messages),
     "translation": Schema("translation pair", text=("id", "source", "reference"),
@@ -304,6 +329,13 @@ def load_captions(path: Path | str, root: Path | str | None = None, **kw: Any) -
     """Image-caption pairs (``id, image, caption[, caption_zh, caption_en]``); ``image``
     relative to ``root`` (default: the file's folder), returned absolute."""
     return _load_records("captions", path, root, **kw)
+
+
+def load_cells(path: Path | str, root: Path | str | None = None, **kw: Any) -> datasets.Dataset:
+    """Images with words per grid cell (``id, image, grid, cells``: ``grid`` = ``[rows,
+    cols]``, ``cells`` = ``[{row, col, words: {slot: word}}]``, unlisted cells empty),
+    the data of the ``ground`` stage (``docs/data.md``)."""
+    return _load_records("cells", path, root, **kw)
 
 
 def load_sft(path: Path | str, root: Path | str | None = None, **kw: Any) -> datasets.Dataset:

@@ -329,7 +329,9 @@ class ChatProcessor:
                 if (Path(self.source_dir) / name).is_file():
                     shutil.copyfile(Path(self.source_dir) / name, out / name)
 
-    def _images(self, images: Sequence[Any]) -> dict[str, torch.Tensor]:
+    def encode_images(self, images: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """``pixel_values`` and ``image_grid_thw`` of ``images`` (paths or PIL images)
+        through the image processor; an unreadable file is an error naming it."""
         loaded = []
         for im in images:
             if isinstance(im, (str, Path)):
@@ -389,7 +391,7 @@ class ChatProcessor:
             raise FtibError("this model takes no images (text-only), but the messages contain image parts")
         vision: dict[str, torch.Tensor] = {}
         if n_images:
-            vision = self._images(images)
+            vision = self.encode_images(images)
             merge = self.image_processor.merge_size
             counts = (vision["image_grid_thw"].prod(-1) // (merge * merge)).tolist()
             text, spans = _expand_images(text, spans, counts)

@@ -20,6 +20,9 @@ model to write that block itself; ``null`` is the template's default.
 ``source: translation | headline`` trains on the GRPO task files instead (prompt →
 reference as one chat turn): the SFT warm-up of the two-stage semantic-GRPO recipe.
 
+``tasks: [pope, ...]`` keeps only the records of those tasks (a curriculum stage, e.g. the
+existence chats of ``ftibworld:base/pretrain/dialogues.jsonl`` first).
+
 ``grounding_check: n`` holds the last ``n`` single-image records out of training and
 reports how much their answers depend on the images (``grounding_gap``: answer loss with
 shifted images minus with their own), before and after training.
@@ -28,7 +31,7 @@ shifted images minus with their own), before and after training.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ftib.core import Stage
 from ftib.core.train import TrainConfig
@@ -41,6 +44,8 @@ class SFTConfig:
 
     data: str = "ftibworld"
     source: Literal["instructions", "translation", "headline"] = "instructions"
+    #: keep only records whose ``task`` is one of these (a curriculum stage; ``null``: all)
+    tasks: tuple[str, ...] | None = None
     max_records: int | None = None
     max_length: int = 512
     overflow: Literal["error", "truncate", "drop"] = "drop"
@@ -67,12 +72,29 @@ def text_task_records(cfg: SFTConfig) -> list[tuple[list[dict], list, str]]:
              f"{cfg.data} {cfg.source} (id {p['id']})") for p in prompts]
 
 
+def select_tasks(rows: Any, tasks: tuple[str, ...], path: Any) -> Any:
+    """The records of ``rows`` whose ``task`` is in ``tasks``; a task with no record is
+    an error naming the tasks the file has (a typo must not train on nothing)."""
+    from collections import Counter
+
+    from ftib.core import ConfigError
+
+    have = Counter(rows["task"])
+    missing = [t for t in tasks if t not in have]
+    if missing:
+        raise ConfigError(f"stages.sft.tasks: {path} has no record of task {missing[0]!r}; its tasks: "
+                          + ", ".join(f"{t} ({n})" for t, n in sorted(have.items())))
+    keep = set(tasks)
+    return rows.filter(lambda r: r["task"] in keep)
+
+
 class SFTStage(Stage):
     """Multimodal instruction tuning (see the module docstring)."""
 
     Config = SFTConfig
 
     def run(self, ctx):
+        from ftib.core import ConfigError
         from ftib.data.loaders import load_sft, world_file
         from ftib.data.sources import resolve
 
@@ -81,10 +103,14 @@ class SFTStage(Stage):
         if cfg.source == "instructions":
             path = resolve(cfg.data, world_file("sft"))
             rows = load_sft(path)
+            if cfg.tasks is not None:
+                rows = select_tasks(rows, cfg.tasks, path)
             if cfg.max_records is not None:
                 rows = rows.select(range(min(cfg.max_records, len(rows))))
             records = [(r["messages"], list(r["images"]), f"{path} (id {r['id']})") for r in rows]
         else:
+            if cfg.tasks is not None:
+                raise ConfigError(f"stages.sft.tasks selects instruction records; source={cfg.source!r} has none")
             records = text_task_records(cfg)
         return train_chat_stage(ctx, bundle, records, trainable=cfg.trainable, train=cfg.train,
                                 max_length=cfg.max_length, overflow=cfg.overflow,

@@ -34,7 +34,7 @@ from ftib.data.world.scene import Scene, category_statistics, png_bytes, render,
 
 log = logging.getLogger("ftib.data.world")
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = "world.json"
 CARD = "DATASET_CARD.md"
 W = lx.BY_KEY
@@ -65,6 +65,8 @@ class WorldSize:
     pretrain_scenes: int = 0
     pretrain_questions_per_scene: int = 6
     pretrain_text: int = 0
+    #: questions per chat of ``pretrain/dialogues.jsonl`` (one chat per scene and task)
+    pretrain_dialogue_turns: int = 8
 
 
 SIZES: dict[str, WorldSize] = {
@@ -166,6 +168,8 @@ def polar_question(scene: Scene, rng: random.Random, kind: str, truth: bool) -> 
             return None
         a, b = rng.sample(sorted(cats), 2)
         n = scene.counts()[a] + scene.counts()[b]
+        if n > len(lx.NUMBERS):  # a crowded scene: the sum has no number word
+            return None
         if not truth:
             n = _other(rng, range(2, 11), [n])
         return g.ask_sum_is(W[a], W[b], n, truth)
@@ -721,16 +725,25 @@ def _build_pretrain(w: _Writer, sz: WorldSize, seed: int, bench_scenes: set) -> 
       negatives, MME's five yes/no kinds, MMBench multiple choice, COREVQA statements,
       open count/colour/position), asked exactly as the Chinese benchmarks ask them,
       plus text-only general questions (arithmetic, comparison, successor);
-    * ``pretrain/corpus.jsonl``: zh/en documents of the world (CPT schema).
+    * ``pretrain/corpus.jsonl``: zh/en documents of the world (CPT schema);
+    * ``pretrain/cells.jsonl``: per scene, the Chinese object and colour word of every
+      occupied cell (the ``ground`` stage's word-tied alignment);
+    * ``pretrain/dialogues.jsonl``: per scene and task of :data:`PRETRAIN_TASKS`, one
+      multi-turn chat of ``pretrain_dialogue_turns`` questions of that task about the
+      scene, in one language (a curriculum stage selects tasks with ``sft.tasks``).
 
-    Scenes never equal a benchmark scene; Tibetan never occurs.
+    Scenes never equal a benchmark scene; Tibetan never occurs. ``cells`` and
+    ``dialogues`` draw from their own random streams, so the other files are the same
+    with or without them.
     """
     rng = _rng(seed, "train/pretrain")
     captions: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
+    scenes: list[tuple[str, Scene]] = []
     for i in range(sz.pretrain_scenes):
         scene = _pretrain_scene(rng, bench_scenes)
         rel = f"images/{i:06d}.png"
+        scenes.append((rel, scene))
         w.image(f"pretrain/{rel}", scene)
         cap = caption(scene, rng)
         for lang in PRETRAIN_LANGS:
@@ -767,6 +780,42 @@ def _build_pretrain(w: _Writer, sz: WorldSize, seed: int, bench_scenes: set) -> 
     w.jsonl("pretrain/captions.jsonl", captions)
     w.jsonl("pretrain/instructions.jsonl", rows)
     w.jsonl("pretrain/corpus.jsonl", docs)
+    w.jsonl("pretrain/cells.jsonl", [cell_words(scene, f"ptg-{i:06d}", rel) for i, (rel, scene) in enumerate(scenes)])
+    w.jsonl("pretrain/dialogues.jsonl", _dialogues(scenes, _rng(seed, "train/pretrain-dialogues"),
+                                                   sz.pretrain_dialogue_turns))
+
+
+def cell_words(scene: Scene, rid: str, image: str) -> dict[str, Any]:
+    """A ``ground`` record of ``scene``: its grid and the Chinese object and colour word
+    of every occupied cell (the base's dominant language)."""
+    return {"id": rid, "image": image, "grid": [scene.grid, scene.grid],
+            "cells": [{"row": o.row, "col": o.col, "words": {"object": W[o.category].zh, "colour": W[o.colour].zh}}
+                      for o in scene.objects]}
+
+
+def _dialogues(scenes: list[tuple[str, Scene]], rng: random.Random, turns: int) -> list[dict[str, Any]]:
+    """Per scene and task, one chat of up to ``turns`` distinct questions of that task
+    (the image in the first turn), 70 % Chinese / 30 % English: many answers of one kind
+    about one picture per example, which is what taught a small model the
+    question-conditioned lookup (issue 17)."""
+    out: list[dict[str, Any]] = []
+    for rel, scene in scenes:
+        for task in PRETRAIN_TASKS:
+            lang = rng.choices(PRETRAIN_LANGS, weights=PRETRAIN_LANG_WEIGHTS)[0]
+            msgs: list[dict[str, Any]] = []
+            asked: set[str] = set()
+            for _ in range(3 * turns):
+                if len(asked) == turns:
+                    break
+                rec = _sft_record(scene, rng, task, lang)
+                if rec is None or rec[0] in asked:
+                    continue
+                asked.add(rec[0])
+                msgs += _chat(*rec, image=not msgs)
+            if msgs:
+                out.append({"id": f"ptq-{len(out):06d}", "task": task, "lang": lang, "images": [rel],
+                            "messages": msgs})
+    return out
 
 
 def _chat(user: str, answer: str, *, image: bool) -> list[dict[str, Any]]:

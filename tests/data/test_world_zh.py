@@ -94,6 +94,51 @@ def test_the_pretraining_part_is_chinese_english_and_disjoint_from_the_benchmark
     # no pretraining image equals a benchmark image
     bench = {p.read_bytes() for p in (root / "bench").rglob("*.png")}
     assert not any(p.read_bytes() in bench for p in (root / "pretrain/images").glob("*.png"))
+    _check_cells_and_dialogues(root, n_scenes=40, turns=size.pretrain_dialogue_turns)
+
+
+def _check_cells_and_dialogues(root, *, n_scenes, turns):
+    """``cells.jsonl`` names each scene's objects; the existence dialogues agree with it."""
+    import re
+
+    from ftib.data.loaders import load_cells, load_sft
+    from ftib.data.world import lexicon as lx
+    from ftib.data.world.build import PRETRAIN_TASKS
+
+    cells = load_cells(root / "pretrain/cells.jsonl")
+    assert len(cells) == n_scenes
+    objects = {o.zh: o for o in lx.OBJECTS}
+    colours = {c.zh for c in lx.COLOURS}
+    present = {}
+    for r in cells:
+        assert r["grid"] in ([3, 3], [4, 4]) and r["cells"]
+        assert all(c["words"]["object"] in objects and c["words"]["colour"] in colours for c in r["cells"])
+        present[r["image"]] = {objects[c["words"]["object"]].key for c in r["cells"]}
+    dialogues = load_sft(root / "pretrain/dialogues.jsonl")
+    assert {r["task"] for r in dialogues} == set(PRETRAIN_TASKS)
+    assert {r["lang"] for r in dialogues} == {"zh", "en"}
+    checked = 0
+    for r in dialogues:
+        msgs = r["messages"]
+        users = [m for m in msgs if m["role"] == "user"]
+        assert 1 <= len(users) <= turns and len(msgs) == 2 * len(users)
+        assert [p["type"] for p in users[0]["content"]] == ["image", "text"]
+        assert all(p["type"] == "text" for u in users[1:] for p in u["content"])
+        questions = [u["content"][-1]["text"] for u in users]
+        assert len(set(questions)) == len(questions), questions
+        assert not any(has_tibetan(q) for q in questions)
+        if r["task"] != "pope":
+            continue
+        for q, a in zip(questions, [m["content"][0]["text"] for m in msgs[1::2]]):
+            if r["lang"] == "zh":
+                asked = [o.key for o in lx.OBJECTS if o.zh in q]
+            else:
+                asked = [o.key for o in lx.OBJECTS if re.search(rf"\b({o.en}|{o.en_plural})\b", q)]
+            assert len(asked) == 1, q
+            yes = a in ("是。", "Yes.")
+            assert yes == (asked[0] in present[r["images"][0]]), (q, a, present[r["images"][0]])
+            checked += 1
+    assert checked > 40 * turns // 2
 
 
 def test_tokenizer_corpus_has_no_tibetan():

@@ -284,3 +284,21 @@ def test_align_grounding_check_holds_records_out(tmp_path):
     assert m["data_records"] == 32 and m["grounding_records"] == 8
     assert {"grounding_loss_matched", "grounding_loss_shuffled", "grounding_gap", "grounding_gap_before"} <= set(m)
     assert m["grounding_gap"] == pytest.approx(m["grounding_loss_shuffled"] - m["grounding_loss_matched"])
+
+
+def test_sft_tasks_selects_a_curriculum_and_names_a_typo(tmp_path):
+    from ftib.data.loaders import load_sft
+    from ftib.data.sources import resolve
+
+    rows = load_sft(resolve("ftibworld:tiny", "sft/instructions.jsonl"))
+    want = sum(t in ("colour", "count") for t in rows["task"])
+    assert 0 < want < len(rows)
+    rec, _ = run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "tasks": ["colour", "count"],
+                                         "train": {**TRAIN, "max_steps": 1}}, run_dir=tmp_path / "r1")
+    assert rec["metrics"]["data_records"] == want
+    with pytest.raises(ConfigError, match=r"no record of task 'colours'; its tasks: colour \(\d+\), count"):
+        run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "tasks": ["colours"], "train": {"max_steps": 1}},
+                  run_dir=tmp_path / "r2")
+    with pytest.raises(ConfigError, match=r"tasks selects instruction records; source='translation'"):
+        run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "source": "translation", "tasks": ["colour"],
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "r3")
