@@ -85,7 +85,6 @@ class CellImage:
     image: str
     grid: tuple[int, int]
     labels: dict[str, dict[tuple[int, int], int]]
-    where: str
 
 
 class WordHead(torch.nn.Module):
@@ -150,7 +149,7 @@ class GroundTask:
         self.model = _GroundNet(vlm, head)
         self.head, self.chat, self.images, self._groups, self._save = head, chat, images, groups, save
         self.empty_cells, self.min_share = empty_cells, min_share
-        self.astride = 0  # tokens left unlabelled by min_cell_share (counted, reported)
+        self.astride = 0  # tokens of the training batches left unlabelled by min_cell_share
         self.merge = int(chat.image_processor.merge_size)
 
     def param_groups(self) -> list:
@@ -160,12 +159,8 @@ class GroundTask:
         return self.images
 
     def collate(self, items: list[CellImage]) -> dict[str, Any]:
-        from ftib.core import FtibError
-
-        try:
-            enc = self.chat.encode_images([it.image for it in items])
-        except FtibError as exc:
-            raise FtibError(f"{items[0].where}...: {exc}") from exc
+        # the loader verified every image; an error here names the file
+        enc = self.chat.encode_images([it.image for it in items])
         labels: dict[str, list[int]] = {s: [] for s in self.head.slots}
         for it, thw in zip(items, enc["image_grid_thw"]):
             cells = cell_of_tokens(thw, self.merge, it.grid, self.min_share)
@@ -216,7 +211,7 @@ class GroundTask:
         tokens classed empty by every slot."""
         hits = {s: [0, 0] for s in self.head.slots}
         empty = [0, 0]  # empty tokens (every slot's label 0) that every slot classes empty
-        was = self.model.training
+        was, astride = self.model.training, self.astride
         self.model.eval()
         for i in range(0, len(images), batch_size):
             batch = self.collate(images[i:i + batch_size])
@@ -231,6 +226,7 @@ class GroundTask:
             empty[0] += int((preds == 0).all(0)[is_empty].sum())
             empty[1] += int(is_empty.sum())
         self.model.train(was)
+        self.astride = astride  # counts the training batches only
         out = {f"heldout_acc/{s}": h / n for s, (h, n) in hits.items() if n}
         if empty[1]:
             out["heldout_acc/empty"] = empty[0] / empty[1]
@@ -284,7 +280,7 @@ def read_cells(path: Path, max_records: int | None) -> tuple[list[CellImage], di
         for cell in r["cells"]:
             for slot, word in cell["words"].items():
                 labels[slot][(cell["row"], cell["col"])] = vocab[slot][word]
-        images.append(CellImage(r["image"], (r["grid"][0], r["grid"][1]), labels, f"{path} (id {r['id']})"))
+        images.append(CellImage(r["image"], (r["grid"][0], r["grid"][1]), labels))
     return images, {s: list(words) for s, words in vocab.items()}
 
 

@@ -103,19 +103,20 @@ def _check_cells_and_dialogues(root, *, n_scenes, turns):
 
     from ftib.data.loaders import load_cells, load_sft
     from ftib.data.world import lexicon as lx
-    from ftib.data.world.build import PRETRAIN_TASKS
+    from ftib.data.world.build import DIALOGUE_TASKS
 
     cells = load_cells(root / "pretrain/cells.jsonl")
     assert len(cells) == n_scenes
     objects = {o.zh: o for o in lx.OBJECTS}
     colours = {c.zh for c in lx.COLOURS}
-    present = {}
+    present, grid = {}, {}
     for r in cells:
+        grid[r["image"]] = r["grid"][0]
         assert r["grid"] in ([3, 3], [4, 4]) and r["cells"]
         assert all(c["words"]["object"] in objects and c["words"]["colour"] in colours for c in r["cells"])
         present[r["image"]] = {objects[c["words"]["object"]].key for c in r["cells"]}
     dialogues = load_sft(root / "pretrain/dialogues.jsonl")
-    assert {r["task"] for r in dialogues} == set(PRETRAIN_TASKS)
+    assert {r["task"] for r in dialogues} == set(DIALOGUE_TASKS)
     assert {r["lang"] for r in dialogues} == {"zh", "en"}
     checked = 0
     for r in dialogues:
@@ -127,7 +128,9 @@ def _check_cells_and_dialogues(root, *, n_scenes, turns):
         questions = [u["content"][-1]["text"] for u in users]
         assert len(set(questions)) == len(questions), questions
         assert not any(has_tibetan(q) for q in questions)
-        if r["task"] != "pope":
+        if r["task"] == "existence":
+            assert grid[r["images"][0]] == 3  # the curriculum's first step: plain scenes
+        if r["task"] not in ("pope", "existence"):
             continue
         for q, a in zip(questions, [m["content"][0]["text"] for m in msgs[1::2]]):
             if r["lang"] == "zh":
@@ -138,7 +141,7 @@ def _check_cells_and_dialogues(root, *, n_scenes, turns):
             yes = a in ("是。", "Yes.")
             assert yes == (asked[0] in present[r["images"][0]]), (q, a, present[r["images"][0]])
             checked += 1
-    assert checked > 40 * turns // 2
+    assert checked > 2 * 40 * turns // 2
 
 
 def test_tokenizer_corpus_has_no_tibetan():
