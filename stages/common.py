@@ -547,13 +547,14 @@ def shifted_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def image_grounding(model: torch.nn.Module, chat: Any, records: list[tuple[list[dict], list[Any], str]],
                     batch_size: int = 16, *, enable_thinking: bool | None = False) -> dict[str, float]:
     """How much the model's answers depend on their images: the mean answer-token loss of
-    ``records`` with their own images and with the images shifted by one record (each
-    conversation shown the next one's image). ``gap = shuffled - matched`` is ~0 for a
+    ``records`` with their own images and with the images shifted (each conversation
+    shown the image of the next record that has another image). ``gap = shuffled - matched`` is ~0 for a
     model that ignores its images and grows as it grounds its answers in them. Records
     without exactly one image are skipped; needs at least two."""
     rows = [(m, imgs) for m, imgs, _ in records if len(imgs) == 1]
     if len(rows) < 2:
         raise FtibError(f"the grounding check needs at least 2 single-image records, got {len(rows)}")
+    shifted = [_next_other_image(rows, i) for i in range(len(rows))]
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     was_training = model.training
@@ -562,8 +563,8 @@ def image_grounding(model: torch.nn.Module, chat: Any, records: list[tuple[list[
         totals = {}
         for name, shift in (("matched", 0), ("shuffled", 1)):
             loss_sum, count = 0.0, 0
-            encoded = [chat.encode(m, rows[(i + shift) % len(rows)][1], enable_thinking=enable_thinking)
-                       for i, (m, _) in enumerate(rows)]
+            encoded = [chat.encode(m, shifted[i] if shift else imgs, enable_thinking=enable_thinking)
+                       for i, (m, imgs) in enumerate(rows)]
             for start in range(0, len(encoded), batch_size):
                 batch = {k: v.to(device) for k, v in chat.collate(encoded[start:start + batch_size]).items()}
                 labels = batch.pop("labels")
@@ -574,6 +575,24 @@ def image_grounding(model: torch.nn.Module, chat: Any, records: list[tuple[list[
         model.train(was_training)
     return {"grounding_loss_matched": totals["matched"], "grounding_loss_shuffled": totals["shuffled"],
             "grounding_gap": totals["shuffled"] - totals["matched"], "grounding_records": float(len(rows))}
+
+
+def _same_image(a: Any, b: Any) -> bool:
+    if isinstance(a, (str, Path)) and isinstance(b, (str, Path)):
+        return Path(a) == Path(b)
+    return a is b
+
+
+def _next_other_image(rows: list[tuple[Any, list[Any]]], i: int) -> list[Any]:
+    """The image of the first record after ``i`` (cyclically) whose image is another
+    one: records of one picture are often adjacent (a scene's questions in a row), and
+    shifting onto the same picture would measure nothing."""
+    for k in range(1, len(rows)):
+        other = rows[(i + k) % len(rows)][1]
+        if not _same_image(other[0], rows[i][1][0]):
+            return other
+    raise FtibError("the grounding check needs records of at least 2 different images; all held-out "
+                    "records show the same one")
 
 
 def split_grounding_records(records: list, n: int) -> tuple[list, list]:

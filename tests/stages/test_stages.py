@@ -275,6 +275,13 @@ def test_image_grounding_measures_dependence_on_the_image():
         split_grounding_records(records, 4)
     with pytest.raises(FtibError, match="at least 2"):
         image_grounding(_FakeModel(looks=True), _FakeChat(), records[:1])
+    # a picture's records in a row (a scene's questions): each is shifted onto the next
+    # *other* picture, not onto its own again
+    runs = [(t, [str(t)], f"r{i}") for i, t in enumerate([2, 2, 3, 3, 3])]
+    assert image_grounding(_FakeModel(looks=True), _FakeChat(), runs)["grounding_gap"] == pytest.approx(
+        seeing["grounding_gap"], rel=1e-5)
+    with pytest.raises(FtibError, match="at least 2 different images"):
+        image_grounding(_FakeModel(looks=True), _FakeChat(), [(2, ["2"], "a"), (2, ["2"], "b")])
 
 
 def test_align_grounding_check_holds_records_out(tmp_path):
