@@ -169,24 +169,17 @@ def align_vision_to_words(bundle: Any, *, steps: int = 300, lr: float = 1e-3, ba
     one token each in the base's vocabulary). Returns held-out cell accuracies."""
     from ftib.data.world import lexicon as lx
     from ftib.data.world import scene as S
+    from ftib.stages.ground import WordHead, word_tables
 
     net, chat = bundle.model, bundle.chat
     visual = net.model.visual
-    emb = net.get_input_embeddings().weight.detach()
-    hidden = emb.shape[1]
-
-    def word_rows(keys: tuple[str, ...]) -> torch.Tensor:
-        ids = []
-        for key in keys:
-            tok = chat.tokenizer.encode(lx.BY_KEY[key].zh, add_special_tokens=False)
-            if len(tok) != 1:
-                raise ValueError(f"word {lx.BY_KEY[key].zh!r} is {len(tok)} tokens; the word-tied head needs one")
-            ids.append(tok[0])
-        return emb[ids].clone()
-
-    tables = {"category": word_rows(S.CATEGORY_KEYS), "colour": word_rows(S.COLOUR_KEYS)}
-    empty = {name: torch.nn.Parameter(torch.zeros(1, hidden)) for name in tables}
-    scale = torch.nn.Parameter(torch.tensor(1.0))
+    hidden = net.get_input_embeddings().weight.shape[1]
+    # the ``ground`` stage's head: frozen word embeddings, a learnt "empty" vector, a scale
+    tables, multi = word_tables(net, chat.tokenizer, {"category": [lx.BY_KEY[k].zh for k in S.CATEGORY_KEYS],
+                                                      "colour": [lx.BY_KEY[k].zh for k in S.COLOUR_KEYS]})
+    if multi:
+        raise ValueError(f"{multi} object/colour words are several tokens; the probe's word-tied head needs one each")
+    head = WordHead(tables)
 
     def scenes(n: int, rng: random.Random) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         sc = [S.sample_scene(rng, 1, 6, 3) for _ in range(n)]
@@ -198,8 +191,7 @@ def align_vision_to_words(bundle: Any, *, steps: int = 300, lr: float = 1e-3, ba
                 labels["colour"][i, o.row * 3 + o.col] = S.COLOUR_KEYS.index(o.colour) + 1
         return {"pixel_values": enc["pixel_values"], "grid_thw": enc["image_grid_thw"]}, labels
 
-    def logits(feats: torch.Tensor, name: str) -> torch.Tensor:
-        return scale * feats @ torch.cat([empty[name], tables[name]]).T
+    logits = head.logits
 
     def features(pix: dict[str, torch.Tensor]) -> torch.Tensor:
         out = visual(pix["pixel_values"], grid_thw=pix["grid_thw"], return_dict=True).pooler_output
@@ -208,7 +200,7 @@ def align_vision_to_words(bundle: Any, *, steps: int = 300, lr: float = 1e-3, ba
                              f"(got {out.shape[0]} tokens for {pix['grid_thw'].shape[0]} images)")
         return out.view(-1, 9, hidden)
 
-    params = [*visual.parameters(), *empty.values(), scale]
+    params = [*visual.parameters(), *head.parameters()]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
