@@ -213,6 +213,30 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def without_new_defaults(obj: Any, old: Any) -> Any:
+    """:func:`to_dict` of ``obj`` less the fields that ``old`` (an earlier ``to_dict`` of
+    the same config, e.g. a run manifest's) lacks and that hold their default: an option
+    added to ftib since ``old`` was written, left at its default, keeps the old behaviour
+    (ftib's rule for new options), so it is not a change of configuration."""
+    if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)) or not isinstance(old, Mapping):
+        return to_dict(obj)
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in old:
+            out[f.name] = without_new_defaults(value, old[f.name])
+            continue
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if default is dataclasses.MISSING or to_dict(default) != to_dict(value):
+            out[f.name] = to_dict(value)
+    return out
+
+
 def file_fields(obj: Any, prefix: str) -> dict[str, Path]:
     """Every existing path held by a :func:`path_field` in ``obj`` (for data hashes)."""
     out: dict[str, Path] = {}

@@ -268,6 +268,8 @@ class Pipeline:
         recomputed: list[str] = []
         if manifest is not None and manifest.data.get("fingerprint") != fingerprint:
             old_points = manifest.data.get("point_fingerprints") or {}
+            # compared as of the manifest's ftib: options added since, at their defaults, are no change
+            points = self.recipe.point_fingerprints(previous=manifest.data.get("config") or {})
             done = [k for k, r in manifest.data.get("stages", {}).items() if r.get("status") == "completed"]
             kept = [k for k in done if k in points and old_points.get(k) == points[k]]
             # Nothing of the old training would survive: a different run, not a change.
@@ -298,7 +300,7 @@ class Pipeline:
                 },
             )
         manifest.data["fingerprint"] = fingerprint
-        manifest.data["point_fingerprints"] = points
+        manifest.data["point_fingerprints"] = self.recipe.point_fingerprints()
         manifest.data["config"] = self.recipe.to_dict()
         manifest.data["recomputed"] = recomputed
         manifest.data["seed"] = self.recipe.run.seed

@@ -180,6 +180,18 @@ class Recipe:
             ],
         }
 
+    def _as_of(self, previous: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`to_dict`, less the options ``previous`` lacks that sit at their defaults."""
+        d = self.to_dict()
+        d["run"] = cfg.without_new_defaults(self.run, previous.get("run"))
+        d["model"] = cfg.without_new_defaults(self.model, previous.get("model"))
+        for section, items in (("stages", self.stages), ("evaluators", self.evaluators)):
+            old = {e.get("id"): e.get("config") for e in previous.get(section) or [] if isinstance(e, dict)}
+            for entry, item in zip(d[section], items):
+                if item.id in old:
+                    entry["config"] = cfg.without_new_defaults(item.config, old[item.id])
+        return d
+
     def fingerprint(self) -> str:
         """Hash of everything that changes results (run.device excluded: a run may move)."""
         d = self.to_dict()
@@ -187,28 +199,18 @@ class Recipe:
         blob = json.dumps(d, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()
 
-    def point_fingerprints(self) -> dict[str, str]:
+    def point_fingerprints(self, previous: dict[str, Any] | None = None) -> dict[str, str]:
         """One hash per pipeline point: ``base`` (run settings without the device, and
         the model), each stage id (its input point's hash + its own entry), and each
         ``<point>/<evaluator id>`` (that point's hash + the evaluator's entry). A stage's
         hash therefore covers exactly what its result depends on: changing an
-        evaluator or a later stage leaves it unchanged."""
-        d = self.to_dict()
+        evaluator or a later stage leaves it unchanged.
 
-        def h(*parts: Any) -> str:
-            return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-        out = {BASE_POINT: h({k: v for k, v in d["run"].items() if k not in RESULT_NEUTRAL_RUN_KEYS}, d["model"])}
-        previous = BASE_POINT
-        for s in d["stages"]:
-            src = s.get("from") or previous
-            out[s["id"]] = h(out[src], s)
-            previous = s["id"]
-        for e in d["evaluators"]:
-            entry = {k: v for k, v in e.items() if k != "after"}
-            for point in e["after"]:
-                out[f"{point}/{e['id']}"] = h(out[point], entry)
-        return out
+        ``previous``: the resolved recipe an existing run recorded (its manifest's
+        ``config``). Options that it lacks and that this recipe leaves at their defaults
+        (added to ftib since; :func:`~ftib.core.config.without_new_defaults`) are left
+        out, so upgrading ftib does not make a run's finished stages look changed."""
+        return points_of(self.to_dict() if previous is None else self._as_of(previous))
 
     def data_files(self) -> dict[str, Path]:
         """Every input path named by a config field, keyed by its dotted key."""
@@ -218,6 +220,25 @@ class Recipe:
         for e in self.evaluators:
             out.update(cfg.file_fields(e.config, f"evaluators.{e.id}"))
         return out
+
+
+def points_of(d: dict[str, Any]) -> dict[str, str]:
+    """The point fingerprints of a resolved recipe dict (:meth:`Recipe.point_fingerprints`)."""
+
+    def h(*parts: Any) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    out = {BASE_POINT: h({k: v for k, v in d["run"].items() if k not in RESULT_NEUTRAL_RUN_KEYS}, d["model"])}
+    prev = BASE_POINT
+    for s in d["stages"]:
+        src = s.get("from") or prev
+        out[s["id"]] = h(out[src], s)
+        prev = s["id"]
+    for e in d["evaluators"]:
+        entry = {k: v for k, v in e.items() if k != "after"}
+        for point in e["after"]:
+            out[f"{point}/{e['id']}"] = h(out[point], entry)
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -441,19 +441,22 @@ class ChatTask(LabelledLMTask):
             them (default 1%): a budget too small for the data must not silently shrink it.
         save: writes the model checkpoint.
         enable_thinking: passed to the model's chat template (``None``: its default).
+        repeats: per record, how many times it is listed in an epoch (default once;
+            encoded once either way). The metrics then count ``samples`` as well.
     """
 
     def __init__(self, model: torch.nn.Module, groups: list[ParamGroup], chat: Any,
                  records: list[tuple[list[dict], list[Any], str]], *, max_length: int,
                  overflow: Literal["error", "truncate", "drop"], save: Any, logger: Any,
-                 max_drop_share: float = 0.01, enable_thinking: bool | None = False) -> None:
+                 max_drop_share: float = 0.01, enable_thinking: bool | None = False,
+                 repeats: list[int] | None = None) -> None:
         from ftib.core.errors import FtibError
 
         self.model, self._groups, self.chat, self._save = model, groups, chat, save
         self.samples: list[ChatSample] = []
         self.stats = {"records": len(records), "truncated": 0, "dropped": 0, "no_assistant_tokens": 0}
         dropped: list[str] = []
-        for messages, images, where in records:
+        for n, (messages, images, where) in enumerate(records):
             try:
                 full = chat.encode(messages, images, enable_thinking=enable_thinking)
             except FtibError as exc:
@@ -479,7 +482,10 @@ class ChatTask(LabelledLMTask):
             if int((full["labels"] != -100).sum()) == 0:
                 self.stats["no_assistant_tokens"] += 1
                 continue
-            self.samples.append(ChatSample(full))
+            # a repeated record is one encoded sample listed several times in the epoch
+            self.samples.extend([ChatSample(full)] * (repeats[n] if repeats is not None else 1))
+        if repeats is not None:
+            self.stats["samples"] = len(self.samples)
         check_dropped(dropped, len(records), what="conversations", limit=f"max_length={max_length}",
                       max_drop_share=max_drop_share, logger=logger, hint="raise max_length or lower max_pixels")
         if not self.samples:
@@ -595,15 +601,21 @@ def _next_other_image(rows: list[tuple[Any, list[Any]]], i: int) -> list[Any]:
                     "records show the same one")
 
 
-def split_grounding_records(records: list, n: int) -> tuple[list, list]:
-    """``(train, held)``: the last ``n`` single-image records are held out of training for
-    :func:`image_grounding` (``n = 0``: nothing held out)."""
+def grounding_indices(records: list, n: int) -> list[int]:
+    """Indices of the last ``n`` single-image records (held out for :func:`image_grounding`)."""
     if n <= 0:
-        return records, []
+        return []
     idx = [i for i, (_, imgs, _) in enumerate(records) if len(imgs) == 1][-n:]
     if len(idx) < 2 or len(idx) >= len(records):
         raise FtibError(f"grounding_check: {n} held-out records requested but the data has "
                         f"{len(records)} records ({len(idx)} usable); lower grounding_check or set it to 0")
+    return idx
+
+
+def split_grounding_records(records: list, n: int) -> tuple[list, list]:
+    """``(train, held)``: the last ``n`` single-image records are held out of training for
+    :func:`image_grounding` (``n = 0``: nothing held out)."""
+    idx = grounding_indices(records, n)
     held_set = set(idx)
     return [r for i, r in enumerate(records) if i not in held_set], [records[i] for i in idx]
 
@@ -613,7 +625,8 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
                      overflow: Literal["error", "truncate", "drop"], grounding_check: int = 0,
                      max_drop_share: float = 0.01,
                      kernel_impl: str = "auto", pixels: tuple[int | None, int | None] = (None, None),
-                     where: str = "stage", enable_thinking: bool | None = False) -> Any:
+                     where: str = "stage", enable_thinking: bool | None = False,
+                     repeats: list[int] | None = None) -> Any:
     """Train ``bundle`` on chat ``records`` (Align, SFT): select the trainable set, run
     the shared loop, write the final checkpoint; data counts go into the metrics. With
     ``grounding_check = n > 0`` the last ``n`` single-image records are held out and
@@ -621,7 +634,8 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
     ``grounding_*`` and ``grounding_gap_before``). ``pixels`` = (min_pixels, max_pixels)
     of the images (``None``: the model processor's; :mod:`ftib.models.pixels`), checked
     against the model's patch grid (errors name ``where``). ``enable_thinking`` goes to the
-    model's chat template for every conversation."""
+    model's chat template for every conversation. ``repeats`` (aligned with ``records``):
+    how many times each record appears in an epoch (a weighted mixture; default once)."""
     from ftib.core import StageResult
     from ftib.core.train import Trainer
 
@@ -630,7 +644,14 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
     # Inputs are encoded under the stage's pixel budget; the checkpoint keeps the
     # model's own processor config (bundle.chat).
     chat = with_pixel_budget(bundle.chat, *pixels, where=where)
-    records, held = split_grounding_records(records, grounding_check)
+    if repeats is not None and len(repeats) != len(records):
+        raise ValueError(f"repeats has {len(repeats)} entries for {len(records)} records")
+    held_idx = grounding_indices(records, grounding_check)
+    held_set = set(held_idx)
+    held = [records[i] for i in held_idx]
+    if repeats is not None:
+        repeats = [k for i, k in enumerate(repeats) if i not in held_set]
+    records = [r for i, r in enumerate(records) if i not in held_set]
     before = image_grounding(bundle.model, chat, held, enable_thinking=enable_thinking) if held else {}
     model, groups = select_trainable(bundle.model, trainable, logger=ctx.logger,
                                      text_only=not any(imgs for _, imgs, _ in records + held))
@@ -642,7 +663,7 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
 
     task = ChatTask(model, groups, chat, records, max_length=max_length, overflow=overflow,
                     save=save, logger=ctx.logger, max_drop_share=max_drop_share,
-                    enable_thinking=enable_thinking)
+                    enable_thinking=enable_thinking, repeats=repeats)
     task.kernel_impl = kernel_impl
     trainer = Trainer(task, train, ctx)
     result = trainer.train()

@@ -23,6 +23,10 @@ reference as one chat turn): the SFT warm-up of the two-stage semantic-GRPO reci
 ``tasks: [pope, ...]`` keeps only the records of those tasks (a curriculum stage, e.g. the
 existence chats of ``ftibworld:base/pretrain/dialogues.jsonl`` first).
 
+``task_weights: {multiple_choice: 3, ...}`` weights the mixture: each record of a named
+task is listed that many times in an epoch (others once), so a weak question type is
+drawn more often while the rest are replayed. Every named task must be in the data.
+
 ``grounding_check: n`` holds the last ``n`` single-image records out of training and
 reports how much their answers depend on the images (``grounding_gap``: answer loss with
 shifted images minus with their own), before and after training.
@@ -46,6 +50,8 @@ class SFTConfig:
     source: Literal["instructions", "translation", "headline"] = "instructions"
     #: keep only records whose ``task`` is one of these (a curriculum stage; ``null``: all)
     tasks: tuple[str, ...] | None = None
+    #: times each record of a task is listed per epoch (a weighted mixture; unnamed: 1)
+    task_weights: dict[str, int] | None = None
     max_records: int | None = None
     max_length: int = 512
     overflow: Literal["error", "truncate", "drop"] = "drop"
@@ -59,7 +65,20 @@ class SFTConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, warmup_steps=10))
 
     def __post_init__(self) -> None:
+        from ftib.core import ConfigError
+
         check_chat_data(self)
+        for task, k in (self.task_weights or {}).items():
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ConfigError(f"stages.sft.task_weights.{task}: {k!r} is not a whole number >= 1 "
+                                  "(the times each of its records is listed per epoch)")
+        if self.task_weights and self.tasks is not None:
+            outside = sorted(set(self.task_weights) - set(self.tasks))
+            if outside:
+                raise ConfigError(f"stages.sft.task_weights names {outside[0]!r}, which stages.sft.tasks "
+                                  f"leaves out (tasks: {list(self.tasks)})")
+        if self.task_weights and self.source != "instructions":
+            raise ConfigError(f"stages.sft.task_weights weights instruction records; source={self.source!r} has none")
 
 
 def text_task_records(cfg: SFTConfig) -> list[tuple[list[dict], list, str]]:
@@ -72,9 +91,9 @@ def text_task_records(cfg: SFTConfig) -> list[tuple[list[dict], list, str]]:
              f"{cfg.data} {cfg.source} (id {p['id']})") for p in prompts]
 
 
-def select_tasks(rows: Any, tasks: tuple[str, ...], path: Any) -> Any:
-    """The records of ``rows`` whose ``task`` is in ``tasks``; a task with no record is
-    an error naming the tasks the file has (a typo must not train on nothing)."""
+def check_tasks_present(rows: Any, tasks: Any, path: Any, key: str = "tasks") -> None:
+    """A task named in ``stages.sft.<key>`` with no record in ``rows`` is an error naming
+    the tasks the file has (a typo must not train on nothing)."""
     from collections import Counter
 
     from ftib.core import ConfigError
@@ -82,8 +101,14 @@ def select_tasks(rows: Any, tasks: tuple[str, ...], path: Any) -> Any:
     have = Counter(rows["task"])
     missing = [t for t in tasks if t not in have]
     if missing:
-        raise ConfigError(f"stages.sft.tasks: {path} has no record of task {missing[0]!r}; its tasks: "
+        raise ConfigError(f"stages.sft.{key}: {path} has no record of task {missing[0]!r}; its tasks: "
                           + ", ".join(f"{t} ({n})" for t, n in sorted(have.items())))
+
+
+def select_tasks(rows: Any, tasks: tuple[str, ...], path: Any) -> Any:
+    """The records of ``rows`` whose ``task`` is in ``tasks``; a task with no record is
+    an error naming the tasks the file has (a typo must not train on nothing)."""
+    check_tasks_present(rows, tasks, path)
     keep = set(tasks)
     return rows.filter(lambda r: r["task"] in keep)
 
@@ -100,6 +125,7 @@ class SFTStage(Stage):
 
         cfg: SFTConfig = self.config
         bundle = training_bundle(ctx, cfg.trainable)
+        repeats: list[int] | None = None
         if cfg.source == "instructions":
             path = resolve(cfg.data, world_file("sft"))
             rows = load_sft(path)
@@ -107,6 +133,9 @@ class SFTStage(Stage):
                 rows = select_tasks(rows, cfg.tasks, path)
             if cfg.max_records is not None:
                 rows = rows.select(range(min(cfg.max_records, len(rows))))
+            if cfg.task_weights:
+                check_tasks_present(rows, cfg.task_weights, path, key="task_weights")
+                repeats = [cfg.task_weights.get(t, 1) for t in rows["task"]]
             records = [(r["messages"], list(r["images"]), f"{path} (id {r['id']})") for r in rows]
         else:
             if cfg.tasks is not None:
@@ -117,4 +146,4 @@ class SFTStage(Stage):
                                 grounding_check=cfg.grounding_check, kernel_impl=cfg.kernel_impl,
                                 pixels=(cfg.min_pixels, cfg.max_pixels), max_drop_share=cfg.max_drop_share,
                                 where="stages.sft",
-                                enable_thinking=cfg.enable_thinking)
+                                enable_thinking=cfg.enable_thinking, repeats=repeats)

@@ -160,6 +160,41 @@ def test_resumed_stage_log_equals_an_uninterrupted_one(tmp_path, toy_plugins, mo
     assert rows(run_dir) == rows(straight)
 
 
+def _as_if_written_before_tag_existed(run_dir, stage_ids):
+    """Rewrite a finished run's manifest as an ftib without the counter's ``tag`` option
+    would have written it: the option absent from those stages' recorded configs and
+    from the fingerprints."""
+    from ftib.core.recipe import points_of
+
+    path = run_dir / "manifest.json"
+    m = json.loads(path.read_text())
+    for s in m["config"]["stages"]:
+        if s["id"] in stage_ids:
+            del s["config"]["tag"]
+    m["point_fingerprints"] = points_of(m["config"])
+    m["fingerprint"] = "written-by-an-older-ftib"
+    path.write_text(json.dumps(m))
+
+
+def test_an_option_added_since_a_run_at_its_default_is_no_change(tmp_path, toy_plugins):
+    """Upgrading ftib adds options; left at their defaults they keep the old behaviour, so
+    a finished run is resumed as it is, not retrained. The same option at a value other
+    than its default is a change (here of the first stage: nothing to reuse, refused)."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    run_dir = tmp_path / "run"
+    Pipeline(load_recipe(path), run_dir, progress=False).run()
+    _as_if_written_before_tag_existed(run_dir, {"second"})  # second has the default tag
+    manifest = Pipeline(load_recipe(path), run_dir, progress=False).run()
+    assert manifest["recomputed"] == []
+    assert len(calls(run_dir, "first")) == 1 and len(calls(run_dir, "second")) == 1
+    assert "tag" in manifest["config"]["stages"][1]["config"], "the manifest now records the new option"
+    assert Pipeline(load_recipe(path), run_dir, progress=False).run()["recomputed"] == []
+    _as_if_written_before_tag_existed(run_dir, {"first"})  # first's tag is "one", not the default
+    with pytest.raises(RunDirError, match="different configuration"):
+        Pipeline(load_recipe(path), run_dir, progress=False).run()
+
+
 def test_changing_an_evaluator_or_a_later_stage_keeps_earlier_training(tmp_path, toy_plugins):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(RECIPE))

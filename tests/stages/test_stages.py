@@ -309,3 +309,46 @@ def test_sft_tasks_selects_a_curriculum_and_names_a_typo(tmp_path):
     with pytest.raises(ConfigError, match=r"tasks selects instruction records; source='translation'"):
         run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "source": "translation", "tasks": ["colour"],
                                     "train": {"max_steps": 1}}, run_dir=tmp_path / "r3")
+
+
+def test_sft_task_weights_list_a_task_k_times_per_epoch(tmp_path):
+    """``task_weights`` repeats each record of a task in the epoch (encoded once); a
+    weight for a task the data lacks, or outside ``tasks``, or not a whole number >= 1, is
+    an error naming it."""
+    from collections import Counter
+
+    from ftib.data.loaders import load_sft
+    from ftib.data.sources import resolve
+
+    have = Counter(load_sft(resolve("ftibworld:tiny", "sft/instructions.jsonl"))["task"])
+    rec, _ = run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "task_weights": {"colour": 3, "count": 2},
+                                         "train": {**TRAIN, "max_steps": 1}}, run_dir=tmp_path / "r1")
+    m = rec["metrics"]
+    assert m["data_records"] == sum(have.values())
+    assert m["data_samples"] == sum(have.values()) + 2 * have["colour"] + have["count"]
+    with pytest.raises(ConfigError, match=r"task_weights: .* no record of task 'colours'"):
+        run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "task_weights": {"colours": 2},
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "r2")
+    with pytest.raises(ConfigError, match=r"task_weights names 'count', which stages.sft.tasks leaves out"):
+        run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "tasks": ["colour"], "task_weights": {"count": 2},
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "r3")
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match=r"task_weights.colour: (.* not a whole number >= 1|expected int)"):
+            run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "task_weights": {"colour": bad},
+                                        "train": {"max_steps": 1}}, run_dir=tmp_path / f"bad{bad}")
+
+
+def test_chat_task_repeats_share_one_encoded_sample():
+    import logging
+
+    from ftib.models import load_bundle
+    from ftib.stages.common import ChatTask
+
+    bundle = load_bundle("tiny-qwen3-vl")
+    chat = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    records = [(chat, [], "r0"), (chat, [], "r1")]
+    task = ChatTask(bundle.model, [], bundle.chat, records, max_length=64, overflow="error", save=None,
+                    logger=logging.getLogger("t"), repeats=[1, 3])
+    samples = task.train_samples()
+    assert len(samples) == 4 and samples[1] is samples[2] is samples[3] and samples[0] is not samples[1]
+    assert task.stats["samples"] == 4 and task.stats["records"] == 2
