@@ -83,6 +83,8 @@ class RunContext:
             (recipe fingerprint + id); step checkpoints carry it so that a checkpoint
             from another run is refused.
         logger: logger named after the plugin.
+        progress: whether the run shows progress bars (``ftib run --no-progress``:
+            ``False``); long loops inside a plugin follow it.
     """
 
     run_dir: Path
@@ -98,6 +100,7 @@ class RunContext:
     metrics: MetricsSink
     run_id: str = ""
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("ftib"))
+    progress: bool = True
 
     def torch_device(self) -> torch.device:
         import torch

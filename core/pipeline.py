@@ -392,6 +392,7 @@ class Pipeline:
             metrics=metrics,
             run_id=run_id,
             logger=logging.getLogger(logger_name),
+            progress=self.progress,
         )
 
     # -- the run -------------------------------------------------------------------

@@ -495,15 +495,16 @@ class Trainer:
         ctx: the stage's run context (device, seed, metrics, resume point, and
             ``ctx.dist``: with ``world_size > 1`` the process group is initialised here
             if the caller has not done so).
-        progress: show a progress bar.
+        progress: show a progress bar (``None``: as ``ctx.progress``, i.e. ``ftib run
+            --no-progress`` turns it off).
 
     Step checkpoints carry ``ctx.run_id``; resuming from one written under another id
     (another run, another stage, another configuration) is refused.
     """
 
-    def __init__(self, task: TrainTask, cfg: TrainConfig, ctx: RunContext, *, progress: bool = True) -> None:
+    def __init__(self, task: TrainTask, cfg: TrainConfig, ctx: RunContext, *, progress: bool | None = None) -> None:
         self.task, self.cfg, self.ctx, self.run_key = task, cfg, ctx, ctx.run_id
-        self.progress = progress
+        self.progress = ctx.progress if progress is None else progress
         self.device = ctx.torch_device()
         self.autocast_dtype = _autocast_dtype(cfg, self.device, getattr(ctx, "dtype", None))
         self.steps_dir = ctx.work_dir / "steps"
