@@ -301,6 +301,8 @@ class Pipeline:
             )
         manifest.data["fingerprint"] = fingerprint
         manifest.data["point_fingerprints"] = self.recipe.point_fingerprints()
+        # the recipe file of the latest invocation (the same configuration, perhaps another path)
+        manifest.data["recipe_file"] = str(self.recipe.source) if self.recipe.source else None
         manifest.data["config"] = self.recipe.to_dict()
         manifest.data["recomputed"] = recomputed
         manifest.data["seed"] = self.recipe.run.seed

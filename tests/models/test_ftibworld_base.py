@@ -96,3 +96,34 @@ def test_shipped_model_chinese_scores_on_a_subset(tmp_path_factory):
             n = want["items"] / (3 if bench == "pope" else 4 if bench == "mmbench" else 1)
             assert abs(got[bench][key] - value) <= 1.0 / n + 1e-9, (bench, key, got[bench][key], value,
                                                                    stored["command"])
+
+
+def _manifest(pope: float, circular: float | None) -> dict:
+    evals = {"text/pope_zh": {"status": "completed", "name": "pope",
+                              "metrics": {f"{s}/accuracy": pope for s in ("random", "popular", "adversarial")}}}
+    if circular is not None:
+        evals["text/mmbench_zh"] = {"status": "completed", "name": "mmbench", "metrics": {"circular": circular}}
+    return {"config": {"model": {"name_or_path": "ftibworld-base-init"},
+                       "stages": [{"id": "text", "name": "cpt", "config": {"data": "d", "train": {}}}],
+                       "evaluators": [{"id": "pope_zh", "name": "pope", "config": {"lang": "zh", "limit": 50}},
+                                      {"id": "mmbench_zh", "name": "mmbench", "config": {"lang": "zh"}},
+                                      {"id": "pope_bo", "name": "pope", "config": {"lang": "bo"}}]},
+            "stages": {"text": {"status": "completed", "metrics": {}}}, "evals": evals, "seed": 0,
+            "versions": {}, "platform": {}, "recipe_file": "/somewhere/checkout/configs/ftibworld-base.yaml"}
+
+
+def test_model_card_states_each_target_from_the_chinese_scores():
+    from ftib.models.ship import render_card, target_status
+
+    rows = {label: (measured, met) for label, measured, met in target_status(_manifest(0.96, 0.5), "text")}
+    assert rows["POPE zh >= 95 on every split"] == ("96.0 / 96.0 / 96.0 (limit 50)", True)
+    assert rows["MMBench zh CircularEval >= 80"] == ("50.0", False)
+    assert rows["BinaryVQA zh >= 90"] == ("-", None)
+    tokens = dict.fromkeys(("bo_tokens_per_syllable", "bo_syllables", "extended_added",
+                            "bo_tokens_per_syllable_extended", "zh_tokens_per_char"), 1.0)
+    card = render_card(NAME, _manifest(0.94, None), "text", 10, tokens, notes="measured elsewhere")
+    assert "| POPE zh >= 95 on every split | 94.0 / 94.0 / 94.0 (limit 50) | no |" in card
+    assert "| MMBench zh CircularEval >= 80 | - | not measured |" in card
+    assert "**Not met** (or not measured): POPE zh" in card
+    assert card.rstrip().endswith("## Notes\n\nmeasured elsewhere")
+    assert "`ftib run configs/ftibworld-base.yaml`" in card
