@@ -185,7 +185,8 @@ class Recipe:
         d = self.to_dict()
         d["run"] = cfg.without_new_defaults(self.run, previous.get("run"))
         d["model"] = cfg.without_new_defaults(self.model, previous.get("model"))
-        for section, items in (("stages", self.stages), ("evaluators", self.evaluators)):
+        sections: tuple[tuple[str, Sequence[Any]], ...] = (("stages", self.stages), ("evaluators", self.evaluators))
+        for section, items in sections:
             old = {e.get("id"): e.get("config") for e in previous.get(section) or [] if isinstance(e, dict)}
             for entry, item in zip(d[section], items):
                 if item.id in old:

@@ -17,7 +17,8 @@ from ftib.core.registry import Registry
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 # Mappings whose keys are data, not field names (any key is valid there).
-FREE_FORM = {"preset_overrides", "metadata"}
+# (sft.task_weights: task names, checked against the data when the stage runs)
+FREE_FORM = {"preset_overrides", "metadata", "task_weights"}
 
 
 def _key_paths(node: Any, path: tuple = ()) -> list[tuple]:
