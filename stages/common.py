@@ -612,12 +612,18 @@ def grounding_indices(records: list, n: int) -> list[int]:
     return idx
 
 
-def split_grounding_records(records: list, n: int) -> tuple[list, list]:
-    """``(train, held)``: the last ``n`` single-image records are held out of training for
-    :func:`image_grounding` (``n = 0``: nothing held out)."""
+def split_grounding_records(records: list, n: int,
+                            repeats: list[int] | None = None) -> tuple[list, list, list[int] | None]:
+    """``(train, held, train_repeats)``: the last ``n`` single-image records are held out of
+    training for :func:`image_grounding` (``n = 0``: nothing held out); ``repeats``, aligned
+    with ``records``, is returned aligned with ``train`` (``None`` stays ``None``)."""
+    if repeats is not None and len(repeats) != len(records):
+        raise ValueError(f"repeats has {len(repeats)} entries for {len(records)} records")
     idx = grounding_indices(records, n)
     held_set = set(idx)
-    return [r for i, r in enumerate(records) if i not in held_set], [records[i] for i in idx]
+    train = [r for i, r in enumerate(records) if i not in held_set]
+    kept = None if repeats is None else [k for i, k in enumerate(repeats) if i not in held_set]
+    return train, [records[i] for i in idx], kept
 
 
 def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list[Any], str]], *,
@@ -644,14 +650,7 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
     # Inputs are encoded under the stage's pixel budget; the checkpoint keeps the
     # model's own processor config (bundle.chat).
     chat = with_pixel_budget(bundle.chat, *pixels, where=where)
-    if repeats is not None and len(repeats) != len(records):
-        raise ValueError(f"repeats has {len(repeats)} entries for {len(records)} records")
-    held_idx = grounding_indices(records, grounding_check)
-    held_set = set(held_idx)
-    held = [records[i] for i in held_idx]
-    if repeats is not None:
-        repeats = [k for i, k in enumerate(repeats) if i not in held_set]
-    records = [r for i, r in enumerate(records) if i not in held_set]
+    records, held, repeats = split_grounding_records(records, grounding_check, repeats)
     before = image_grounding(bundle.model, chat, held, enable_thinking=enable_thinking) if held else {}
     model, groups = select_trainable(bundle.model, trainable, logger=ctx.logger,
                                      text_only=not any(imgs for _, imgs, _ in records + held))

@@ -269,8 +269,10 @@ def test_image_grounding_measures_dependence_on_the_image():
     assert seeing["grounding_loss_matched"] == pytest.approx(right[0].item(), rel=1e-5)
     assert seeing["grounding_loss_shuffled"] == pytest.approx(right[1].item(), rel=1e-5)
     assert seeing["grounding_gap"] == pytest.approx((right[1] - right[0]).item(), rel=1e-5)
-    train, held = split_grounding_records(records + [(2, [], "text-only")], 2)
+    train, held, kept = split_grounding_records(records + [(2, [], "text-only")], 2, [1, 2, 3, 4, 5])
     assert [r[2] for r in held] == ["r2", "r3"] and [r[2] for r in train] == ["r0", "r1", "text-only"]
+    assert kept == [1, 2, 5]
+    assert split_grounding_records(records, 0)[1:] == ([], None)
     with pytest.raises(FtibError, match="grounding_check"):
         split_grounding_records(records, 4)
     with pytest.raises(FtibError, match="at least 2"):
