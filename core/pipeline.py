@@ -435,6 +435,7 @@ class Pipeline:
         bundle = None
         produced: dict[str, str] = {BASE_POINT: model_source}
         bar = _progress(len(work), enabled=self.progress and self.dist.is_main)
+        quiet = _QuietLibraryBars() if not self.progress else None
         try:
             for kind, point, entry in work:
                 bar.set_description(f"{kind} {entry.id}" + (f" @ {point}" if kind == "eval" else ""))
@@ -448,6 +449,8 @@ class Pipeline:
                 bar.update(1)
         finally:
             bar.close()
+            if quiet is not None:
+                quiet.restore()
         manifest.data["status"] = "completed"
         # Wall time of the invocation that completed the run (a resumed run counts only
         # the part it ran).
@@ -611,6 +614,22 @@ class _NullBar:
     def set_description(self, *_: Any) -> None: ...
     def update(self, *_: Any) -> None: ...
     def close(self) -> None: ...
+
+
+class _QuietLibraryBars:
+    """``--no-progress`` also silences the bars the libraries draw inside stages (datasets'
+    "Generating train split", "tokenising" maps); :meth:`restore` puts the previous state back."""
+
+    def __init__(self) -> None:
+        import datasets
+
+        self._datasets = datasets
+        self._was_enabled = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+
+    def restore(self) -> None:
+        if self._was_enabled:
+            self._datasets.enable_progress_bars()
 
 
 def _progress(total: int, enabled: bool) -> Any:

@@ -80,8 +80,10 @@ def test_default_recipe_runs(tmp_path):
     env = {"FTIB_CACHE_DIR": str(tmp_path / "cache")}
     out = ftib("run", *shorten, "--run-dir", str(tmp_path / "run"), "--no-progress", env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    # --no-progress reaches the stages' training loops too (their bars were drawn before)
+    # --no-progress reaches the stages' training loops and the libraries' bars inside
+    # stages (datasets' "Generating train split", tokenising maps) too
     assert "step/s" not in out.stderr and "train:" not in out.stderr, out.stderr[-2000:]
+    assert "examples/s" not in out.stderr and "Generating" not in out.stderr, out.stderr[-2000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["recipe_file"].endswith("tiny.yaml") and manifest["status"] == "completed"
     assert all(rec["status"] == "completed" for rec in manifest["stages"].values())
