@@ -508,10 +508,14 @@ class Pipeline:
                 raise RunDirError(f"stage {stage.id!r} returned checkpoint {ckpt} outside the run directory") from None
             if not ckpt.exists():
                 raise RunDirError(f"stage {stage.id!r} returned checkpoint {ckpt}, which does not exist")
+        import torch
+
         manifest.update("stages", stage.id, status="completed", checkpoint=ckpt_rel,
                         metrics=jsonable(result.metrics),
                         artifacts={k: str(v) for k, v in result.artifacts.items()},
-                        seconds=round(time.time() - started, 3), error=None)
+                        seconds=round(time.time() - started, 3), error=None,
+                        # what the wall time was measured on (a model card states it)
+                        cpu_threads=torch.get_num_threads(), cpus=os.cpu_count())
         if ckpt_rel is None:
             return model_source, result.bundle if result.bundle is not None else bundle
         return str(self.run_dir / ckpt_rel), result.bundle

@@ -38,6 +38,17 @@ def _seconds(stage: dict[str, Any]) -> float:
     return float(stage.get("seconds") or 0.0)
 
 
+def _measured_on(manifest: dict[str, Any], cfg: dict[str, Any], stage_id: str) -> str:
+    """What the stages up to ``stage_id`` ran on, from their records (older runs did not
+    record it)."""
+    ids = [st["id"] for st in cfg["stages"]]
+    recs = [manifest["stages"].get(i, {}) for i in ids[: ids.index(stage_id) + 1]]
+    seen = sorted({(r.get("cpus"), r.get("cpu_threads")) for r in recs}, key=str)
+    if any(c is None or t is None for c, t in seen):
+        return "CPU; cores and torch threads not recorded by this run"
+    return "; ".join(f"{c} CPU cores, {t} torch thread{'s' if t != 1 else ''}" for c, t in seen)
+
+
 #: The issue's Chinese targets for the base: (evaluator name, metric keys, label, minimum).
 TARGETS = (
     ("pope", ("random/accuracy", "popular/accuracy", "adversarial/accuracy"), "POPE zh >= 95 on every split", 0.95),
@@ -133,7 +144,7 @@ def render_card(name: str, manifest: dict[str, Any], stage_id: str, params: int,
         lines.append(f"| {st['id']} | {st['name']} | `{data}` | {int(m.get('steps', 0))} | {tr.get('batch_size')} | "
                      f"{tr.get('lr')} | {secs:.0f} | {m.get('loss_first_10pct', float('nan')):.3f} → "
                      f"{m.get('loss_last_10pct', float('nan')):.3f} |")
-    lines += ["", f"Training wall time: **{total / 60:.1f} min** (2 shared CPU cores, `OMP_NUM_THREADS=1`).", "",
+    lines += ["", f"Training wall time: **{total / 60:.1f} min** ({_measured_on(manifest, cfg, stage_id)}).", "",
               "## Scores (FTibBench-mini, greedy decoding)", "",
               "| after | evaluator | lang | metrics |", "|---|---|---|---|"]
     evals_cfg = {e["id"]: e for e in cfg.get("evaluators", [])}

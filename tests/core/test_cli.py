@@ -87,4 +87,6 @@ def test_default_recipe_runs(tmp_path):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["recipe_file"].endswith("tiny.yaml") and manifest["status"] == "completed"
     assert all(rec["status"] == "completed" for rec in manifest["stages"].values())
+    # each stage records what its wall time was measured on (model cards state it)
+    assert all(rec["cpu_threads"] >= 1 and rec["cpus"] >= 1 for rec in manifest["stages"].values())
     assert all(rec["status"] == "completed" for rec in manifest["evals"].values())

@@ -127,3 +127,8 @@ def test_model_card_states_each_target_from_the_chinese_scores():
     assert "**Not met** (or not measured): POPE zh" in card
     assert card.rstrip().endswith("## Notes\n\nmeasured elsewhere")
     assert "`ftib run configs/ftibworld-base.yaml`" in card
+    # what the wall time was measured on comes from the stage records
+    assert "min** (CPU; cores and torch threads not recorded by this run)" in card
+    recorded = _manifest(0.94, None)
+    recorded["stages"]["text"].update(cpus=2, cpu_threads=1)
+    assert "min** (2 CPU cores, 1 torch thread)" in render_card(NAME, recorded, "text", 10, tokens)

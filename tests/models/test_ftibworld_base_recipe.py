@@ -1,8 +1,9 @@
 """The `ftibworld-base` recipe reproduces its first steps: losses against a stored curve.
 
 Slow: builds the ``base`` FTibWorld (a few minutes on two cores) and runs the recipe's
-first stage in full plus the warm-up steps of the second, whose learning rates do not
-depend on the stage's length, so they match the full run's step for step. The curve in
+first stage in full plus the first 20 steps of the second (`ground`: 10 warm-up steps,
+then a constant rate), whose learning rates do not depend on the stage's length, so they
+match the full run's step for step. The curve in
 tests/assets/ftibworld_base_curve.json is the full run's, with the command that produced it.
 """
 

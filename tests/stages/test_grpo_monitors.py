@@ -29,10 +29,10 @@ def run_grpo(tmp_path, config, model="tiny-qwen3-vl", name="run"):
     return manifest["stages"]["grpo"], [r for r in rows if "reward_mean" in r]
 
 
-# the length alarm's threshold in the runs below (step 1 is ~2.0x step 0's length)
+# the length alarm's threshold in the runs below (step 1 is ~6x step 0's length)
 LENGTH_MAX = 1.8
-# A reward that pays for length: >= 30 characters (ftibworld-base's cold-start completions
-# have ~10 tokens; one step at this lr takes every completion to max_new_tokens).
+# A reward that pays for length: >= 30 characters (ftibworld-base answers in a few
+# tokens; one step at this lr takes every completion to max_new_tokens).
 PAYS_FOR_LENGTH = {"name": "format", "weight": 1.0, "config": {"pattern": "(?s).{30,}"}}
 # Weight 0, so it does not train: a "similarity" that falls as completions lengthen
 # (1 - characters / 200), the held-out metric of the run below.
@@ -40,11 +40,20 @@ SHORT_IS_SIMILAR = {"name": "length", "weight": 0.0, "config": {"min_chars": 0, 
 BASE = {"data": "ftibworld:tiny", "tasks": ["translation"], "group_size": 4, "max_new_tokens": 24,
         # ftibworld-base spells Tibetan in bytes: a quarter of the prompts are over 256 tokens
         "max_drop_share": 1.0,
-        # measured on the shipped base: at 0.9 step 0's completions are ~12 tokens with
-        # varied rewards; one step takes them to max_new_tokens (24), the entropy falls
-        # to ~0.93x and every group's reward is 1 (temperatures >= 1.3 start long already)
-        "temperature": 0.9,
+        # measured on the shipped base (2026-12-02), which answers a translation prompt
+        # with a yes/no word ("不是"): at 2.0 step 0's completions are ~4 tokens and an
+        # eighth of them are long enough to be paid, so the groups' rewards vary; one step
+        # takes every completion to max_new_tokens (24) and every group's reward to 1. At
+        # 0.9-1.6 no completion is paid at step 0 and nothing trains.
+        "temperature": 2.0,
         "train": {"batch_size": 4, "lr": 5.0e-2, "schedule": "constant", "max_steps": 3}}
+# Entropy collapse: paying for exactly "不是。" at temperature 1.0 (step 0: ~44 % of
+# completions, so the groups vary). One step at this lr also penalises "不是" + end of
+# text, the model stops ending its answer and every completion becomes the same token
+# repeated to max_new_tokens (measured token entropy ~0.004x the cold start's): none is
+# paid, and no group has any reward variance left.
+COLLAPSE = {**BASE, "temperature": 1.0, "rewards": [{"name": "format", "weight": 1.0, "config": {"pattern": "不是。"}}],
+            "monitors": {"entropy_ratio_min": 0.95}, "train": {**BASE["train"], "max_steps": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +87,19 @@ def test_reward_up_while_heldout_similarity_down_alarms(length_run):
     assert rec["metrics"]["prompts_heldout"] == 8.0  # counted, not silently taken from training
 
 
-def test_entropy_collapse_and_zero_variance_groups_alarm(length_run):
+def test_every_long_completion_paid_leaves_no_reward_variance(length_run):
     _, rows = length_run
-    assert rows[1]["monitor/entropy_ratio"] < 0.95 and rows[1]["monitor/entropy_alarm"] == 1.0
     # Every completion is long now: every group's reward is 1, no learning signal.
     assert rows[1]["zero_std_groups"] == 1.0 and rows[1]["monitor/zero_std_alarm"] == 1.0
-    assert rows[0]["monitor/zero_std_alarm"] == 0.0
+    assert rows[0]["zero_std_groups"] < 0.95 and rows[0]["monitor/zero_std_alarm"] == 0.0
+
+
+def test_entropy_collapse_and_zero_variance_groups_alarm(tmp_path):
+    _, rows = run_grpo(tmp_path, COLLAPSE, model="ftibworld-base")
+    assert rows[0]["reward_mean"] > 0 and rows[0]["monitor/zero_std_alarm"] == 0.0
+    assert rows[1]["monitor/entropy_ratio"] < 0.5 and rows[1]["monitor/entropy_alarm"] == 1.0
+    assert rows[1]["zero_std_groups"] == 1.0 and rows[1]["monitor/zero_std_alarm"] == 1.0
+    assert rows[1]["completion_len_mean"] == BASE["max_new_tokens"]
 
 
 def test_heldout_prompts_are_not_trained_on():
@@ -182,8 +198,11 @@ def test_stop_before_any_good_checkpoint_ends_at_the_starting_weights(tmp_path, 
     step 0's checkpoint, if written, holds the weights that rolled out step 1, so the
     output is the stage's starting weights either way."""
     rec, rows = run_grpo(tmp_path, {
-        **BASE, "rewards": [PAYS_FOR_LENGTH],
-        "monitors": {"on_alarm": "stop", "length_ratio_max": LENGTH_MAX},
+        **BASE, "rewards": [PAYS_FOR_LENGTH, SHORT_IS_SIMILAR],
+        # the training prompts of the length run (8 held out); only the length alarm
+        # stops (every group's reward is 1 at step 1 too)
+        "monitors": {"on_alarm": "stop", "length_ratio_max": LENGTH_MAX, "semantic_reward": "length",
+                     "heldout_prompts": 8, "heldout_every": 100, "zero_std_max": None},
         "train": {**BASE["train"], "max_steps": 4, "checkpoint_every": checkpoint_every}}, model="ftibworld-base")
     assert [r["step"] for r in rows] == [0, 1] and rec["metrics"]["monitor_stop_step"] == 1.0
     stage_dir = tmp_path / "run" / "stages" / "grpo"
