@@ -426,8 +426,12 @@ def model_limits(name_or_path: str, preset_overrides: Mapping[str, Any] | None =
 
     from ftib.core.recipe import ModelLimits
 
+    from ftib.models.presets import SHIPPED
+
     source = str(name_or_path)
-    if is_preset(source):
+    if source in SHIPPED:  # pretrained weights: their own config.json (checksums checked)
+        source, preset_overrides = str(preset_dir(source, **dict(preset_overrides or {}))), None
+    elif is_preset(source):
         cfg = get_preset(source, **dict(preset_overrides or {}))
         return ModelLimits(context=cfg.max_position_embeddings, vocab=cfg.vocab_size, hidden=cfg.hidden_size,
                            layers=cfg.num_layers)

@@ -132,3 +132,28 @@ def test_model_card_states_each_target_from_the_chinese_scores():
     recorded = _manifest(0.94, None)
     recorded["stages"]["text"].update(cpus=2, cpu_threads=1)
     assert "min** (2 CPU cores, 1 torch thread)" in render_card(NAME, recorded, "text", 10, tokens)
+
+
+def test_model_limits_of_the_shipped_base_come_from_its_config():
+    from ftib.models.bundle import model_limits
+
+    config = json.loads((presets.SHIPPED[NAME] / "config.json").read_text())
+    limits = model_limits(NAME)
+    assert limits.vocab == config["text_config"]["vocab_size"] and limits.layers == config["text_config"]["num_hidden_layers"]
+    with pytest.raises(FtibError, match="shipped pretrained weights"):
+        model_limits(NAME, {"hidden_size": 64})
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_packaged_recipe_on_a_preset_passes_the_run_preflight(recipe):
+    """`ftib run` checks lengths against the model before any work; a recipe on the
+    shipped base failed there (its preset has no build config) while the pipeline,
+    which the stage tests drive directly, ran it."""
+    from ftib.core.cli import _preflight
+    from ftib.core.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    if not presets.is_preset(str(loaded.model.name_or_path)):
+        pytest.skip(f"{recipe.name}: a hub checkpoint (tests/realpath covers it)")
+    _preflight(loaded)
