@@ -505,6 +505,7 @@ WORLD_FILES: dict[str, tuple[Callable[..., datasets.Dataset], str]] = {
     "cpt": (load_cpt, "cpt/corpus.jsonl"),
     "captions": (load_captions, "align/captions.jsonl"),
     "sft": (load_sft, "sft/instructions.jsonl"),
+    "sft_dialogues": (load_sft, "sft/dialogues.jsonl"),
     "translation": (load_translation, "grpo/translation.jsonl"),
     "headlines": (load_headlines, "grpo/headlines.jsonl"),
     "general_train": (load_general, "general/train.jsonl"),

@@ -34,7 +34,7 @@ from ftib.data.world.scene import Scene, category_statistics, png_bytes, render,
 
 log = logging.getLogger("ftib.data.world")
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 MANIFEST = "world.json"
 CARD = "DATASET_CARD.md"
 W = lx.BY_KEY
@@ -65,7 +65,8 @@ class WorldSize:
     pretrain_scenes: int = 0
     pretrain_questions_per_scene: int = 6
     pretrain_text: int = 0
-    #: questions per chat of ``pretrain/dialogues.jsonl`` (one chat per scene and task)
+    #: questions per chat of ``pretrain/dialogues.jsonl`` and ``sft/dialogues.jsonl``
+    #: (one chat per scene and task)
     pretrain_dialogue_turns: int = 8
 
 
@@ -600,6 +601,7 @@ def _sft_record(scene: Scene, rng: random.Random, task: str, lang: str = "bo") -
 def _build_sft(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
     rng = _rng(seed, "train/sft")
     rows: list[dict[str, Any]] = []
+    scenes: list[tuple[str, Scene]] = []
     n_img = 0
     while len(rows) < sz.sft:
         task = rng.choices(SFT_TASKS, weights=SFT_WEIGHTS)[0]
@@ -620,6 +622,7 @@ def _build_sft(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
             n_img += 1
             train_scenes.add(scene.signature())
             w.image(f"sft/{rel}", scene)
+            scenes.append((rel, scene))
             images = [rel]
         content = ([_IMAGE_PART] if images else []) + [_text(user)]
         rows.append({"id": rid, "task": task, "images": images, "messages": [
@@ -627,6 +630,10 @@ def _build_sft(w: _Writer, sz: WorldSize, seed: int, train_scenes: set) -> None:
             {"role": "assistant", "content": [_text(answer)]},
         ]})
     w.jsonl("sft/instructions.jsonl", rows)
+    # The same pictures as multi-turn Tibetan chats (their own random stream: the
+    # instructions above are the same with or without them).
+    w.jsonl("sft/dialogues.jsonl", _dialogues(scenes, _rng(seed, "train/sft-dialogues"), sz.pretrain_dialogue_turns,
+                                              langs=("bo",), prefix="sfq"))
 
 
 def _translation_row(rng: random.Random) -> dict[str, Any]:
@@ -809,17 +816,19 @@ def _existence_record(scene: Scene, rng: random.Random, lang: str) -> tuple[str,
                                     getattr(qa.answer, lang))
 
 
-def _dialogues(scenes: list[tuple[str, Scene]], rng: random.Random, turns: int) -> list[dict[str, Any]]:
+def _dialogues(scenes: list[tuple[str, Scene]], rng: random.Random, turns: int, *,
+               langs: tuple[str, ...] = PRETRAIN_LANGS, prefix: str = "ptq") -> list[dict[str, Any]]:
     """Per scene and task, one chat of up to ``turns`` distinct questions of that task
-    (the image in the first turn), 70 % Chinese / 30 % English: many answers of one kind
-    about one picture per example, which is what taught a small model the
-    question-conditioned lookup (issue 17)."""
+    (the image in the first turn), in one of ``langs`` (Chinese/English: 70 % / 30 %):
+    many answers of one kind about one picture per example, which is what taught a
+    small model the question-conditioned lookup (issue 17)."""
     out: list[dict[str, Any]] = []
+    weights = PRETRAIN_LANG_WEIGHTS if langs == PRETRAIN_LANGS else None
     for rel, scene in scenes:
         for task in DIALOGUE_TASKS:
             if task == "existence" and scene.grid != 3:
                 continue  # the curriculum's first step: plain 3x3 scenes only
-            lang = rng.choices(PRETRAIN_LANGS, weights=PRETRAIN_LANG_WEIGHTS)[0]
+            lang = rng.choices(langs, weights=weights)[0]
             msgs: list[dict[str, Any]] = []
             asked: set[str] = set()
             for _ in range(3 * turns):
@@ -831,7 +840,7 @@ def _dialogues(scenes: list[tuple[str, Scene]], rng: random.Random, turns: int) 
                 asked.add(rec[0])
                 msgs += _chat(*rec, image=not msgs)
             if msgs:
-                out.append({"id": f"ptq-{len(out):06d}", "task": task, "lang": lang, "images": [rel],
+                out.append({"id": f"{prefix}-{len(out):06d}", "task": task, "lang": lang, "images": [rel],
                             "messages": msgs})
     return out
 

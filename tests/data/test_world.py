@@ -59,7 +59,7 @@ def test_every_file_loads_with_the_counts_of_the_manifest(tiny_world):
     parts = load_world(root)
     files = {
         "cpt": "cpt/corpus.jsonl", "captions": "align/captions.jsonl", "sft": "sft/instructions.jsonl",
-        "translation": "grpo/translation.jsonl", "headlines": "grpo/headlines.jsonl",
+        "sft_dialogues": "sft/dialogues.jsonl", "translation": "grpo/translation.jsonl", "headlines": "grpo/headlines.jsonl",
         "general_train": "general/train.jsonl", "general_heldout": "general/heldout.jsonl",
         "translation_test": "bench/translation/test.jsonl", "headline_test": "bench/headline/test.jsonl",
         "mmbench": "bench/mmbench/FTibWorld_MMBench_DEV_BO.tsv",
@@ -74,6 +74,39 @@ def test_every_file_loads_with_the_counts_of_the_manifest(tiny_world):
     assert len(parts["cpt"]) == sz.cpt_docs and len(parts["sft"]) == sz.sft
     with Image.open(parts["captions"][0]["image"]) as im:
         assert im.size == (manifest["image_size"], manifest["image_size"]) and im.mode == "RGB"
+
+
+def test_sft_dialogues_are_tibetan_chats_about_the_sft_pictures(tiny_world):
+    """Eight distinct Tibetan questions of one type per chat, about a picture of
+    ``sft/instructions.jsonl`` (no new images, so none can be a benchmark's)."""
+    from ftib.data.loaders import load_sft
+    from ftib.data.world.build import DIALOGUE_TASKS
+
+    root, manifest = tiny_world
+    rows = load_sft(root / "sft/dialogues.jsonl")
+    pictures = {im for r in load_sft(root / "sft/instructions.jsonl") for im in r["images"]}
+    assert {r["task"] for r in rows} == set(DIALOGUE_TASKS) and {r["lang"] for r in rows} == {"bo"}
+    assert {im for r in rows for im in r["images"]} <= pictures
+    assert len(rows) > 6 * len(pictures)
+    turns = SIZES["tiny"].pretrain_dialogue_turns
+    answers = collections.Counter()
+    for r in rows:
+        users = [m for m in r["messages"] if m["role"] == "user"]
+        assert 1 <= len(users) <= turns and len(r["messages"]) == 2 * len(users)
+        assert [p["type"] for p in users[0]["content"]] == ["image", "text"]
+        questions = [u["content"][-1]["text"] for u in users]
+        assert len(set(questions)) == len(questions)
+        for i, q in enumerate(questions):
+            # statements and options on their own lines, options lettered A-D
+            q = "\n".join(ln[3:] if ln[:3] in ("A. ", "B. ", "C. ", "D. ") else ln for ln in q.splitlines())
+            assert_tibetan(q, f"{r['id']} question {i}", allow_newline=True)
+        for m in r["messages"][1::2]:
+            if r["task"] != "multiple_choice":
+                assert_tibetan(m["content"][0]["text"], r["id"])
+            if r["task"] in ("existence", "pope"):
+                answers[m["content"][0]["text"]] += 1
+    # the yes/no questions are answered both ways, in Tibetan
+    assert len(answers) == 2 and min(answers.values()) > 0.3 * sum(answers.values()), answers
 
 
 def test_mme_two_answers_per_image_one_yes_one_no(tiny_world):
