@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -93,7 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", type=Path, help="compare with this JSON asset")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ftib-golden-") as tmp:
-        curves = stage_losses(args.recipe, args.steps, Path(tmp) / "run")
+        # A fresh cache (presets, worlds, the reward encoder built on first use), as on a
+        # clean machine and in the test: a cache built by older code or packages would
+        # write curves no clean checkout reproduces.
+        old_cache = os.environ.get("FTIB_CACHE_DIR")
+        os.environ["FTIB_CACHE_DIR"] = str(Path(tmp) / "cache")
+        try:
+            curves = stage_losses(args.recipe, args.steps, Path(tmp) / "run")
+        finally:
+            if old_cache is None:
+                os.environ.pop("FTIB_CACHE_DIR", None)
+            else:
+                os.environ["FTIB_CACHE_DIR"] = old_cache
     if args.write:
         versions = package_versions()
         asset = {
@@ -103,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             "steps": args.steps,
             "rtol": RTOL,
             "atol": ATOL,
-            "versions": {k: versions[k] for k in ("torch", "transformers") if k in versions},
+            # every tracked package: an upstream release can move the curves (the GRPO
+            # stage's moved between 2026-12-01 and 2026-12-02 with ftib unchanged)
+            "versions": versions,
             "losses": curves,
         }
         args.write.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,10 @@ def test_compare_catches_a_moved_curve():
     assert compare(golden, {"cpt": [7.0]})  # a step and a stage missing
 
 
-def test_tiny_recipe_reproduces_its_golden_curves(tmp_path: Path):
+def test_tiny_recipe_reproduces_its_golden_curves(tmp_path: Path, ftib_cache):
+    """In the session's own cache, as the asset was written: the reward encoder built on
+    first use depends on the torch thread count it was trained under, so one already in
+    the home folder's cache may give other GRPO losses."""
     asset = json.loads(ASSET.read_text(encoding="utf-8"))
     recipe = ROOT / asset["recipe"]
     got = stage_losses(recipe, asset["steps"], tmp_path / "run")
