@@ -23,11 +23,12 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from ftib.core.pipeline import Pipeline, package_versions
 from ftib.core.recipe import build_recipe, read_yaml
 from ftib.core.registry import Registry
-from ftib.core.rundir import iter_jsonl
+from ftib.core.rundir import CACHE_ENV, iter_jsonl
 
 # Relative tolerance of the comparison. The curves are computed in float32 on the CPU;
 # the first steps of a tiny model agree to ~1e-6 between runs of one build, and to
@@ -95,17 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ftib-golden-") as tmp:
         # A fresh cache (presets, worlds, the reward encoder built on first use), as on a
-        # clean machine and in the test: a cache built by older code or packages would
-        # write curves no clean checkout reproduces.
-        old_cache = os.environ.get("FTIB_CACHE_DIR")
-        os.environ["FTIB_CACHE_DIR"] = str(Path(tmp) / "cache")
-        try:
+        # clean machine and in the test: an encoder cached under another torch thread
+        # count moves the GRPO curve.
+        with mock.patch.dict(os.environ, {CACHE_ENV: str(Path(tmp) / "cache")}):
             curves = stage_losses(args.recipe, args.steps, Path(tmp) / "run")
-        finally:
-            if old_cache is None:
-                os.environ.pop("FTIB_CACHE_DIR", None)
-            else:
-                os.environ["FTIB_CACHE_DIR"] = old_cache
     if args.write:
         versions = package_versions()
         asset = {
@@ -115,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": args.steps,
             "rtol": RTOL,
             "atol": ATOL,
-            # every tracked package: an upstream release can move the curves (the GRPO
-            # stage's moved between 2026-12-01 and 2026-12-02 with ftib unchanged)
+            # every tracked package: an upstream release can move the curves
             "versions": versions,
             "losses": curves,
         }

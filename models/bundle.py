@@ -28,7 +28,7 @@ from typing import Any
 from ftib.core.errors import FtibError
 from ftib.core.recipe import KernelsSpec
 from ftib.models.chat import ChatProcessor
-from ftib.models.presets import PRESETS, get_preset, is_preset, looks_like_preset, preset_dir
+from ftib.models.presets import PRESETS, SHIPPED, get_preset, is_preset, looks_like_preset, preset_dir
 
 log = logging.getLogger("ftib.models")
 
@@ -425,8 +425,6 @@ def model_limits(name_or_path: str, preset_overrides: Mapping[str, Any] | None =
     import json
 
     from ftib.core.recipe import ModelLimits
-
-    from ftib.models.presets import SHIPPED
 
     source = str(name_or_path)
     if source in SHIPPED:  # pretrained weights: their own config.json (checksums checked)
