@@ -79,9 +79,14 @@ TASK_PARTS = {"translation": "translation", "headline": "headlines"}
 TASK_FIELDS = {"translation": ("source", "reference", "han"), "headline": ("report", "headline", "tibetan")}
 
 
-def read_prompts(data: str, tasks: tuple[str, ...], max_prompts: int | None = None) -> list[dict[str, Any]]:
+def read_prompts(data: str, tasks: tuple[str, ...], max_prompts: int | None = None,
+                 skip: int = 0) -> list[dict[str, Any]]:
     """Prompt records of ``tasks`` from ``data``: ``id, prompt, reference, task,
-    target_scripts`` and ``source`` (the file, for messages)."""
+    target_scripts`` and ``source`` (the file, for messages).
+
+    ``skip`` leaves out the first ``skip`` records of each task's file (those a cold-start
+    SFT with ``max_records: skip`` trained on), then ``max_prompts`` caps what is left; a
+    ``skip`` that leaves nothing is an error naming the file and its length."""
     from ftib.core.errors import FtibError
     from ftib.data.loaders import load_headlines, load_translation, world_file
     from ftib.data.sources import is_world_spec, resolve
@@ -94,8 +99,10 @@ def read_prompts(data: str, tasks: tuple[str, ...], max_prompts: int | None = No
         load, make_prompt = loaders[task]
         rows = load(path)
         src_key, ref_key, target = TASK_FIELDS[task]
-        n = len(rows) if max_prompts is None else min(max_prompts, len(rows))
-        for r in rows.select(range(n)):
+        if skip and skip >= len(rows):
+            raise FtibError(f"{path}: skipping the first {skip} records leaves none of its {len(rows)}")
+        n = len(rows) - skip if max_prompts is None else min(max_prompts, len(rows) - skip)
+        for r in rows.select(range(skip, skip + n)):
             prompt = r.get("prompt") or make_prompt(r[src_key])
             out.append({"id": r["id"], "prompt": prompt, "reference": r[ref_key], "task": task,
                         "target_scripts": [target], "source": str(path)})

@@ -48,24 +48,44 @@ class AlignmentTaxEvaluator(Evaluator):
                 build folder, or general-text JSON lines (``id, lang, text``).
             base_model: the model before adaptation (directory, preset or hub name), or
                 ``stage:<id>`` for the checkpoint an earlier stage of this run wrote.
-            limit: first ``limit`` texts only.
+            lang: keep only the texts of this language (``zh`` or ``en``, the ``lang``
+                field): the tax in the model's dominant language, as the semantic-GRPO
+                paper measures it on Chinese; ``None`` keeps every text.
+            limit: first ``limit`` texts (of ``lang``) only.
             max_length: tokens per text.
         """
 
         base_model: str
         data: str = "ftibworld"
+        lang: str | None = None
         limit: int | None = None
         max_length: int = 256
 
         def __post_init__(self) -> None:
             check_data(self.data)
+            if self.lang is not None and self.lang not in ("zh", "en"):
+                from ftib.core.errors import did_you_mean
+
+                raise ValueError(f"lang must be zh, en or null, got {self.lang!r}; "
+                                 f"{did_you_mean(self.lang, ('zh', 'en'))}")
             if self.max_length < 2:
                 raise ValueError(f"max_length must be >= 2, got {self.max_length}")
 
     def evaluate(self, ctx: RunContext) -> EvalResult:
         from ftib.models.bundle import bundle_from_context, load_bundle
 
-        items = load_items("alignment_tax", self.config.data, None, self.config.limit)
+        cfg: AlignmentTaxEvaluator.Config = self.config  # type: ignore[assignment]
+        items = load_items("alignment_tax", cfg.data, None, None)
+        if cfg.lang is not None:
+            kept = [it for it in items if it.meta.get("lang") == cfg.lang]
+            if not kept:
+                from ftib.core import ConfigError
+
+                langs = sorted({str(it.meta.get("lang")) for it in items})
+                raise ConfigError(f"alignment_tax.lang: {cfg.data} has no {cfg.lang!r} text; "
+                                  f"its languages: {', '.join(langs)}")
+            items = kept
+        items = items[:cfg.limit] if cfg.limit is not None else items
         adapted = bundle_from_context(ctx)
         base = load_bundle(resolve_base_model(self.config.base_model, ctx.run_dir), device=ctx.device,
                            dtype=ctx.dtype)
@@ -75,4 +95,5 @@ class AlignmentTaxEvaluator(Evaluator):
             [it.question for it in items], max_length=self.config.max_length, ids=[it.id for it in items],
         )
         return EvalResult(metrics=metrics, records=records,
-                          details={"base_model": self.config.base_model, "max_length": self.config.max_length})
+                          details={"base_model": self.config.base_model, "max_length": self.config.max_length,
+                                   "lang": cfg.lang, "texts": len(items)})

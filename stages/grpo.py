@@ -107,6 +107,9 @@ class GRPOConfig:
         data: ``ftibworld[:SIZE[:SEED]]`` or a folder holding the task files.
         tasks: which tasks' prompts to train on (mixed, in one pool).
         max_prompts: use at most this many prompts per task.
+        skip_prompts: leave out the first this many prompts of each task's file: the
+            records a cold-start SFT (``max_records``) trained on, so GRPO trains on the
+            rest, as the semantic-GRPO paper's two-stage design.
         group_size: G, completions per prompt (>= 2).
         max_new_tokens, temperature, top_p, top_k: sampling (``top_k: 0`` = no top-k
             filter, as TRL; transformers' own default would otherwise apply top-k 50).
@@ -160,6 +163,7 @@ class GRPOConfig:
     data: str = "ftibworld"
     tasks: tuple[Literal["translation", "headline"], ...] = ("translation",)
     max_prompts: int | None = None
+    skip_prompts: int = 0
     group_size: int = 4
     max_new_tokens: int = 32
     temperature: float = 0.8
@@ -196,6 +200,8 @@ class GRPOConfig:
         from ftib.data.sources import check_spec
 
         check_spec(self.data, "data")
+        if self.skip_prompts < 0:
+            raise ValueError(f"skip_prompts must be >= 0, got {self.skip_prompts}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_iterations < 1:
@@ -841,8 +847,8 @@ class GRPOStage(Stage):
             raise FtibError(f"max_prompt_length + max_new_tokens = {cfg.max_prompt_length} + {cfg.max_new_tokens} "
                             f"exceeds the model's context of {context} tokens (max_position_embeddings); "
                             "lower one of them")
-        prompts, dropped = _fitting_prompts(read_prompts(cfg.data, cfg.tasks, cfg.max_prompts), bundle.chat,
-                                            cfg, ctx.logger)
+        prompts, dropped = _fitting_prompts(read_prompts(cfg.data, cfg.tasks, cfg.max_prompts, cfg.skip_prompts),
+                                            bundle.chat, cfg, ctx.logger)
         if not prompts:
             raise FtibError(f"every prompt has more than max_prompt_length={cfg.max_prompt_length} tokens; "
                             "raise it or shorten the data")

@@ -124,3 +124,32 @@ def test_evaluator_loads_both_models(tokenizer, tmp_path, world, ctx_factory):
     res = ev.evaluate(ctx_factory(model_source=str(tmp_path / "adapted")))
     assert res.metrics["texts"] == 6 and res.metrics["kl_mean"] > 0
     assert {"id", "prediction", "parsed", "gold", "correct"} <= set(res.records[0])
+
+
+def test_evaluator_lang_keeps_only_that_languages_texts(tokenizer, tmp_path, world, ctx_factory):
+    """``lang: zh``: the tax in the dominant language (the paper's Chinese text); a
+    language the file lacks is an error naming the ones it has."""
+    import json
+
+    from ftib.core import ConfigError
+    from ftib.core import config as cfg
+    from ftib.core.registry import EVALUATORS, Registry
+
+    base = tiny_lm(len(tokenizer), 0)
+    for name, model in (("base", base), ("adapted", perturbed(base, 2))):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    cls = Registry().load(EVALUATORS, "alignment_tax")
+    ev = cls(cfg.build(cls.Config, {"data": str(world), "base_model": str(tmp_path / "base"), "lang": "zh"}))
+    res = ev.evaluate(ctx_factory(model_source=str(tmp_path / "adapted")))
+    rows = [json.loads(line) for line in (world / "general" / "heldout.jsonl").read_text().splitlines()]
+    zh = [r["id"] for r in rows if r["lang"] == "zh"]
+    assert 0 < len(zh) < len(rows) and res.metrics["texts"] == len(zh)
+    assert sorted(r["id"] for r in res.records) == sorted(zh)
+    only_zh = tmp_path / "zh.jsonl"
+    only_zh.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["lang"] == "zh"))
+    ev = cls(cfg.build(cls.Config, {"data": str(only_zh), "base_model": str(tmp_path / "base"), "lang": "en"}))
+    with pytest.raises(ConfigError, match="has no 'en' text; its languages: zh"):
+        ev.evaluate(ctx_factory(model_source=str(tmp_path / "adapted")))
+    with pytest.raises(ConfigError, match="lang must be zh, en or null, got .bo."):
+        cfg.build(cls.Config, {"base_model": "x", "lang": "bo"})

@@ -141,3 +141,22 @@ def test_loss_logps_are_the_old_logps(prompt_batch):
                                  torch.randn(comp.shape[0]), loss_type="grpo", temperature=T)
     keep = cmask.bool()
     torch.testing.assert_close(out.logps[keep], want[keep], rtol=1e-5, atol=1e-5)
+
+
+def test_read_prompts_skip_leaves_out_the_first_records_a_cold_start_trained_on():
+    from ftib.core.errors import FtibError
+
+    every = read_prompts("ftibworld:tiny", ("translation",))
+    rest = read_prompts("ftibworld:tiny", ("translation",), skip=20)
+    assert [p["id"] for p in rest] == [p["id"] for p in every[20:]]
+    assert [p["id"] for p in read_prompts("ftibworld:tiny", ("translation",), 5, skip=20)] == \
+        [p["id"] for p in every[20:25]]
+    with pytest.raises(FtibError, match=f"skipping the first {len(every)} records leaves none of its {len(every)}"):
+        read_prompts("ftibworld:tiny", ("translation",), skip=len(every))
+
+
+def test_grpo_skip_prompts_must_not_be_negative():
+    from ftib.stages.grpo import GRPOConfig
+
+    with pytest.raises(ValueError, match="skip_prompts must be >= 0"):
+        GRPOConfig(skip_prompts=-1)
