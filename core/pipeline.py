@@ -621,19 +621,31 @@ class _NullBar:
 
 
 class _QuietLibraryBars:
-    """``--no-progress`` also silences the bars the libraries draw inside stages (datasets'
-    "Generating train split", "tokenising" maps); :meth:`restore` puts the previous state back."""
+    """``--no-progress`` also silences the bars the libraries draw inside stages: datasets'
+    ("Generating train split", "tokenising" maps), transformers' ("Loading weights",
+    "Writing model shards") and huggingface_hub's; :meth:`restore` puts the previous
+    state back."""
 
     def __init__(self) -> None:
         import datasets
+        import huggingface_hub.utils as hub
+        import transformers.utils.logging as tf_logging
 
-        self._datasets = datasets
-        self._was_enabled = datasets.is_progress_bar_enabled()
+        self._libs = (datasets, tf_logging, hub)
+        self._was = (datasets.is_progress_bar_enabled(), tf_logging.is_progress_bar_enabled(),
+                     not hub.are_progress_bars_disabled())
         datasets.disable_progress_bars()
+        tf_logging.disable_progress_bar()
+        hub.disable_progress_bars()
 
     def restore(self) -> None:
-        if self._was_enabled:
-            self._datasets.enable_progress_bars()
+        datasets, tf_logging, hub = self._libs
+        if self._was[0]:
+            datasets.enable_progress_bars()
+        if self._was[1]:
+            tf_logging.enable_progress_bar()
+        if self._was[2]:
+            hub.enable_progress_bars()
 
 
 def _progress(total: int, enabled: bool) -> Any:

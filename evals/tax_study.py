@@ -226,18 +226,27 @@ def markdown(recipe: Path, arms: Mapping[str, Sequence[str]], sweep: Mapping[str
 
 
 def plot(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], sweep: Mapping[str, Mapping[str, Any]],
-         refs: Mapping[str, Mapping[str, float]], out: Path) -> Path:
+         refs: Mapping[str, Mapping[str, float]], out: Path, select: str = "select metric",
+         summary_runs: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None) -> Path:
     """One panel per metric: every seed's value (light), the arm's mean ± std, the
     references' values (base, shared stages) and chance as lines; then one panel of the
-    sweep's select metric against the learning rate."""
+    sweep's select metric against the learning rate; then every run's translation
+    similarity against its Chinese NLL increase (``summary_runs``: the per-seed runs)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    summary_runs = summary_runs or {}
     arms = list(summary)
     cols = [c for c in COLUMNS if all(c[0] in summary[a] for a in arms)]
-    n = len(cols) + (1 if sweep else 0)
+    # every run (sweep and seeds) as a point of quality against tax: the trade-off itself
+    trade = ("alignment_tax/nll_increase_mean", "translation/similarity")
+    points: dict[str, list[tuple[float, float]]] = {}
+    for arm in arms:  # the sweep's run at the best rate is also a seed's run: once
+        runs = list(sweep.get(arm, {}).values()) + list(summary_runs.get(arm, {}).values())
+        points[arm] = sorted({(r[trade[0]], r[trade[1]]) for r in runs if trade[0] in r and trade[1] in r})
+    n = len(cols) + (1 if sweep else 0) + (1 if any(points.values()) else 0)
     ncols = min(n, 4)
     fig, axes = plt.subplots(math.ceil(n / ncols), ncols, figsize=(3.2 * ncols, 2.6 * math.ceil(n / ncols)),
                              squeeze=False)
@@ -252,7 +261,9 @@ def plot(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], sweep: Mapping[
         for j, (point, ms) in enumerate(refs.items()):
             if ms.get(key) is not None:
                 ax.axhline(ms[key], ls=(":", "-.")[j % 2], lw=1.0, color="black")
-                ax.text(len(arms) - 0.5, ms[key], point + " ", fontsize=7, va="bottom", ha="right")
+                # alternate sides: the references are often close (base and its retext)
+                ax.text(len(arms) - 0.5 if j % 2 else -0.45, ms[key], f" {point} ", fontsize=7, va="top",
+                        ha="right" if j % 2 else "left")
         if "increase" in key or "kl" in key:
             ax.axhline(0.0, lw=0.6, color="grey")
         ax.set_xticks(range(len(arms)))
@@ -267,7 +278,17 @@ def plot(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], sweep: Mapping[
             if pts:
                 ax.plot(*zip(*pts), marker="o", color=f"C{arms.index(arm) if arm in arms else i}", label=arm)
         ax.set_xscale("log")
-        ax.set_title("sweep: select metric vs lr", fontsize=9)
+        ax.set_title(f"sweep: {select} vs lr", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    if any(points.values()):
+        ax = list(axes.flat)[n - 1]
+        for i, arm in enumerate(arms):
+            if points[arm]:
+                ax.scatter(*zip(*points[arm]), color=f"C{i}", s=16, label=arm)
+        ax.set_xlabel("zh NLL increase mean (tax) ↓", fontsize=8)
+        ax.set_ylabel("similarity ↑", fontsize=8)
+        ax.set_title("every run: quality vs tax", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
@@ -374,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(out / "report.md", markdown(args.recipe, run_arms, sweep, best, summary, per_seed,
                                                       args.select, args.overrides)
                           + "\n![tax study](tax_study.png)\n")
-        plot(summary, sweep, references(per_seed), out / "tax_study.png")
+        plot(summary, sweep, references(per_seed), out / "tax_study.png", args.select, per_seed)
         print(f"[tax-study] wrote {out / 'report.md'} and {out / 'tax_study.png'}", file=sys.stderr)
         return 0
     except (FtibError, ConfigError) as exc:

@@ -84,6 +84,8 @@ def test_default_recipe_runs(tmp_path):
     # stages (datasets' "Generating train split", tokenising maps) too
     assert "step/s" not in out.stderr and "train:" not in out.stderr, out.stderr[-2000:]
     assert "examples/s" not in out.stderr and "Generating" not in out.stderr, out.stderr[-2000:]
+    # ... and transformers' weight loading and shard writing bars
+    assert "Loading weights" not in out.stderr and "Writing model shards" not in out.stderr, out.stderr[-2000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["recipe_file"].endswith("tiny.yaml") and manifest["status"] == "completed"
     assert all(rec["status"] == "completed" for rec in manifest["stages"].values())
