@@ -339,7 +339,17 @@ def main(argv: list[str] | None = None) -> int:
         raw = apply_overrides(read_yaml(args.recipe), args.overrides)
         arms = ({k: tuple(x.strip() for x in v.split(",") if x.strip()) for k, v in _pairs(args.arm, "--arm").items()}
                 or dict(DEFAULT_ARMS))
-        sweeps = {k: [float(x) for x in v.split(",") if x.strip()] for k, v in _pairs(args.sweep, "--sweep").items()}
+        for a, ss in arms.items():
+            if not ss:
+                raise ConfigError(f"--arm {a}: name its stages, e.g. --arm {a}=cold,grpo")
+        sweeps: dict[str, list[float]] = {}
+        for k, v in _pairs(args.sweep, "--sweep").items():
+            try:
+                sweeps[k] = [float(x) for x in v.split(",") if x.strip()]
+            except ValueError:
+                raise ConfigError(f"--sweep {k}={v}: the learning rates must be numbers, e.g. {k}=1e-4,3e-4") from None
+            if not sweeps[k] or any(not lr > 0 for lr in sweeps[k]):
+                raise ConfigError(f"--sweep {k}={v}: give one or more learning rates > 0")
         for a in sweeps:
             if a not in arms:
                 from ftib.core.errors import did_you_mean

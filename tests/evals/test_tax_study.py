@@ -218,3 +218,21 @@ def test_only_runs_the_named_arms_and_an_unknown_one_is_an_error(tmp_path, monke
     assert "`stages.cold.train.lr=1e-4`" in (tmp_path / "a" / "report.md").read_text()
     assert ts.main([str(recipe), "--out", str(tmp_path / "b"), "--only", "rl"]) == 2
     assert "--only rl: no such arm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sweep", "sft=1e-3,fast"], "--sweep sft=1e-3,fast: the learning rates must be numbers"),
+    (["--sweep", "sft=0"], "give one or more learning rates > 0"),
+    (["--arm", "sft=", "--arm", "grpo=cold,grpo"], "--arm sft: name its stages"),
+    (["--sweep", "sft"], "--sweep 'sft': use NAME=VALUE,VALUE"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
+])
+def test_malformed_options_are_errors_before_any_run(tmp_path, monkeypatch, capsys, args, message):
+    import yaml
+
+    recipe = tmp_path / "study.yaml"
+    recipe.write_text(yaml.safe_dump(RAW))
+    calls: list[str] = []
+    monkeypatch.setattr(ts, "run_one", _fake_runner(lambda a, lr, s: (0.5, 0.1), calls))
+    assert ts.main([str(recipe), "--out", str(tmp_path / "out"), *args]) == 2
+    assert message in capsys.readouterr().err and not calls
