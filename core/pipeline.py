@@ -631,21 +631,18 @@ class _QuietLibraryBars:
         import huggingface_hub.utils as hub
         import transformers.utils.logging as tf_logging
 
-        self._libs = (datasets, tf_logging, hub)
-        self._was = (datasets.is_progress_bar_enabled(), tf_logging.is_progress_bar_enabled(),
-                     not hub.are_progress_bars_disabled())
-        datasets.disable_progress_bars()
-        tf_logging.disable_progress_bar()
-        hub.disable_progress_bars()
+        # (was it on, disable, enable) per library; only what was on is turned back on
+        libs = ((datasets.is_progress_bar_enabled(), datasets.disable_progress_bars, datasets.enable_progress_bars),
+                (tf_logging.is_progress_bar_enabled(), tf_logging.disable_progress_bar,
+                 tf_logging.enable_progress_bar),
+                (not hub.are_progress_bars_disabled(), hub.disable_progress_bars, hub.enable_progress_bars))
+        self._enable = [enable for was, _, enable in libs if was]
+        for _, disable, _ in libs:
+            disable()
 
     def restore(self) -> None:
-        datasets, tf_logging, hub = self._libs
-        if self._was[0]:
-            datasets.enable_progress_bars()
-        if self._was[1]:
-            tf_logging.enable_progress_bar()
-        if self._was[2]:
-            hub.enable_progress_bars()
+        for enable in self._enable:
+            enable()
 
 
 def _progress(total: int, enabled: bool) -> Any:

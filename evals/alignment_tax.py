@@ -87,13 +87,13 @@ class AlignmentTaxEvaluator(Evaluator):
             items = kept
         items = items[:cfg.limit] if cfg.limit is not None else items
         adapted = bundle_from_context(ctx)
-        base = load_bundle(resolve_base_model(self.config.base_model, ctx.run_dir), device=ctx.device,
+        base = load_bundle(resolve_base_model(cfg.base_model, ctx.run_dir), device=ctx.device,
                            dtype=ctx.dtype)
         # A VLM's forward with text only is its language model's forward.
         metrics, records = alignment_tax(
             base.model, base.tokenizer, adapted.model, adapted.tokenizer,
-            [it.question for it in items], max_length=self.config.max_length, ids=[it.id for it in items],
+            [it.question for it in items], max_length=cfg.max_length, ids=[it.id for it in items],
         )
         return EvalResult(metrics=metrics, records=records,
-                          details={"base_model": self.config.base_model, "max_length": self.config.max_length,
+                          details={"base_model": cfg.base_model, "max_length": cfg.max_length,
                                    "lang": cfg.lang, "texts": len(items)})

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ftib.core import ConfigError
-from ftib.core.errors import FtibError
+from ftib.core.errors import FtibError, did_you_mean
 
 __all__ = ["DEFAULT_ARMS", "arm_recipe", "collect_arm", "main", "references", "summarise"]
 
@@ -73,8 +74,6 @@ def arm_recipe(raw: Mapping[str, Any], arms: Mapping[str, Sequence[str]], arm: s
     for a, ss in arms.items():
         for s in ss:
             if s not in ids:
-                from ftib.core.errors import did_you_mean
-
                 raise ConfigError(f"--arm {a}: the recipe has no stage {s!r}; {did_you_mean(s, ids)}")
     keep = [s for s in stages if _sid(s) not in other]
     kept = {_sid(s) for s in keep}
@@ -96,8 +95,6 @@ def run_one(out: Path, raw: Mapping[str, Any], arms: Mapping[str, Sequence[str]]
             seed: int, progress: bool, threads: int | None = None) -> Path:
     """Write the run's recipe and ``ftib run`` it (resuming a run left unfinished);
     ``threads`` sets its ``OMP_NUM_THREADS`` (parallel runs share the cores)."""
-    import os
-
     import yaml
 
     name = _run_name(arm, lr, seed)
@@ -172,6 +169,11 @@ def summarise(per_seed: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict
     return out
 
 
+def _columns(summary: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, bool, float | None]]:
+    """The :data:`COLUMNS` every arm of ``summary`` has."""
+    return [c for c in COLUMNS if all(c[0] in summary[a] for a in summary)]
+
+
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -180,7 +182,7 @@ def markdown(recipe: Path, arms: Mapping[str, Sequence[str]], sweep: Mapping[str
              best: Mapping[str, float | None], summary: Mapping[str, Mapping[str, Mapping[str, Any]]],
              per_seed: Mapping[str, Mapping[int, Mapping[str, float]]], select: str,
              overrides: Sequence[str] = ()) -> str:
-    cols = [c for c in COLUMNS if all(c[0] in summary[a] for a in summary)]
+    cols = _columns(summary)
     lines = [f"# Alignment-tax study: {', '.join(arms)}", "",
              f"Recipe `{recipe}`; arms: " + "; ".join(f"**{a}** = {' → '.join(ss)}" for a, ss in arms.items())
              + f". Best learning rate per arm by `{select}` at the arm's last stage."
@@ -239,7 +241,7 @@ def plot(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], sweep: Mapping[
 
     summary_runs = summary_runs or {}
     arms = list(summary)
-    cols = [c for c in COLUMNS if all(c[0] in summary[a] for a in arms)]
+    cols = _columns(summary)
     # every run (sweep and seeds) as a point of quality against tax: the trade-off itself
     trade = ("alignment_tax/nll_increase_mean", "translation/similarity")
     points: dict[str, list[tuple[float, float]]] = {}
@@ -352,20 +354,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--sweep {k}={v}: give one or more learning rates > 0")
         for a in sweeps:
             if a not in arms:
-                from ftib.core.errors import did_you_mean
-
                 raise ConfigError(f"--sweep {a}: no such arm; {did_you_mean(a, arms)}")
         for a in arms:
             arm_recipe(raw, arms, a, None, 0)  # a stage name typo stops the study before any run
         for a in args.only or []:
             if a not in arms:
-                from ftib.core.errors import did_you_mean
-
                 raise ConfigError(f"--only {a}: no such arm; {did_you_mean(a, arms)}")
         run_arms = {a: arms[a] for a in (args.only or arms)}
         out = args.out
-        import os
-
         threads = None if "OMP_NUM_THREADS" in os.environ or args.jobs == 1 else max(1, (os.cpu_count() or 1)
                                                                                       // args.jobs)
 
