@@ -20,13 +20,21 @@ __all__ = ["AlignmentTaxEvaluator", "alignment_tax", "resolve_base_model"]
 
 
 def resolve_base_model(spec: str, run_dir: Path) -> str:
-    """``stage:<id>`` -> that stage's checkpoint in this run (from ``manifest.json``)."""
-    if not spec.startswith("stage:"):
+    """``stage:<id>`` -> that stage's checkpoint in this run (from ``manifest.json``);
+    ``base`` -> the run's own starting model (the recipe's ``model.name_or_path``)."""
+    if spec != "base" and not spec.startswith("stage:"):
         return spec
     import json
 
     from ftib.core import ConfigError
 
+    if spec == "base":
+        model = json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8"))["config"]["model"]
+        if model.get("preset_overrides") or model.get("revision"):
+            raise ConfigError("alignment_tax.base_model: 'base' stands for model.name_or_path alone, but this "
+                              "run's model also sets preset_overrides or revision; name the base model's "
+                              "directory instead")
+        return str(model["name_or_path"])
     sid = spec.split(":", 1)[1]
     manifest = json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8"))
     rec = manifest.get("stages", {}).get(sid)
@@ -46,8 +54,9 @@ class AlignmentTaxEvaluator(Evaluator):
         """Attributes:
             data: ``ftibworld[:SIZE[:SEED]]`` (its held-out general text), a FTibWorld
                 build folder, or general-text JSON lines (``id, lang, text``).
-            base_model: the model before adaptation (directory, preset or hub name), or
-                ``stage:<id>`` for the checkpoint an earlier stage of this run wrote.
+            base_model: the model before adaptation (directory, preset or hub name),
+                ``base`` for the run's own starting model, or ``stage:<id>`` for the
+                checkpoint an earlier stage of this run wrote.
             lang: keep only the texts of this language (``zh`` or ``en``, the ``lang``
                 field): the tax in the model's dominant language, as the semantic-GRPO
                 paper measures it on Chinese; ``None`` keeps every text.

@@ -11,6 +11,14 @@ tokenizer (tied or untied) and initialises each new row:
 - ``"random"``: normal noise with the mean and standard deviation of the existing rows
   (per matrix), from a seeded generator.
 
+With a bilingual lexicon (``translations``, from :func:`lexicon_translations`), a new
+token that occurs in the Tibetan form of a lexicon entry starts instead from the base
+rows of the entry's translation: the mean, over the entries it occurs in, of the mean of
+the rows the translation tokenises to. This is the dictionary-based initialisation of
+WECHSEL (Minixhofer et al., NAACL 2022) in its simplest form: a Tibetan word starts where
+the model already keeps its meaning in the dominant language, rather than at the mean of
+its UTF-8 byte pieces, which carry no meaning. Tokens no entry covers keep ``init``.
+
 The matrix grows to the extended vocabulary (or stays, when the model already has spare
 padding rows, as Qwen's 151,936-row embeddings do); a new id that falls on such a spare
 row overwrites it. Rows past the extended vocabulary are left as
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -31,7 +40,7 @@ from ftib.models.vocab import to_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["extend_embeddings", "new_token_pieces"]
+__all__ = ["extend_embeddings", "lexicon_translations", "new_token_pieces"]
 
 
 def _backend(tok: Any):
@@ -95,10 +104,40 @@ def new_token_pieces(base_tokenizer: Any, extended_tokenizer: Any) -> dict[int, 
     return out
 
 
+def lexicon_translations(base_tokenizer: Any, extended_tokenizer: Any, lexicon: Sequence[tuple[str, str]],
+                         normalize: Any = None) -> dict[int, list[list[int]]]:
+    """For each new token of ``extended_tokenizer`` that occurs in a lexicon entry's
+    source form: the base-tokenizer ids of each such entry's translation.
+
+    Args:
+        lexicon: ``(source, translation)`` pairs, e.g. (``"ཉ"``, ``"鱼"``). A source form is
+            tokenised as in running text, with and without a trailing tsheg.
+        normalize: applied to each source form first (CPT's Tibetan normalisation).
+
+    Returns:
+        ``{new id: [[base ids of a translation], ...]}`` in id order.
+    """
+    base = _backend(base_tokenizer)
+    ext = _backend(extended_tokenizer)
+    base_size = base.get_vocab_size(with_added_tokens=True)
+    found: dict[int, list[list[int]]] = {}
+    for src, tgt in lexicon:
+        target = base.encode(tgt, add_special_tokens=False).ids
+        if not target:
+            continue
+        form = normalize(src) if normalize is not None else src
+        ids = {i for text in (form, form + "\u0f0b") for i in ext.encode(text, add_special_tokens=False).ids}
+        for i in sorted(ids):
+            if i >= base_size:
+                found.setdefault(i, []).append(target)
+    return dict(sorted(found.items()))
+
+
 @torch.no_grad()
 def extend_embeddings(model: torch.nn.Module, base_tokenizer: Any, extended_tokenizer: Any,
                       init: Literal["mean", "random"] = "mean", *, pad_to_multiple_of: int | None = None,
-                      seed: int = 0) -> dict[int, list[int]]:
+                      seed: int = 0, translations: Mapping[int, Sequence[Sequence[int]]] | None = None
+                      ) -> dict[int, list[int]]:
     """Resize ``model``'s embeddings to ``extended_tokenizer`` and initialise the new rows.
 
     Args:
@@ -108,6 +147,8 @@ def extend_embeddings(model: torch.nn.Module, base_tokenizer: Any, extended_toke
         init: ``"mean"`` (mean of the base pieces' rows) or ``"random"``.
         pad_to_multiple_of: pad the matrix rows to a multiple of this.
         seed: seed of ``"random"``.
+        translations: ``{new id: [[base ids], ...]}`` (:func:`lexicon_translations`): those
+            rows start from the mean of their translations' base rows instead.
 
     Returns:
         ``{new id: [base piece ids]}``, the pieces each new row was averaged from.
@@ -144,7 +185,12 @@ def extend_embeddings(model: torch.nn.Module, base_tokenizer: Any, extended_toke
             base_rows = src[:base_size].float()
             rows = torch.randn((len(ids), src.shape[1]), generator=gen) * base_rows.std() + base_rows.mean()
         weight[torch.tensor(ids, dtype=torch.long)] = rows.to(weight.dtype).to(weight.device)
-    log.info("extended embeddings %d -> %d rows (%d new tokens, init=%s, %s)", old_rows,
+        for i, targets_of_i in (translations or {}).items():
+            if i not in pieces:
+                raise FtibError(f"translations: id {i} is not a new token of the extended tokenizer")
+            row = torch.stack([src[list(t)].float().mean(0) for t in targets_of_i]).mean(0)
+            weight[i] = row.to(weight.dtype).to(weight.device)
+    log.info("extended embeddings %d -> %d rows (%d new tokens, init=%s%s, %s)", old_rows,
              model.get_input_embeddings().weight.shape[0], len(ids), init,
-             "tied" if tied else "untied")
+             f", {len(translations)} from the lexicon" if translations else "", "tied" if tied else "untied")
     return pieces

@@ -31,7 +31,11 @@ CARD_METRICS = {
     "mme": ("perception", "cognition"),
     "binary_vqa": ("accuracy", "balanced_accuracy"),
     "corevqa": ("accuracy", "balanced_accuracy"),
+    "alignment_tax": ("nll_base", "nll_adapted", "kl_mean"),
 }
+#: Metrics shown as they are (not as percentages).
+CARD_RAW = {"perception": "{:.0f}", "cognition": "{:.0f}", "nll_base": "{:.2f}", "nll_adapted": "{:.2f}",
+            "kl_mean": "{:.2f}"}
 
 
 def _seconds(stage: dict[str, Any]) -> float:
@@ -157,11 +161,13 @@ def render_card(name: str, manifest: dict[str, Any], stage_id: str, params: int,
         limit = e.get("config", {}).get("limit")
         shown = CARD_METRICS.get(rec.get("name", e.get("name", "")), ())
         m = rec.get("metrics", {})
-        vals = ", ".join(f"{k}={100 * m[k]:.1f}" if k not in ("perception", "cognition") else f"{k}={m[k]:.0f}"
+        vals = ", ".join(f"{k}={CARD_RAW[k].format(m[k])}" if k in CARD_RAW else f"{k}={100 * m[k]:.1f}"
                          for k in shown if k in m)
         lines.append(f"| {after} | {e.get('name', eid)}{f' (limit {limit})' if limit else ''} | {lang} | {vals} |")
     lines += ["", "Accuracies in %. Chance: POPE 50, MMBench CircularEval 0.4 (vanilla 25), BinaryVQA ~50,",
-              "MME perception 300 of 1000.", "", "## Image grounding", "",
+              "MME perception 300 of 1000. `alignment_tax`: mean per-token NLL (nats) of the named base",
+              "(`nll_base`) and of this model (`nll_adapted`) on held-out general text, and their KL.",
+              "", "## Image grounding", "",
               "Answer loss on held-out records with their own images minus with shifted images (nats per",
               "token; 0 = the answers do not depend on the image):", ""]
     for st in cfg["stages"][: ids.index(stage_id) + 1]:

@@ -32,6 +32,7 @@ corpus (``cpt/corpus.jsonl``).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,7 @@ class ExtendSpec:
         add: new tokens to learn (at most).
         min_frequency: a merge must occur at least this often.
         init: initialisation of the new embedding rows.
+        lexicon: bilingual lexicon for the new rows' initialisation (``None``: ``init`` only).
         pad_to_multiple_of: grow the embedding matrices to a multiple of this many rows
             (rows past the tokenizer are never input; as output rows they only learn to
             stay unlikely), as Qwen's own 151,936 rows are. Matrix products with an odd
@@ -65,10 +67,17 @@ class ExtendSpec:
     min_frequency: int = 2
     init: Literal["mean", "random"] = "mean"
     pad_to_multiple_of: int | None = 128
+    #: a bilingual lexicon (``ftibworld``, or a ``.tsv`` / ``.jsonl`` file, see
+    #: :func:`read_lexicon`): new tokens of its Tibetan words start from the embedding of
+    #: their translation (:func:`ftib.models.embeddings.lexicon_translations`)
+    lexicon: str | None = None
 
     def __post_init__(self) -> None:
         if self.add < 1:
             raise ValueError(f"extend.add must be >= 1, got {self.add}")
+        if self.lexicon is not None and self.lexicon != "ftibworld" and not Path(self.lexicon).expanduser().is_file():
+            raise ConfigError(f"extend.lexicon: {self.lexicon!r} is not a file (a .tsv or .jsonl lexicon, "
+                              "or ftibworld for the world's own)")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError(f"extend.pad_to_multiple_of must be >= 1 or null, got {self.pad_to_multiple_of}")
 
@@ -184,8 +193,10 @@ def tokenize_documents(tokenizer: Any, docs: list[str], *, native: bool | None =
         texts = [normalize(t) for t in batch["text"]]
         return {"ids": tokenizer(texts, add_special_tokens=False)["input_ids"]}
 
+    # in memory, never cached: a fresh fingerprint (the closure over the tokenizer cannot be
+    # hashed, and datasets warns when it falls back to a random one)
     ds = ds.map(encode, batched=True, batch_size=256, remove_columns=["text"],
-                desc="tokenising", keep_in_memory=True)
+                desc="tokenising", keep_in_memory=True, new_fingerprint=uuid.uuid4().hex)
     return ds["ids"]
 
 
@@ -223,9 +234,9 @@ class CPTStage(Stage):
         from ftib.data.sources import resolve
 
         docs = read_documents(tuple(resolve(spec, world_file("cpt")) for spec in cfg.data), cfg.max_documents)
-        new_token_start = None
+        new_token_start = lexicon_tokens = None
         if cfg.extend is not None:
-            tokenizer, new_token_start = _extend_vocabulary(model, tokenizer, docs, cfg.extend, ctx)
+            tokenizer, new_token_start, lexicon_tokens = _extend_vocabulary(model, tokenizer, docs, cfg.extend, ctx)
             bundle = bundle.with_tokenizer(tokenizer)
         elif cfg.trainable.mode == "new_embeddings":
             raise ConfigError("stages.cpt.trainable.mode: new_embeddings needs `extend` (no tokens are added)")
@@ -273,12 +284,51 @@ class CPTStage(Stage):
         metrics.update(kernel_metrics(model))
         if new_token_start is not None:
             metrics["added_tokens"] = float(len(tokenizer) - new_token_start)
+            if lexicon_tokens is not None:
+                metrics["lexicon_tokens"] = float(lexicon_tokens)
         return StageResult(checkpoint=final, metrics=metrics)
 
 
-def _extend_vocabulary(model: torch.nn.Module, tokenizer: Any, docs: list[str], spec: ExtendSpec, ctx) -> tuple[Any, int]:
+def read_lexicon(spec: str) -> list[tuple[str, str]]:
+    """``(Tibetan, translation)`` pairs: ``ftibworld`` (the world's Tibetan -> Chinese
+    words, :func:`ftib.data.world.lexicon.translation_lexicon`), a ``.tsv`` file (two
+    tab-separated columns per line; empty lines and ``#`` comments skipped) or a ``.jsonl``
+    file (``source`` and ``target`` fields). A malformed line is an error naming it."""
+    if spec == "ftibworld":
+        from ftib.data.world.lexicon import translation_lexicon
+
+        return translation_lexicon()
+    path = Path(spec).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FtibError(f"extend.lexicon: cannot read {path} as UTF-8 text ({exc})") from exc
+    pairs: list[tuple[str, str]] = []
+    if path.suffix == ".jsonl":
+        for i, rec in iter_jsonl(path, text):
+            if not (isinstance(rec, dict) and isinstance(rec.get("source"), str) and isinstance(rec.get("target"), str)
+                    and rec["source"].strip() and rec["target"].strip()):
+                raise FtibError(f"{path}:{i}: a lexicon record needs non-empty string 'source' and 'target' fields")
+            pairs.append((rec["source"].strip(), rec["target"].strip()))
+    else:
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            cols = line.split("\t")
+            if len(cols) != 2 or not cols[0].strip() or not cols[1].strip():
+                raise FtibError(f"{path}:{i}: a lexicon line needs two non-empty tab-separated columns "
+                                f"(source, translation), got {line[:60]!r}")
+            pairs.append((cols[0].strip(), cols[1].strip()))
+    if not pairs:
+        raise FtibError(f"extend.lexicon: {path} holds no entries")
+    return pairs
+
+
+def _extend_vocabulary(model: torch.nn.Module, tokenizer: Any, docs: list[str], spec: ExtendSpec,
+                       ctx) -> tuple[Any, int, int | None]:
     """Extend ``tokenizer`` on ``docs`` and the model's embeddings; return the new
-    tokenizer and the first new id."""
+    tokenizer, the first new id and how many new rows the lexicon initialised (``None``
+    without one)."""
     from transformers import PreTrainedTokenizerFast
 
     from ftib.models import extend_embeddings
@@ -292,7 +342,16 @@ def _extend_vocabulary(model: torch.nn.Module, tokenizer: Any, docs: list[str], 
     extended = PreTrainedTokenizerFast.from_pretrained(out)
     if getattr(tokenizer, "chat_template", None) and not getattr(extended, "chat_template", None):
         extended.chat_template = tokenizer.chat_template
+    translations = None
+    if spec.lexicon is not None:
+        from ftib.kernels.tibetan import normalize
+        from ftib.models.embeddings import lexicon_translations
+
+        lexicon = read_lexicon(spec.lexicon)
+        translations = lexicon_translations(tokenizer, extended, lexicon, normalize=normalize)
+        ctx.logger.info("lexicon %s: %d entries; %d of the %d new tokens start from their translations",
+                        spec.lexicon, len(lexicon), len(translations), len(extended) - result.first_new_id)
     extend_embeddings(model, tokenizer, extended, init=spec.init, seed=ctx.seed,
-                      pad_to_multiple_of=spec.pad_to_multiple_of)
+                      pad_to_multiple_of=spec.pad_to_multiple_of, translations=translations)
     ctx.logger.info("tokenizer extended by %d tokens (ids from %d)", result.added_tokens, result.first_new_id)
-    return extended, result.first_new_id
+    return extended, result.first_new_id, (len(translations) if translations is not None else None)

@@ -30,6 +30,11 @@ drawn more often while the rest are replayed. Every named task must be in the da
 ``grounding_check: n`` holds the last ``n`` single-image records out of training and
 reports how much their answers depend on the images (``grounding_gap``: answer loss with
 shifted images minus with their own), before and after training.
+
+``replay: {data: [ftibworld:base/pretrain/corpus.jsonl], share: 0.2}`` trains plain-text
+documents beside the conversations (every token labelled), so the language model keeps
+its plain-text ability through a long chat stage
+(:class:`~ftib.stages.common.ReplaySpec`).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from typing import Any, Literal
 
 from ftib.core import Stage
 from ftib.core.train import TrainConfig
-from ftib.stages.common import TrainableConfig, check_chat_data, train_chat_stage, training_bundle
+from ftib.stages.common import ReplaySpec, TrainableConfig, check_chat_data, train_chat_stage, training_bundle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +66,8 @@ class SFTConfig:
     min_pixels: int | None = None
     max_pixels: int | None = None
     enable_thinking: bool | None = False
+    #: plain-text documents trained beside the conversations (``null``: none)
+    replay: ReplaySpec | None = None
     trainable: TrainableConfig = TrainableConfig(mode="full")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, warmup_steps=10))
 
@@ -146,4 +153,4 @@ class SFTStage(Stage):
                                 grounding_check=cfg.grounding_check, kernel_impl=cfg.kernel_impl,
                                 pixels=(cfg.min_pixels, cfg.max_pixels), max_drop_share=cfg.max_drop_share,
                                 where="stages.sft",
-                                enable_thinking=cfg.enable_thinking, repeats=repeats)
+                                enable_thinking=cfg.enable_thinking, repeats=repeats, replay=cfg.replay)

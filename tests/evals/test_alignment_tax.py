@@ -153,3 +153,23 @@ def test_evaluator_lang_keeps_only_that_languages_texts(tokenizer, tmp_path, wor
         ev.evaluate(ctx_factory(model_source=str(tmp_path / "adapted")))
     with pytest.raises(ConfigError, match="lang must be zh, en or null, got .bo."):
         cfg.build(cls.Config, {"base_model": "x", "lang": "bo"})
+
+
+def test_base_model_base_is_the_runs_own_starting_model(tmp_path):
+    """``base_model: base`` names the recipe's model; with preset overrides the name alone
+    is not that model, so it is an error; ``stage:<id>`` of a stage not in the run is one too."""
+    import json
+
+    from ftib.core import ConfigError
+    from ftib.evals.alignment_tax import resolve_base_model
+
+    model = {"name_or_path": "ftibworld-base", "revision": None, "preset_overrides": {}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"model": model}, "stages": {}}))
+    assert resolve_base_model("base", tmp_path) == "ftibworld-base"
+    assert resolve_base_model("/models/x", tmp_path) == "/models/x"
+    with pytest.raises(ConfigError, match="stage 'sft' has no completed checkpoint"):
+        resolve_base_model("stage:sft", tmp_path)
+    model["preset_overrides"] = {"image_size": 48}
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"model": model}, "stages": {}}))
+    with pytest.raises(ConfigError, match="preset_overrides or revision"):
+        resolve_base_model("base", tmp_path)

@@ -167,13 +167,13 @@ def test_the_packaged_study_recipe_splits_into_the_papers_two_arms():
     raw = read_yaml(Path(__file__).resolve().parents[2] / "configs" / "tax-study.yaml")
     sft = ts.arm_recipe(raw, ts.DEFAULT_ARMS, "sft", 3e-3, 1)
     grpo = ts.arm_recipe(raw, ts.DEFAULT_ARMS, "grpo", 3e-4, 1)
-    assert [s["id"] for s in sft["stages"]] == ["retext", "strong"]
-    assert [s["id"] for s in grpo["stages"]] == ["retext", "cold", "grpo"]
-    cold, rl = grpo["stages"][1]["config"], grpo["stages"][2]["config"]
+    assert [s["id"] for s in sft["stages"]] == ["strong"] and sft["stages"][0]["from"] == "base"
+    assert [s["id"] for s in grpo["stages"]] == ["cold", "grpo"] and grpo["stages"][0]["from"] == "base"
+    cold, rl = grpo["stages"][0]["config"], grpo["stages"][1]["config"]
     assert rl["skip_prompts"] == cold["max_records"]  # GRPO trains on the pairs the cold start did not see
-    assert "max_records" not in sft["stages"][1]["config"]  # the strong arm sees every pair
+    assert "max_records" not in sft["stages"][0]["config"]  # the strong arm sees every pair
     tax = next(e for e in grpo["evaluators"] if e["name"] == "alignment_tax")
-    assert tax["config"]["base_model"] == "stage:retext" and tax["config"]["lang"] == "zh"
+    assert tax["config"]["base_model"] == "base" and tax["config"]["lang"] == "zh"
 
 
 @pytest.mark.slow
@@ -183,9 +183,9 @@ def test_the_study_runs_the_packaged_recipe_end_to_end(tmp_path, ftib_cache):
     recipe = Path(__file__).resolve().parents[2] / "configs" / "tax-study.yaml"
     tiny = "ftibworld:tiny"  # a tiny world: the session's fresh cache builds it in seconds
     shrink = [f"stages.{s}.data={tiny}" for s in ("strong", "cold", "grpo")] + [
-        f"stages.retext.data=[{tiny}]", "stages.cold.max_records=20", "stages.grpo.skip_prompts=20"] + [
+        "stages.cold.max_records=20", "stages.grpo.skip_prompts=20"] + [
         f"evaluators.{e}.data={tiny}" for e in ("translation", "alignment_tax", "pope_zh", "binary_vqa_zh")] + [
-        "stages.retext.train.max_steps=2", "stages.strong.train.max_steps=2", "stages.cold.train.max_steps=2",
+        "stages.strong.train.max_steps=2", "stages.cold.train.max_steps=2",
               "stages.grpo.train.max_steps=2", "stages.grpo.group_size=2", "evaluators.translation.limit=4",
               "evaluators.alignment_tax.limit=4", "evaluators.pope_zh.limit=2", "evaluators.binary_vqa_zh.limit=4"]
     args = [str(recipe), "--out", str(tmp_path / "study"), "--sweep", "sft=1e-3,3e-3", "--seeds", "0", "1",
@@ -199,7 +199,7 @@ def test_the_study_runs_the_packaged_recipe_end_to_end(tmp_path, ftib_cache):
     assert len(list((tmp_path / "study" / "runs").iterdir())) == 2 + 1 + 2  # the sweep's seed-0 run is reused
     for arm in ("sft", "grpo"):
         s = res["summary"][arm]
-        assert s["alignment_tax/nll_increase_mean"]["n"] == 2 and "@retext/pope_zh/accuracy" in s
+        assert s["alignment_tax/nll_increase_mean"]["n"] == 2 and "@base/pope_zh/accuracy" in s
     assert "(reference)" in (tmp_path / "study" / "report.md").read_text()
 
 

@@ -127,3 +127,57 @@ def test_errors(tokenizers_pair):
     with pytest.raises(FtibError, match="not an extension of the base"):
         extend_embeddings(tiny_model(160000, True), ext_tok, Tokenizer.from_str(
             base_tok.backend_tokenizer.to_str()))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_lexicon_rows_start_from_their_translations(tokenizers_pair, tied):
+    """A new token inside a lexicon entry's Tibetan form starts from the mean of its
+    translations' base rows (mean over the entries it occurs in), in both matrices;
+    other new tokens keep the mean of their byte pieces."""
+    from ftib.models.embeddings import lexicon_translations
+
+    base_tok, ext_tok = tokenizers_pair["base"], tokenizers_pair["large"]
+    lexicon = [("ཆེན་པོ", "大"), ("དམར་པོ", "红色"), ("རི་བོ", "山")]
+    tr = lexicon_translations(base_tok, ext_tok, lexicon, normalize=tibetan.normalize)
+    base_size = len(base_tok)
+    assert tr and all(i >= base_size for i in tr)
+    ids_of = {src: set(ext_tok(tibetan.normalize(src) + "་", add_special_tokens=False)["input_ids"])
+              | set(ext_tok(tibetan.normalize(src), add_special_tokens=False)["input_ids"]) for src, _ in lexicon}
+    for i, targets in tr.items():
+        want = [base_tok(zh, add_special_tokens=False)["input_ids"] for src, zh in lexicon if i in ids_of[src]]
+        assert targets == want
+    model = tiny_model(151851, tied=tied)
+    src_in = model.get_input_embeddings().weight.detach().clone()
+    src_out = model.get_output_embeddings().weight.detach().clone()
+    pieces = extend_embeddings(model, base_tok, ext_tok, translations=tr)
+    emb_in, emb_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    for i, targets in tr.items():
+        for got, src in ((emb_in, src_in), (emb_out, src_out)):
+            want = torch.stack([src[t].mean(0) for t in targets]).mean(0)
+            assert torch.allclose(got[i], want, atol=1e-6)
+    other = next(i for i in pieces if i not in tr)
+    assert torch.allclose(emb_in[other], src_in[pieces[other]].mean(0), atol=1e-6)
+    with pytest.raises(FtibError, match="not a new token"):
+        extend_embeddings(tiny_model(151851, tied=tied), base_tok, ext_tok, translations={5: [[1]]})
+
+
+def test_read_lexicon_formats_and_errors(tmp_path):
+    from ftib.stages.cpt import ExtendSpec, read_lexicon
+
+    tsv = tmp_path / "lex.tsv"
+    tsv.write_text("# bo\tzh\nཉ\t鱼\n\nརི\t山\n", encoding="utf-8")
+    assert read_lexicon(str(tsv)) == [("ཉ", "鱼"), ("རི", "山")]
+    jl = tmp_path / "lex.jsonl"
+    jl.write_text('{"source": "ཉ", "target": "鱼"}\n', encoding="utf-8")
+    assert read_lexicon(str(jl)) == [("ཉ", "鱼")]
+    assert ("ཉ", "鱼") in read_lexicon("ftibworld")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("ཉ\t鱼\nརི 山\n", encoding="utf-8")
+    with pytest.raises(FtibError, match=r"bad.tsv:2: a lexicon line needs two"):
+        read_lexicon(str(bad))
+    jbad = tmp_path / "bad.jsonl"
+    jbad.write_text('{"source": "ཉ"}\n', encoding="utf-8")
+    with pytest.raises(FtibError, match=r"bad.jsonl:1: .*'source' and 'target'"):
+        read_lexicon(str(jbad))
+    with pytest.raises(ConfigError, match="extend.lexicon: .* is not a file"):
+        ExtendSpec(lexicon=str(tmp_path / "missing.tsv"))

@@ -1,8 +1,9 @@
 """The GRPO monitors: each one triggered by a tiny run built to trip it, the stop path,
 and the range checks of their thresholds.
 
-The runs use ``ftibworld-base`` (whose cold-start completions stop early, so a reward
-that pays for length lengthens them) or the random tiny preset, a few steps each.
+The runs use ``ftibworld-base`` on short questions (the world's general zh/en QA, which
+it answers in a few tokens, so a reward that pays for length lengthens them) or the random
+tiny preset, a few steps each.
 """
 
 import json
@@ -37,30 +38,55 @@ PAYS_FOR_LENGTH = {"name": "format", "weight": 1.0, "config": {"pattern": "(?s).
 # Weight 0, so it does not train: a "similarity" that falls as completions lengthen
 # (1 - characters / 200), the held-out metric of the run below.
 SHORT_IS_SIMILAR = {"name": "length", "weight": 0.0, "config": {"min_chars": 0, "max_chars": 0, "slack": 200}}
-BASE = {"data": "ftibworld:tiny", "tasks": ["translation"], "group_size": 4, "max_new_tokens": 24,
-        # ftibworld-base spells Tibetan in bytes: a quarter of the prompts are over 256 tokens
-        "max_drop_share": 1.0,
-        # measured on the shipped base (2026-12-02), which answers a translation prompt
-        # with a yes/no word ("不是"): at 2.0 step 0's completions are ~4 tokens and an
-        # eighth of them are long enough to be paid, so the groups' rewards vary; one step
-        # takes every completion to max_new_tokens (24) and every group's reward to 1. At
-        # 0.9-1.6 no completion is paid at step 0 and nothing trains.
+
+
+
+def _short_questions(folder) -> str:
+    """The tiny world's general QA prompts (zh and en: "33加31等于几？") as a prompts folder
+    (``translation.jsonl`` with each record's own ``prompt``). ftibworld-base answers them
+    in a few tokens ("不是。", "Three."), while on Tibetan prompts it writes Chinese until
+    ``max_new_tokens``."""
+    from ftib.data.sources import resolve
+
+    rows = [json.loads(x) for x in resolve("ftibworld:tiny", "general/train.jsonl").read_text().splitlines()]
+    (folder / "translation.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i}", "source": r["prompt"], "reference": r["answer"], "prompt": r["prompt"]},
+                   ensure_ascii=False) + "\n" for i, r in enumerate(x for x in rows if x.get("prompt"))),
+        encoding="utf-8")
+    return str(folder)
+
+
+BASE = {"tasks": ["translation"], "group_size": 4, "max_new_tokens": 24,
+        # measured on the shipped base (2026-12-03): at 2.0 step 0's completions are ~10
+        # tokens and half of them are long enough to be paid, so the groups' rewards vary;
+        # one step takes every completion to max_new_tokens (24) and every group's reward
+        # to 1.
         "temperature": 2.0,
         "train": {"batch_size": 4, "lr": 5.0e-2, "schedule": "constant", "max_steps": 3}}
-# Entropy collapse: paying for exactly "不是。" at temperature 1.0 (step 0: ~44 % of
-# completions, so the groups vary). One step at this lr also penalises "不是" + end of
-# text, the model stops ending its answer and every completion becomes the same token
-# repeated to max_new_tokens (measured token entropy ~0.004x the cold start's): none is
-# paid, and no group has any reward variance left.
-COLLAPSE = {**BASE, "temperature": 1.0, "rewards": [{"name": "format", "weight": 1.0, "config": {"pattern": "不是。"}}],
-            "monitors": {"entropy_ratio_min": 0.95}, "train": {**BASE["train"], "max_steps": 2}}
 
 
 @pytest.fixture(scope="module")
-def length_run(tmp_path_factory):
+def base_cfg(tmp_path_factory):
+    """BASE on the short questions (ftibworld-base's runs)."""
+    return {**BASE, "data": _short_questions(tmp_path_factory.mktemp("short_questions"))}
+
+
+# Entropy collapse: paying for exactly "不是。" at temperature 1.5 (step 0: ~40 % of
+# completions, so the groups vary). One step at this lr also penalises "不是" + end of
+# text: the model stops ending its answer and every completion runs to max_new_tokens with
+# about half the cold start's token entropy (measured 0.53x, 2026-12-03): none is paid,
+# and no group has any reward variance left.
+def collapse(base_cfg):
+    return {**base_cfg, "temperature": 1.5,
+            "rewards": [{"name": "format", "weight": 1.0, "config": {"pattern": "不是。"}}],
+            "monitors": {"entropy_ratio_min": 0.95}, "train": {**base_cfg["train"], "max_steps": 2}}
+
+
+@pytest.fixture(scope="module")
+def length_run(tmp_path_factory, base_cfg):
     """ftibworld-base with a reward that pays for length, 3 steps, held-out every 2."""
     tmp = tmp_path_factory.mktemp("length_run")
-    return run_grpo(tmp, {**BASE, "rewards": [PAYS_FOR_LENGTH, SHORT_IS_SIMILAR],
+    return run_grpo(tmp, {**base_cfg, "rewards": [PAYS_FOR_LENGTH, SHORT_IS_SIMILAR],
                           "monitors": {"semantic_reward": "length", "heldout_prompts": 8, "heldout_every": 2,
                                        "length_ratio_max": LENGTH_MAX, "entropy_ratio_min": 0.95}},
                     model="ftibworld-base")
@@ -94,10 +120,10 @@ def test_every_long_completion_paid_leaves_no_reward_variance(length_run):
     assert rows[0]["zero_std_groups"] < 0.95 and rows[0]["monitor/zero_std_alarm"] == 0.0
 
 
-def test_entropy_collapse_and_zero_variance_groups_alarm(tmp_path):
-    _, rows = run_grpo(tmp_path, COLLAPSE, model="ftibworld-base")
+def test_entropy_collapse_and_zero_variance_groups_alarm(tmp_path, base_cfg):
+    _, rows = run_grpo(tmp_path, collapse(base_cfg), model="ftibworld-base")
     assert rows[0]["reward_mean"] > 0 and rows[0]["monitor/zero_std_alarm"] == 0.0
-    assert rows[1]["monitor/entropy_ratio"] < 0.5 and rows[1]["monitor/entropy_alarm"] == 1.0
+    assert rows[1]["monitor/entropy_ratio"] < 0.8 and rows[1]["monitor/entropy_alarm"] == 1.0
     assert rows[1]["zero_std_groups"] == 1.0 and rows[1]["monitor/zero_std_alarm"] == 1.0
     assert rows[1]["completion_len_mean"] == BASE["max_new_tokens"]
 
@@ -193,12 +219,12 @@ def test_stop_ends_the_stage_at_the_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("checkpoint_every", [1, 0])
-def test_stop_before_any_good_checkpoint_ends_at_the_starting_weights(tmp_path, checkpoint_every):
+def test_stop_before_any_good_checkpoint_ends_at_the_starting_weights(tmp_path, checkpoint_every, base_cfg):
     """The length alarm fires at step 1 (ftibworld-base, a reward that pays for length):
     step 0's checkpoint, if written, holds the weights that rolled out step 1, so the
     output is the stage's starting weights either way."""
     rec, rows = run_grpo(tmp_path, {
-        **BASE, "rewards": [PAYS_FOR_LENGTH, SHORT_IS_SIMILAR],
+        **base_cfg, "rewards": [PAYS_FOR_LENGTH, SHORT_IS_SIMILAR],
         # the training prompts of the length run (8 held out); only the length alarm
         # stops (every group's reward is 1 at step 1 too)
         "monitors": {"on_alarm": "stop", "length_ratio_max": LENGTH_MAX, "semantic_reward": "length",
@@ -258,11 +284,11 @@ def test_time_breakdown_adds_up_to_the_step_time(tmp_path):
         assert phases <= r["step_time_s"] * 1.001 and phases >= 0.9 * r["step_time_s"], (phases, r["step_time_s"])
 
 
-def test_a_resumed_run_monitors_as_an_uninterrupted_one(tmp_path, caplog):
+def test_a_resumed_run_monitors_as_an_uninterrupted_one(tmp_path, caplog, base_cfg):
     """The monitors read only the step's metrics and the loop's history (restored from
     the step checkpoint): re-running an interrupted stage from step 0's checkpoint logs
     the same monitor values and alarms for steps 1 and 2 (held-out start included)."""
-    config = {**BASE, "rewards": [PAYS_FOR_LENGTH, SHORT_IS_SIMILAR],
+    config = {**base_cfg, "rewards": [PAYS_FOR_LENGTH, SHORT_IS_SIMILAR],
               "monitors": {"semantic_reward": "length", "heldout_prompts": 4, "heldout_every": 2,
                            "length_ratio_max": LENGTH_MAX},
               "train": {**BASE["train"], "checkpoint_every": 1, "keep_checkpoints": 3}}

@@ -354,3 +354,92 @@ def test_chat_task_repeats_share_one_encoded_sample():
     samples = task.train_samples()
     assert len(samples) == 4 and samples[1] is samples[2] is samples[3] and samples[0] is not samples[1]
     assert task.stats["samples"] == 4 and task.stats["records"] == 2
+
+
+def test_sft_replay_lists_text_rows_beside_the_conversations(tmp_path):
+    """``replay`` adds ``share / (1 - share)`` document rows per conversation sample
+    (counted, the cut ones too); a share outside (0, 1) or a missing file is an error
+    naming the key."""
+    rec, _ = run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "max_records": 30,
+                                         "replay": {"data": ["ftibworld:tiny"], "share": 0.25, "max_length": 16},
+                                         "train": {**TRAIN, "max_steps": 1}}, run_dir=tmp_path / "r1")
+    m = rec["metrics"]
+    assert m["data_replay_samples"] == round(30 / 3)
+    assert 0 < m["data_replay_rows"] <= m["data_replay_samples"] <= m["data_replay_documents"]
+    assert m["data_replay_truncated"] > 0  # FTibWorld's Tibetan documents are longer than 16 tokens
+    for bad in (0, 1, 1.5):
+        with pytest.raises(ConfigError, match=r"replay.share must lie strictly between 0 and 1"):
+            run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "replay": {"data": ["ftibworld:tiny"], "share": bad},
+                                        "train": {"max_steps": 1}}, run_dir=tmp_path / f"bad{bad}")
+    with pytest.raises(ConfigError, match=r"replay.*data"):
+        run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "replay": {"data": [str(tmp_path / "nope.txt")]},
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "missing")
+
+
+def test_replay_rows_label_every_token_and_batch_with_conversations():
+    """A document row is labelled on every token, ends with the document end, carries
+    the conversation samples' extra keys, and collates with image conversations into
+    one batch whose loss is finite."""
+    import logging
+
+    from ftib.data.loaders import load_sft
+    from ftib.data.sources import resolve
+    from ftib.models import load_bundle
+    from ftib.models.chat import document_end_id
+    from ftib.stages.common import ChatTask, ReplaySpec, replay_samples
+
+    bundle = load_bundle("tiny-qwen3-vl")
+    rows = load_sft(resolve("ftibworld:tiny", "sft/instructions.jsonl")).select(range(4))
+    records = [(r["messages"], list(r["images"]), r["id"]) for r in rows]
+    task = ChatTask(bundle.model, [], bundle.chat, records, max_length=512, overflow="error", save=None,
+                    logger=logging.getLogger("t"))
+    keys = task.samples[0].tensors
+    texts, stats = replay_samples(bundle.tokenizer, ReplaySpec(data=("ftibworld:tiny",), share=0.5, max_length=4096),
+                                  len(task.samples), seed=0, keys=keys)
+    assert len(texts) == 4 and stats["data_replay_truncated"] == 0
+    eos = document_end_id(bundle.tokenizer)
+    for s in texts:
+        t = s.tensors
+        assert set(t) == set(keys) - {"pixel_values", "image_grid_thw"}
+        assert torch.equal(t["labels"], t["input_ids"]) and int(t["input_ids"][-1]) == eos
+        assert int(t["attention_mask"].sum()) == t["input_ids"].numel()
+    again, _ = replay_samples(bundle.tokenizer, ReplaySpec(data=("ftibworld:tiny",), share=0.5, max_length=4096),
+                              len(task.samples), seed=0, keys=keys)
+    assert [torch.equal(a.tensors["input_ids"], b.tensors["input_ids"]) for a, b in zip(texts, again)] == [True] * 4
+    batch = task.collate([texts[0], task.samples[0], texts[1], task.samples[1]])
+    out = task.compute_loss(batch)
+    assert torch.isfinite(out.loss) and task.loss_normaliser(batch) > int((texts[0].tensors["labels"] != -100).sum())
+
+
+def test_sft_replay_keeps_the_plain_text_model(tmp_path):
+    """What replay is for: after the same chat-only SFT steps, the plain-text loss on
+    the documents is lower with replay than without (the chat loss alone wears it away)."""
+    from ftib.models import load_bundle
+    from ftib.stages.common import ReplaySpec, replay_samples
+
+    def text_loss(ckpt):
+        from ftib.stages.common import lm_loss_sum
+
+        bundle = load_bundle(str(ckpt))
+        texts, _ = replay_samples(bundle.tokenizer, ReplaySpec(data=("ftibworld:tiny",), share=0.5, max_length=64),
+                                  32, seed=1)
+        batch = bundle.chat.collate([s.tensors for s in texts])
+        labels = batch.pop("labels")
+        with torch.no_grad():
+            return float(lm_loss_sum(bundle.model, batch, labels)) / int((labels[:, 1:] != -100).sum())
+
+    cfg = {"data": "ftibworld:tiny", "max_records": 64, "train": {**TRAIN, "max_steps": 30, "lr": 5e-3}}
+    _, plain = run_stage(tmp_path, "sft", cfg, run_dir=tmp_path / "plain")
+    _, mixed = run_stage(tmp_path, "sft", {**cfg, "replay": {"data": ["ftibworld:tiny"], "share": 0.5,
+                                                             "max_length": 64}}, run_dir=tmp_path / "mixed")
+    assert text_loss(mixed) < text_loss(plain) - 0.5
+
+
+def test_cpt_extension_with_the_world_lexicon_counts_its_rows(tmp_path):
+    """``extend.lexicon: ftibworld`` starts the new tokens of the world's Tibetan words
+    from their Chinese translations; the stage counts them (``lexicon_tokens``)."""
+    rec, _ = run_stage(tmp_path, "cpt", {
+        "data": ["ftibworld:tiny"], "block_size": 64, "extend": {"add": 200, "lexicon": "ftibworld"},
+        "train": {**TRAIN, "max_steps": 1}})
+    m = rec["metrics"]
+    assert 0 < m["lexicon_tokens"] < m["added_tokens"], m
