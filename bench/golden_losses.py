@@ -38,6 +38,13 @@ from ftib.core.rundir import CACHE_ENV, iter_jsonl
 # absolute tolerance applies.
 RTOL = 2e-3
 ATOL = 1e-5
+# Stages that sample: only their first steps are compared. GRPO's step k > 0 rolls out
+# from the weights step k-1 trained, and one sampled token that flips changes the whole
+# rollout after it. Across CPU types the float32 reductions differ enough for that: on
+# 2026-12-03 the asset's GRPO steps 1-5 came out different on an AVX-512 host (the same
+# packages, the same code as when they were written), while every other stage agreed
+# within RTOL. Step 0 rolls out from the SFT weights, which the curves before it check.
+SAMPLED_STEPS = {"grpo": 1}
 
 
 def recipe_for_curves(raw: dict[str, Any], steps: int) -> dict[str, Any]:
@@ -69,8 +76,10 @@ def stage_losses(recipe_path: Path, steps: int, run_dir: Path) -> dict[str, list
 
 
 def compare(expected: dict[str, list[float]], got: dict[str, list[float]], rtol: float = RTOL,
-            atol: float = ATOL) -> list[str]:
-    """Human-readable differences between two sets of curves (empty when they agree)."""
+            atol: float = ATOL, sampled: dict[str, int] | None = None) -> list[str]:
+    """Human-readable differences between two sets of curves (empty when they agree).
+    ``sampled`` (default :data:`SAMPLED_STEPS`): stages compared on their first steps only."""
+    sampled = SAMPLED_STEPS if sampled is None else sampled
     problems = []
     for sid in sorted(set(expected) | set(got)):
         want, have = expected.get(sid), got.get(sid)
@@ -80,7 +89,8 @@ def compare(expected: dict[str, list[float]], got: dict[str, list[float]], rtol:
         if len(want) != len(have):
             problems.append(f"stage {sid!r}: {len(have)} steps, asset has {len(want)}")
             continue
-        for step, (w, h) in enumerate(zip(want, have)):
+        n = sampled.get(sid, len(want))
+        for step, (w, h) in enumerate(zip(want[:n], have[:n])):
             if abs(h - w) > atol + rtol * abs(w):
                 problems.append(f"stage {sid!r} step {step}: loss {h:.6g}, golden {w:.6g} "
                                 f"(atol {atol} + rtol {rtol})")

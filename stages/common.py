@@ -356,7 +356,7 @@ def replay_samples(tokenizer: Any, spec: ReplaySpec, n_chat: int, *, seed: int,
     from ftib.data.loaders import world_file
     from ftib.data.sources import resolve
     from ftib.models.chat import document_end_id
-    from ftib.stages.cpt import read_documents, tokenize_documents
+    from ftib.data.documents import read_documents, tokenize_documents
 
     docs = read_documents(tuple(resolve(d, world_file("cpt")) for d in spec.data))
     eos = document_end_id(tokenizer)
