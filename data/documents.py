@@ -92,11 +92,11 @@ def tokenize_documents(tokenizer: Any, docs: list[str], *, native: bool | None =
         except (UnsupportedTokenizerError, ImportError) as exc:
             if native:
                 raise
-            log.info("CPT tokenisation: Hugging Face tokenizers (native tokenizer unavailable: %s)", exc)
+            log.info("tokenisation: Hugging Face tokenizers (native tokenizer unavailable: %s)", exc)
         else:
-            log.info("CPT tokenisation: native fused tokenizer (ftib.kernels.tokenizer)")
+            log.info("tokenisation: native fused tokenizer (ftib.kernels.tokenizer)")
     else:
-        log.info("CPT tokenisation: Hugging Face tokenizers (native=False)")
+        log.info("tokenisation: Hugging Face tokenizers (native=False)")
 
     ds = datasets.Dataset.from_dict({"text": docs})
 

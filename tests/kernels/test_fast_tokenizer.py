@@ -316,7 +316,7 @@ def test_cpt_tokenize_documents_uses_native_with_same_ids(hf_pair, caplog):
 
     ref, _ = hf_pair
     docs = text_corpus(seed=2, n=40)[-40:] + ["ཀ\u0f7c\u0fb1 \u0f77 Latinབོད་", "plain English"]
-    with caplog.at_level(logging.INFO, logger="ftib.stages.cpt"):
+    with caplog.at_level(logging.INFO, logger="ftib.data.documents"):
         native_ids = tokenize_documents(ref, docs)
     assert "native fused tokenizer" in caplog.text
     assert native_ids == tokenize_documents(ref, docs, native=False)
@@ -334,7 +334,7 @@ def test_cpt_explicit_native_request_that_cannot_be_met_raises(base_json, caplog
     tok = PreTrainedTokenizerFast(tokenizer_object=tokenizers.Tokenizer.from_str(json.dumps(doc)))
     with pytest.raises(UnsupportedTokenizerError, match="NFKC"):
         tokenize_documents(tok, ["abc"], native=True)
-    with caplog.at_level(logging.INFO, logger="ftib.stages.cpt"):
+    with caplog.at_level(logging.INFO, logger="ftib.data.documents"):
         assert tokenize_documents(tok, ["abc"]) == [tok("abc", add_special_tokens=False)["input_ids"]]
     assert "Hugging Face tokenizers (native tokenizer unavailable" in caplog.text
 
