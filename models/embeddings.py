@@ -121,15 +121,20 @@ def lexicon_translations(base_tokenizer: Any, extended_tokenizer: Any, lexicon: 
     ext = _backend(extended_tokenizer)
     base_size = base.get_vocab_size(with_added_tokens=True)
     found: dict[int, list[list[int]]] = {}
+    unused: list[str] = []
     for src, tgt in lexicon:
         target = base.encode(tgt, add_special_tokens=False).ids
         if not target:
+            unused.append(f"{src!r} -> {tgt!r}")
             continue
         form = normalize(src) if normalize is not None else src
         ids = {i for text in (form, form + "\u0f0b") for i in ext.encode(text, add_special_tokens=False).ids}
         for i in sorted(ids):
             if i >= base_size:
                 found.setdefault(i, []).append(target)
+    if unused:
+        log.warning("lexicon: %d of %d entries skipped, their translation tokenises to nothing: %s",
+                    len(unused), len(lexicon), "; ".join(unused[:5]) + (" ..." if len(unused) > 5 else ""))
     return dict(sorted(found.items()))
 
 
