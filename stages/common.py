@@ -392,7 +392,8 @@ def check_chat_data(cfg: Any) -> None:
     from ftib.data.loaders import check_pixel_range
     from ftib.data.sources import check_spec
 
-    check_spec(cfg.data, "data")
+    for spec in (cfg.data,) if isinstance(cfg.data, str) else cfg.data:
+        check_spec(spec, "data")
     check_pixel_range(cfg.min_pixels, cfg.max_pixels)
     check_drop_share(cfg.max_drop_share)
 

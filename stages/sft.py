@@ -27,6 +27,12 @@ existence chats of ``ftibworld:base/pretrain/dialogues.jsonl`` first).
 task is listed that many times in an epoch (others once), so a weak question type is
 drawn more often while the rest are replayed. Every named task must be in the data.
 
+``data: [ftibworld, ftibworld:base/pretrain/dialogues.jsonl]`` trains several instruction
+files together (e.g. Tibetan chats beside the Chinese ones the model already answers, so
+the new language is learnt without the old one being trained away); ``data_weights:
+[1, 2]`` lists each record of a source that many times per epoch (times its task weight).
+Record ids are kept with their file, so a bad record is named wherever it came from.
+
 ``grounding_check: n`` holds the last ``n`` single-image records out of training and
 reports how much their answers depend on the images (``grounding_gap``: answer loss with
 shifted images minus with their own), before and after training.
@@ -51,7 +57,10 @@ from ftib.stages.common import ReplaySpec, TrainableConfig, check_chat_data, tra
 class SFTConfig:
     """Configuration of the ``sft`` stage (see the module docstring)."""
 
-    data: str = "ftibworld"
+    #: one instruction source, or several trained together (``source: instructions``)
+    data: str | tuple[str, ...] = "ftibworld"
+    #: times each record of each ``data`` source is listed per epoch (``null``: once each)
+    data_weights: tuple[int, ...] | None = None
     source: Literal["instructions", "translation", "headline"] = "instructions"
     #: keep only records whose ``task`` is one of these (a curriculum stage; ``null``: all)
     tasks: tuple[str, ...] | None = None
@@ -75,6 +84,20 @@ class SFTConfig:
         from ftib.core import ConfigError
 
         check_chat_data(self)
+        specs = self.sources()
+        if not specs:
+            raise ConfigError("stages.sft.data: give at least one source (a JSONL file or ftibworld[:SIZE[:SEED]])")
+        if len(specs) > 1 and self.source != "instructions":
+            raise ConfigError(f"stages.sft.data lists {len(specs)} sources; source={self.source!r} reads one "
+                              "(several sources are for instruction files)")
+        if self.data_weights is not None:
+            if len(self.data_weights) != len(specs):
+                raise ConfigError(f"stages.sft.data_weights has {len(self.data_weights)} entries for "
+                                  f"{len(specs)} data sources (one per source, in order)")
+            for i, k in enumerate(self.data_weights):
+                if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                    raise ConfigError(f"stages.sft.data_weights[{i}]: {k!r} is not a whole number >= 1 "
+                                      "(the times each record of that source is listed per epoch)")
         for task, k in (self.task_weights or {}).items():
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
                 raise ConfigError(f"stages.sft.task_weights.{task}: {k!r} is not a whole number >= 1 "
@@ -87,15 +110,20 @@ class SFTConfig:
         if self.task_weights and self.source != "instructions":
             raise ConfigError(f"stages.sft.task_weights weights instruction records; source={self.source!r} has none")
 
+    def sources(self) -> tuple[str, ...]:
+        """The ``data`` sources, as a tuple (one source is the common case)."""
+        return (self.data,) if isinstance(self.data, str) else tuple(self.data)
+
 
 def text_task_records(cfg: SFTConfig) -> list[tuple[list[dict], list, str]]:
     """Chat records from the GRPO task files (prompt -> reference): the SFT warm-up of
     the semantic-GRPO recipe, and the SFT arm of the alignment-tax comparison."""
     from ftib.data.prompts import read_prompts
 
-    prompts = read_prompts(cfg.data, (cfg.source,), cfg.max_records)
+    (spec,) = cfg.sources()
+    prompts = read_prompts(spec, (cfg.source,), cfg.max_records)
     return [([{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["reference"]}], [],
-             f"{cfg.data} {cfg.source} (id {p['id']})") for p in prompts]
+             f"{spec} {cfg.source} (id {p['id']})") for p in prompts]
 
 
 def check_tasks_present(rows: Any, tasks: Any, path: Any, key: str = "tasks") -> None:
@@ -134,16 +162,21 @@ class SFTStage(Stage):
         bundle = training_bundle(ctx, cfg.trainable)
         repeats: list[int] | None = None
         if cfg.source == "instructions":
-            path = resolve(cfg.data, world_file("sft"))
-            rows = load_sft(path)
-            if cfg.tasks is not None:
-                rows = select_tasks(rows, cfg.tasks, path)
-            if cfg.max_records is not None:
-                rows = rows.select(range(min(cfg.max_records, len(rows))))
-            if cfg.task_weights:
-                check_tasks_present(rows, cfg.task_weights, path, key="task_weights")
-                repeats = [cfg.task_weights.get(t, 1) for t in rows["task"]]
-            records = [(r["messages"], list(r["images"]), f"{path} (id {r['id']})") for r in rows]
+            records, repeats = [], []
+            weights = cfg.data_weights or (1,) * len(cfg.sources())
+            for spec, weight in zip(cfg.sources(), weights):
+                path = resolve(spec, world_file("sft"))
+                rows = load_sft(path)
+                if cfg.tasks is not None:
+                    rows = select_tasks(rows, cfg.tasks, path)
+                if cfg.max_records is not None:
+                    rows = rows.select(range(min(cfg.max_records, len(rows))))
+                if cfg.task_weights:
+                    check_tasks_present(rows, cfg.task_weights, path, key="task_weights")
+                repeats += [weight * (cfg.task_weights or {}).get(t, 1) for t in rows["task"]]
+                records += [(r["messages"], list(r["images"]), f"{path} (id {r['id']})") for r in rows]
+            if all(k == 1 for k in repeats):
+                repeats = None
         else:
             if cfg.tasks is not None:
                 raise ConfigError(f"stages.sft.tasks selects instruction records; source={cfg.source!r} has none")

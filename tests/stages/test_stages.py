@@ -340,6 +340,40 @@ def test_sft_task_weights_list_a_task_k_times_per_epoch(tmp_path):
                                         "train": {"max_steps": 1}}, run_dir=tmp_path / f"bad{bad}")
 
 
+def test_sft_trains_several_data_sources_together(tmp_path):
+    """``data`` may list several instruction sources: their records are trained together
+    (``tasks``, ``max_records`` and ``task_weights`` apply to each), ``data_weights``
+    lists each record of a source that many times per epoch; a weight list of the wrong
+    length, a bad weight, or several sources for a text-task ``source`` is an error."""
+    from collections import Counter
+
+    from ftib.data.loaders import load_sft
+    from ftib.data.sources import resolve
+
+    dialogues = "ftibworld:tiny/sft/dialogues.jsonl"
+    n_dlg = Counter(load_sft(resolve(dialogues, "sft/instructions.jsonl"))["task"])["colour"]
+    n_ins = Counter(load_sft(resolve("ftibworld:tiny", "sft/instructions.jsonl"))["task"])["colour"]
+    rec, _ = run_stage(tmp_path, "sft", {"data": ["ftibworld:tiny", dialogues], "tasks": ["colour"],
+                                         "data_weights": [1, 3], "train": {**TRAIN, "max_steps": 1}},
+                       run_dir=tmp_path / "r1")
+    m = rec["metrics"]
+    assert n_dlg > 0 and n_ins > 0
+    assert m["data_records"] == n_ins + n_dlg
+    assert m["data_samples"] == n_ins + 3 * n_dlg
+    with pytest.raises(ConfigError, match=r"data_weights has 1 entries for 2 data sources"):
+        run_stage(tmp_path, "sft", {"data": ["ftibworld:tiny", dialogues], "data_weights": [2],
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "r2")
+    with pytest.raises(ConfigError, match=r"data_weights\[1\]: 0 is not a whole number"):
+        run_stage(tmp_path, "sft", {"data": ["ftibworld:tiny", dialogues], "data_weights": [1, 0],
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "r3")
+    with pytest.raises(ConfigError, match=r"data lists 2 sources; source='translation' reads one"):
+        run_stage(tmp_path, "sft", {"data": ["ftibworld:tiny", "ftibworld:tiny"], "source": "translation",
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "r4")
+    with pytest.raises(ConfigError, match=r"data: 'nowhere.jsonl' does not exist"):
+        run_stage(tmp_path, "sft", {"data": ["ftibworld:tiny", "nowhere.jsonl"], "train": {"max_steps": 1}},
+                  run_dir=tmp_path / "r5")
+
+
 def test_chat_task_repeats_share_one_encoded_sample():
     import logging
 
