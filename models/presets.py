@@ -68,6 +68,8 @@ class PresetConfig:
     #: ``zh_en``: from its Chinese and English text only (no Tibetan merges, so Tibetan
     #: falls back to bytes, as in a Chinese/English model such as Qwen).
     tokenizer_corpus: str = "world"
+    #: no BPE merge across Chinese characters (:func:`ftib.models.tokenizer.train_bpe_tokenizer`)
+    tokenizer_split_han: bool = False
     hidden_size: int = 96
     intermediate_size: int = 256
     num_layers: int = 2
@@ -93,7 +95,10 @@ class PresetConfig:
     def fingerprint(self) -> str:
         """Hash of the config and of the tokenizer's training text, so that a change to the
         FTibWorld grammar never reuses a stale cached build."""
-        blob = json.dumps({"config": dataclasses.asdict(self), "format": PRESET_FORMAT_VERSION,
+        config = dataclasses.asdict(self)
+        if not config["tokenizer_split_han"]:  # the default leaves earlier fingerprints as they were
+            del config["tokenizer_split_han"]
+        blob = json.dumps({"config": config, "format": PRESET_FORMAT_VERSION,
                            "corpus": _corpus_digest(self.tokenizer_corpus, self.tokenizer_seed,
                                                     self.tokenizer_docs)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -328,7 +333,7 @@ def build_preset(cfg: PresetConfig, out: Path | str) -> Path:
     cfg.check()
     out = Path(out)
     tokenizer = train_bpe_tokenizer(tokenizer_corpus(cfg.tokenizer_corpus, cfg.tokenizer_seed, cfg.tokenizer_docs),
-                                    cfg.vocab_size)
+                                    cfg.vocab_size, split_han=cfg.tokenizer_split_han)
     tokenizer.chat_template = CHAT_TEMPLATE
     conf = model_config(cfg, tokenizer)
     with torch.random.fork_rng(devices=[]):

@@ -712,7 +712,8 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
                      max_drop_share: float = 0.01,
                      kernel_impl: str = "auto", pixels: tuple[int | None, int | None] = (None, None),
                      where: str = "stage", enable_thinking: bool | None = False,
-                     repeats: list[int] | None = None, replay: ReplaySpec | None = None) -> Any:
+                     repeats: list[int] | None = None, replay: ReplaySpec | None = None,
+                     extra_metrics: dict[str, float] | None = None) -> Any:
     """Train ``bundle`` on chat ``records`` (Align, SFT): select the trainable set, run
     the shared loop, write the final checkpoint; data counts go into the metrics. With
     ``grounding_check = n > 0`` the last ``n`` single-image records are held out and
@@ -723,7 +724,8 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
     model's chat template for every conversation. ``repeats`` (aligned with ``records``):
     how many times each record appears in an epoch (a weighted mixture; default once).
     ``replay``: plain-text documents trained beside the conversations
-    (:class:`ReplaySpec`; counts ``data_replay_*`` in the metrics)."""
+    (:class:`ReplaySpec`; counts ``data_replay_*`` in the metrics). ``extra_metrics``
+    (the caller's data counts) go into the metrics as they are."""
     from ftib.core import StageResult
     from ftib.core.train import Trainer
 
@@ -756,7 +758,7 @@ def train_chat_stage(ctx: Any, bundle: Any, records: list[tuple[list[dict], list
     trainer = Trainer(task, train, ctx)
     result = trainer.train()
     metrics = {**result.metrics, **{f"data_{k}": float(v) for k, v in task.stats.items()}, **replay_stats,
-               **kernel_metrics(model)}
+               **(extra_metrics or {}), **kernel_metrics(model)}
     if held:
         metrics.update(image_grounding(model, chat, held, enable_thinking=enable_thinking))
         if before:

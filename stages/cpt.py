@@ -41,6 +41,7 @@ import torch
 from ftib.core import ConfigError, FtibError, Stage, StageResult
 from ftib.core.rundir import iter_jsonl
 from ftib.data.documents import read_documents, tokenize_documents
+from ftib.data.lexicon import read_lexicon
 from ftib.core.train import TrainConfig, Trainer
 from ftib.stages.common import (LabelledLMTask, TrainableConfig, kernel_metrics, save_model_dir, select_trainable,
                                 trainable_parameter_count, training_bundle)
@@ -193,41 +194,6 @@ class CPTStage(Stage):
             if lexicon_tokens is not None:
                 metrics["lexicon_tokens"] = float(lexicon_tokens)
         return StageResult(checkpoint=final, metrics=metrics)
-
-
-def read_lexicon(spec: str) -> list[tuple[str, str]]:
-    """``(Tibetan, translation)`` pairs: ``ftibworld`` (the world's Tibetan -> Chinese
-    words, :func:`ftib.data.world.lexicon.translation_lexicon`), a ``.tsv`` file (two
-    tab-separated columns per line; empty lines and ``#`` comments skipped) or a ``.jsonl``
-    file (``source`` and ``target`` fields). A malformed line is an error naming it."""
-    if spec == "ftibworld":
-        from ftib.data.world.lexicon import translation_lexicon
-
-        return translation_lexicon()
-    path = Path(spec).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FtibError(f"extend.lexicon: cannot read {path} as UTF-8 text ({exc})") from exc
-    pairs: list[tuple[str, str]] = []
-    if path.suffix == ".jsonl":
-        for i, rec in iter_jsonl(path, text):
-            if not (isinstance(rec, dict) and isinstance(rec.get("source"), str) and isinstance(rec.get("target"), str)
-                    and rec["source"].strip() and rec["target"].strip()):
-                raise FtibError(f"{path}:{i}: a lexicon record needs non-empty string 'source' and 'target' fields")
-            pairs.append((rec["source"].strip(), rec["target"].strip()))
-    else:
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            cols = line.split("\t")
-            if len(cols) != 2 or not cols[0].strip() or not cols[1].strip():
-                raise FtibError(f"{path}:{i}: a lexicon line needs two non-empty tab-separated columns "
-                                f"(source, translation), got {line[:60]!r}")
-            pairs.append((cols[0].strip(), cols[1].strip()))
-    if not pairs:
-        raise FtibError(f"extend.lexicon: {path} holds no entries")
-    return pairs
 
 
 def _extend_vocabulary(model: torch.nn.Module, tokenizer: Any, docs: list[str], spec: ExtendSpec,

@@ -31,7 +31,15 @@ drawn more often while the rest are replayed. Every named task must be in the da
 files together (e.g. Tibetan chats beside the Chinese ones the model already answers, so
 the new language is learnt without the old one being trained away); ``data_weights:
 [1, 2]`` lists each record of a source that many times per epoch (times its task weight).
-Record ids are kept with their file, so a bad record is named wherever it came from.
+Record ids are kept with their file, so a bad record is named wherever it came from;
+``grounding_check`` holds out records of the first source (the language being taught).
+
+``code_switch: {lexicon: ftibworld, share: 0.5}`` adds code-switched copies of that share
+of the conversations whose user turns hold a translation word of the lexicon (the
+world's, a ``.tsv`` or a ``.jsonl``, as CPT's ``extend.lexicon``): each such word is
+replaced by its Tibetan form, the answers stay as they are (dictionary-based
+code-switching, :func:`ftib.data.lexicon.code_switch`). Chinese questions with Tibetan
+content words teach the new words inside questions the model already answers.
 
 ``grounding_check: n`` holds the last ``n`` single-image records out of training and
 reports how much their answers depend on the images (``grounding_gap``: answer loss with
@@ -51,6 +59,30 @@ from typing import Any, Literal
 from ftib.core import Stage
 from ftib.core.train import TrainConfig
 from ftib.stages.common import ReplaySpec, TrainableConfig, check_chat_data, train_chat_stage, training_bundle
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodeSwitchSpec:
+    """``stages.sft.code_switch``: the lexicon (``ftibworld`` - its words, not its answer
+    words -, a ``.tsv`` or a ``.jsonl`` of (Tibetan, translation) pairs) and the share of
+    the conversations holding one of its translations that get a code-switched copy."""
+
+    lexicon: str
+    share: float = 0.5
+    #: ``to_tibetan`` (translation words -> Tibetan in the model's own questions),
+    #: ``from_tibetan`` (Tibetan words -> translations in the Tibetan questions) or ``both``
+    direction: Literal["to_tibetan", "from_tibetan", "both"] = "to_tibetan"
+
+    def __post_init__(self) -> None:
+        from ftib.core import ConfigError
+
+        if isinstance(self.share, bool) or not 0.0 < self.share <= 1.0:
+            raise ConfigError(f"code_switch.share: {self.share!r} is not in (0, 1] (the share of "
+                              "conversations with a lexicon word that get a code-switched copy)")
+        if self.lexicon != "ftibworld":
+            from ftib.data.sources import check_spec
+
+            check_spec(self.lexicon, "code_switch.lexicon")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +107,8 @@ class SFTConfig:
     min_pixels: int | None = None
     max_pixels: int | None = None
     enable_thinking: bool | None = False
+    #: code-switched copies of conversations (Tibetan words in their questions; ``null``: none)
+    code_switch: CodeSwitchSpec | None = None
     #: plain-text documents trained beside the conversations (``null``: none)
     replay: ReplaySpec | None = None
     trainable: TrainableConfig = TrainableConfig(mode="full")
@@ -161,8 +195,9 @@ class SFTStage(Stage):
         cfg: SFTConfig = self.config
         bundle = training_bundle(ctx, cfg.trainable)
         repeats: list[int] | None = None
+        extra: dict[str, float] = {}
         if cfg.source == "instructions":
-            records, repeats = [], []
+            per_source: list[tuple[list, list[int]]] = []
             weights = cfg.data_weights or (1,) * len(cfg.sources())
             for spec, weight in zip(cfg.sources(), weights):
                 path = resolve(spec, world_file("sft"))
@@ -173,10 +208,14 @@ class SFTStage(Stage):
                     rows = rows.select(range(min(cfg.max_records, len(rows))))
                 if cfg.task_weights:
                     check_tasks_present(rows, cfg.task_weights, path, key="task_weights")
-                repeats += [weight * (cfg.task_weights or {}).get(t, 1) for t in rows["task"]]
-                records += [(r["messages"], list(r["images"]), f"{path} (id {r['id']})") for r in rows]
-            if all(k == 1 for k in repeats):
-                repeats = None
+                per_source.append(([(r["messages"], list(r["images"]), f"{path} (id {r['id']})") for r in rows],
+                                   [weight * (cfg.task_weights or {}).get(t, 1) for t in rows["task"]]))
+            # the first source last: the grounding check holds out the end of the list
+            records = [r for recs, _ in per_source[1:] + per_source[:1] for r in recs]
+            weights_of = [k for _, ks in per_source[1:] + per_source[:1] for k in ks]
+            if cfg.code_switch is not None:
+                records, weights_of, extra = self._code_switch(ctx, cfg.code_switch, records, weights_of)
+            repeats = None if all(k == 1 for k in weights_of) else weights_of
         else:
             if cfg.tasks is not None:
                 raise ConfigError(f"stages.sft.tasks selects instruction records; source={cfg.source!r} has none")
@@ -186,4 +225,23 @@ class SFTStage(Stage):
                                 grounding_check=cfg.grounding_check, kernel_impl=cfg.kernel_impl,
                                 pixels=(cfg.min_pixels, cfg.max_pixels), max_drop_share=cfg.max_drop_share,
                                 where="stages.sft",
-                                enable_thinking=cfg.enable_thinking, repeats=repeats, replay=cfg.replay)
+                                enable_thinking=cfg.enable_thinking, repeats=repeats, replay=cfg.replay,
+                                extra_metrics=extra)
+
+    def _code_switch(self, ctx: Any, spec: CodeSwitchSpec, records: list,
+                     weights: list[int]) -> tuple[list, list[int], dict[str, float]]:
+        """The records with their code-switched copies first (the grounding check keeps
+        holding out originals), the repeat weights (a copy's is its original's) and the
+        counts for the metrics (``data_code_switch_*``)."""
+        from ftib.data.lexicon import code_switch, read_lexicon
+
+        pairs = read_lexicon(spec.lexicon, answers=False, what="stages.sft.code_switch.lexicon")
+        copies, origin, stats = code_switch(records, pairs, share=spec.share, seed=ctx.seed, direction=spec.direction)
+        log = ctx.logger
+        log.info("code-switching (%s, %s): %d copies of the %d conversations with a lexicon word, "
+                 "%d words switched%s",
+                 spec.lexicon, spec.direction, stats["records"], stats["candidates"], stats["words"],
+                 f"; {stats['ambiguous']} words listed with several counterparts (the first used)"
+                 if stats["ambiguous"] else "")
+        extra = {f"data_code_switch_{k}": float(v) for k, v in stats.items()}
+        return copies + records, [weights[i] for i in origin] + weights, extra

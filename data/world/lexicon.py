@@ -216,14 +216,17 @@ BY_KEY: dict[str, Word] = {
 }
 
 
-def translation_lexicon() -> list[tuple[str, str]]:
+def translation_lexicon(*, answers: bool = True) -> list[tuple[str, str]]:
     """The world's Tibetan -> Chinese word pairs: every :class:`Word` (colours, objects,
     sizes, positions, numbers, people, places, times, verbs, picture, object) and the
     answer words (yes/no forms -> 是 / 不是, true/false -> 对 / 错): the bilingual lexicon
-    of CPT's ``extend.lexicon: ftibworld``."""
+    of CPT's ``extend.lexicon: ftibworld`` (``answers=False``: the words only, for SFT's
+    ``code_switch``)."""
     words = [*COLOURS, *OBJECTS, *SIZES, *POSITIONS, *NUMBERS, *PEOPLE, *PLACES, *TIMES,
              *(w for w, _ in VERBS), PICTURE, OBJECT]
     pairs = [(w.bo, w.zh) for w in words]
+    if not answers:
+        return pairs
     pairs += [(YES_LINK, "是"), (YES_EXIST, "是"), (NO_LINK, "不是"), (NO_EXIST, "不是"),
               (TRUE_BO, "对"), (FALSE_BO, "错")]
     return pairs

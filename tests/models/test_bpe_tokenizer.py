@@ -50,3 +50,22 @@ def test_training_is_deterministic():
 def test_vocab_size_must_exceed_the_byte_alphabet():
     with pytest.raises(FtibError, match="256"):
         train_bpe_tokenizer(["ཉ"], vocab_size=200)
+
+
+def test_split_han_learns_no_merge_across_chinese_characters(tmp_path):
+    """``split_han``: Chinese is one token per character (templated text otherwise fuses
+    a whole question frame with its object); English and Tibetan keep their merges, the
+    text round-trips, and the saved tokenizer encodes the same without the split."""
+    from ftib.data.world.build import pretrain_text_corpus
+
+    corpus = pretrain_text_corpus(0, 300)
+    fused = train_bpe_tokenizer(corpus, vocab_size=2048)
+    split = train_bpe_tokenizer(corpus, vocab_size=2048, split_han=True)
+    zh = "这张图里有树吗？"
+    assert len(fused(zh, add_special_tokens=False).input_ids) < len(zh) - 2  # frames fused
+    ids = split(zh, add_special_tokens=False).input_ids
+    assert [split.decode([i]) for i in ids] == list(zh)
+    assert split.decode(split(SAMPLE, add_special_tokens=False).input_ids) == SAMPLE
+    assert len(split(" picture", add_special_tokens=False).input_ids) == 1
+    split.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path)(zh, add_special_tokens=False).input_ids == ids

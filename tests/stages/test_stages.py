@@ -374,6 +374,27 @@ def test_sft_trains_several_data_sources_together(tmp_path):
                   run_dir=tmp_path / "r5")
 
 
+def test_sft_code_switch_adds_switched_copies(tmp_path):
+    """``code_switch`` adds copies of a share of the conversations with a lexicon word
+    (counted in the metrics); a share outside (0, 1] or a missing lexicon file is an
+    error naming the key."""
+    rec, _ = run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "max_records": 40,
+                                         "code_switch": {"lexicon": "ftibworld", "share": 0.5,
+                                                         "direction": "from_tibetan"},
+                                         "train": {**TRAIN, "max_steps": 1}}, run_dir=tmp_path / "r1")
+    m = rec["metrics"]
+    assert m["data_code_switch_candidates"] > 10
+    assert m["data_code_switch_records"] == round(0.5 * m["data_code_switch_candidates"])
+    assert m["data_records"] == 40 + m["data_code_switch_records"]
+    assert m["data_code_switch_words"] >= m["data_code_switch_records"]
+    with pytest.raises(ConfigError, match=r"code_switch.share: 0.0 is not in \(0, 1\]"):
+        run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "code_switch": {"lexicon": "ftibworld", "share": 0},
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "r2")
+    with pytest.raises(ConfigError, match=r"code_switch.lexicon: 'nowhere.tsv' does not exist"):
+        run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "code_switch": {"lexicon": "nowhere.tsv"},
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "r3")
+
+
 def test_chat_task_repeats_share_one_encoded_sample():
     import logging
 
