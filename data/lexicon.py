@@ -124,14 +124,14 @@ def code_switch(records: list[tuple[list[dict], list, str]], pairs: list[tuple[s
     """
     if direction not in ("to_tibetan", "from_tibetan", "both"):
         raise ValueError(f"direction {direction!r}: expected to_tibetan, from_tibetan or both")
+    # (Tibetan, translation) read as (from, to): translation -> Tibetan, Tibetan -> translation
+    ways = {"to_tibetan": [False], "from_tibetan": [True], "both": [False, True]}[direction]
     tables: list[tuple[re.Pattern[str], dict[str, str]]] = []
     ambiguous = 0
-    for flip in (False, True):
-        if direction == ("from_tibetan" if not flip else "to_tibetan"):
-            continue
+    for from_tibetan in ways:
         table: dict[str, str] = {}
         for bo, target in pairs:
-            key, value = (bo, target) if flip else (target, bo)
+            key, value = (bo, target) if from_tibetan else (target, bo)
             if key in table:
                 ambiguous += table[key] != value
             else:

@@ -124,18 +124,15 @@ class SFTConfig:
         if len(specs) > 1 and self.source != "instructions":
             raise ConfigError(f"stages.sft.data lists {len(specs)} sources; source={self.source!r} reads one "
                               "(several sources are for instruction files)")
-        if self.data_weights is not None:
-            if len(self.data_weights) != len(specs):
-                raise ConfigError(f"stages.sft.data_weights has {len(self.data_weights)} entries for "
-                                  f"{len(specs)} data sources (one per source, in order)")
-            for i, k in enumerate(self.data_weights):
-                if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                    raise ConfigError(f"stages.sft.data_weights[{i}]: {k!r} is not a whole number >= 1 "
-                                      "(the times each record of that source is listed per epoch)")
-        for task, k in (self.task_weights or {}).items():
+        if self.data_weights is not None and len(self.data_weights) != len(specs):
+            raise ConfigError(f"stages.sft.data_weights has {len(self.data_weights)} entries for "
+                              f"{len(specs)} data sources (one per source, in order)")
+        weights = [(f"data_weights[{i}]", k, "each record of that source") for i, k in enumerate(self.data_weights or ())]
+        weights += [(f"task_weights.{t}", k, "each of its records") for t, k in (self.task_weights or {}).items()]
+        for key, k, what in weights:
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise ConfigError(f"stages.sft.task_weights.{task}: {k!r} is not a whole number >= 1 "
-                                  "(the times each of its records is listed per epoch)")
+                raise ConfigError(f"stages.sft.{key}: {k!r} is not a whole number >= 1 "
+                                  f"(the times {what} is listed per epoch)")
         if self.task_weights and self.tasks is not None:
             outside = sorted(set(self.task_weights) - set(self.tasks))
             if outside:
