@@ -138,8 +138,11 @@ class SFTConfig:
             if outside:
                 raise ConfigError(f"stages.sft.task_weights names {outside[0]!r}, which stages.sft.tasks "
                                   f"leaves out (tasks: {list(self.tasks)})")
-        if self.task_weights and self.source != "instructions":
-            raise ConfigError(f"stages.sft.task_weights weights instruction records; source={self.source!r} has none")
+        for key, value in (("task_weights", self.task_weights), ("data_weights", self.data_weights),
+                           ("code_switch", self.code_switch)):
+            if value and self.source != "instructions":
+                raise ConfigError(f"stages.sft.{key} applies to instruction records; source={self.source!r} "
+                                  "has none")
 
     def sources(self) -> tuple[str, ...]:
         """The ``data`` sources, as a tuple (one source is the common case)."""
@@ -234,11 +237,11 @@ class SFTStage(Stage):
 
         pairs = read_lexicon(spec.lexicon, answers=False, what="stages.sft.code_switch.lexicon")
         copies, origin, stats = code_switch(records, pairs, share=spec.share, seed=ctx.seed, direction=spec.direction)
-        log = ctx.logger
-        log.info("code-switching (%s, %s): %d copies of the %d conversations with a lexicon word, "
-                 "%d words switched%s",
-                 spec.lexicon, spec.direction, stats["records"], stats["candidates"], stats["words"],
-                 f"; {stats['ambiguous']} words listed with several counterparts (the first used)"
-                 if stats["ambiguous"] else "")
+        ctx.logger.info("code-switching (%s, %s): %d copies of the %d conversations with a lexicon word, "
+                        "%d words switched", spec.lexicon, spec.direction, stats["records"], stats["candidates"],
+                        stats["words"])
+        if stats["ambiguous"]:
+            ctx.logger.warning("code_switch: %d lexicon words are listed with several counterparts; the first "
+                               "listed is used for each", stats["ambiguous"])
         extra = {f"data_code_switch_{k}": float(v) for k, v in stats.items()}
         return copies + records, [weights[i] for i in origin] + weights, extra

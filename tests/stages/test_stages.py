@@ -390,6 +390,10 @@ def test_sft_code_switch_adds_switched_copies(tmp_path):
     with pytest.raises(ConfigError, match=r"code_switch.share: 0.0 is not in \(0, 1\]"):
         run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "code_switch": {"lexicon": "ftibworld", "share": 0},
                                     "train": {"max_steps": 1}}, run_dir=tmp_path / "r2")
+    with pytest.raises(ConfigError, match=r"code_switch applies to instruction records; source='translation'"):
+        run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "source": "translation",
+                                    "code_switch": {"lexicon": "ftibworld"}, "train": {"max_steps": 1}},
+                  run_dir=tmp_path / "r4")
     with pytest.raises(ConfigError, match=r"code_switch.lexicon: 'nowhere.tsv' does not exist"):
         run_stage(tmp_path, "sft", {"data": "ftibworld:tiny", "code_switch": {"lexicon": "nowhere.tsv"},
                                     "train": {"max_steps": 1}}, run_dir=tmp_path / "r3")
