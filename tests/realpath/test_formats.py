@@ -196,3 +196,24 @@ def test_standin_tokenizer_equals_qwen_tokenizer(family, name, request):
     bundle = request.getfixturevalue(family)
     text = "བཀྲ་ཤིས་བདེ་ལེགས། 你好，世界！ Hello, 12345 tokens.\n\n<|im_start|>user\nཀཱ<|im_end|>"
     assert bundle.tokenizer(text, add_special_tokens=False)["input_ids"] == qt.get_tokenizer(name).encode(text)
+
+
+def test_code_switched_copy_renders_through_the_real_template(qwen3_vl):
+    """``sft.code_switch`` edits only the text of user turns: the copy of a Qwen3-VL
+    conversation keeps its image part where it was and renders through the checkpoint's
+    own template like any conversation, the answer labelled as before."""
+    from ftib.data.lexicon import code_switch
+
+    img = Image.new("RGB", (64, 48), (30, 200, 30))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "图里有树吗？"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "有。"}]}]
+    (copy, images, _), = code_switch([(messages, ["x.png"], "r")], [("ཤིང་སྡོང", "树")], share=1.0, seed=0)[0]
+    assert images == ["x.png"] and copy[0]["content"][0] == {"type": "image"}
+    assert copy[0]["content"][1]["text"] == "图里有ཤིང་སྡོང吗？"
+    enc = qwen3_vl.chat.encode(copy, [img], enable_thinking=False)
+    text = qwen3_vl.tokenizer.apply_chat_template(copy, tokenize=False, enable_thinking=False)
+    n = int(enc["image_grid_thw"][0].prod()) // qwen3_vl.image_processor.merge_size ** 2
+    expanded = text.replace("<|image_pad|>", "<|image_pad|>" * n)
+    assert "ཤིང་སྡོང" in text
+    assert enc["input_ids"].tolist() == qwen3_vl.tokenizer(expanded, add_special_tokens=False)["input_ids"]
+    assert _labelled(qwen3_vl, enc)[-1].endswith("有。<|im_end|>")
