@@ -27,7 +27,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,39 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_once(final: Path, ready: Callable[[], bool], build: Callable[[], Any]) -> bool:
+    """Build the cache entry ``final`` once, however many processes ask for it at a time.
+
+    ``ready()`` says whether the entry is complete; ``build()`` writes it (atomically, with
+    :func:`atomic_dir`). When it is not ready, an exclusive ``fcntl.flock`` on the sibling
+    ``.<name>.lock`` is taken (waiting for a process already building it), ``ready()`` is
+    asked again, and only then ``build()`` runs. Without the lock two processes building
+    the same entry at once each replace it, and one reads files the other's replace has
+    just moved aside and deleted. Returns whether this call built it.
+    """
+    import fcntl
+    import logging
+
+    final = Path(final)
+    if ready():
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = final.with_name(f".{final.name}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            logging.getLogger(__name__).info("waiting for another process building %s", final)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if ready():
+            return False
+        build()
+        return True
+    finally:
+        os.close(fd)  # releases the lock; the empty lock file stays (harmless, reused)
 
 
 def sha256_path(path: Path, chunk: int = 1 << 20) -> str:

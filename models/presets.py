@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ftib.core.errors import FtibError, did_you_mean
-from ftib.core.rundir import atomic_dir
+from ftib.core.rundir import atomic_dir, build_once
 
 log = logging.getLogger("ftib.models")
 
@@ -150,9 +150,14 @@ PRESETS: dict[str, PresetConfig] = {
     "tiny-qwen3-vl": PresetConfig(name="tiny-qwen3-vl", vision=True),
     "tiny-qwen3": PresetConfig(name="tiny-qwen3", vision=False),
     # The random-init start of `configs/ftibworld-base.yaml`: 48-pixel images (one LM
-    # token per scene cell), a tokenizer without Tibetan.
+    # token per scene cell), a tokenizer without Tibetan whose merges stop at every Han
+    # character (as Qwen's: a Chinese word is one to three tokens; without the split the
+    # world's small Chinese vocabulary fused whole questions into one token, and a
+    # Tibetan question, 18 tokens after extension, shared nothing with its Chinese twin;
+    # docs/tokenizer.md, "The base model's Chinese tokens").
     "ftibworld-base-init": PresetConfig(name="ftibworld-base-init", vision=True, image_size=48,
-                                        tokenizer_corpus="zh_en", hidden_size=128, intermediate_size=320,
+                                        tokenizer_corpus="zh_en", tokenizer_split_han=True,
+                                        hidden_size=128, intermediate_size=320,
                                         num_layers=3, num_heads=4, num_kv_heads=2),
 }
 
@@ -365,7 +370,9 @@ def preset_dir(name: str, *, cache_dir: Path | str | None = None, **overrides: A
     cfg = get_preset(name, **overrides)
     root = Path(cache_dir) if cache_dir else cache_root()
     path = root / "presets" / f"{cfg.name}-{cfg.fingerprint()}"
-    if not (path / PRESET_FILE).is_file():
+    def build() -> None:
         log.info("building preset %s into %s", name, path)
         build_preset(cfg, path)
+
+    build_once(path, (path / PRESET_FILE).is_file, build)
     return path

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from ftib.core import FtibError
-from ftib.core.rundir import atomic_dir, atomic_write_json, iter_jsonl
+from ftib.core.rundir import atomic_dir, atomic_write_json, build_once, iter_jsonl
 
 log = logging.getLogger("ftib.reward_encoder")
 
@@ -279,7 +279,5 @@ def ftibworld_encoder(world: str, seed: int = 0) -> Path:
     digest.update(repr(cfg).encode())
     # Keyed by the pairs and the training settings, so a changed world retrains it.
     out = cache / "encoders" / f"{world.replace(':', '-')}-{digest.hexdigest()[:12]}"
-    if (out / "modules.json").is_file():
-        return out
-    train_encoder(pairs, out, cfg, progress=False)
+    build_once(out, lambda: (out / "modules.json").is_file(), lambda: train_encoder(pairs, out, cfg, progress=False))
     return out

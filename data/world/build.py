@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ftib.core.errors import FtibError
-from ftib.core.rundir import atomic_dir, sha256_path
+from ftib.core.rundir import atomic_dir, build_once, sha256_path
 from ftib.data import prompts
 from ftib.data.world import grammar as g
 from ftib.data.world import lexicon as lx
@@ -1173,15 +1173,24 @@ def ensure_world(out: Path | str, *, size: str = DEFAULT_SIZE, seed: int = 0,
     """Return the manifest of the FTibWorld build in ``out``, building it first when it
     is missing or was built with other arguments or another generator version."""
     path = Path(out) / MANIFEST
-    if path.is_file():
+    wanted = {"size": size, "seed": seed, "image_size": image_size, "generator_version": GENERATOR_VERSION}
+
+    def current() -> dict[str, Any] | None:
+        if not path.is_file():
+            return None
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            manifest = {}
-        wanted = {"size": size, "seed": seed, "image_size": image_size, "generator_version": GENERATOR_VERSION}
-        if all(manifest.get(k) == v for k, v in wanted.items()):
-            return manifest
-    return build_world(out, size=size, seed=seed, image_size=image_size)
+            return None
+        return manifest if all(manifest.get(k) == v for k, v in wanted.items()) else None
+
+    # Under a lock: two processes asking for the same world at once build it once.
+    build_once(Path(out), lambda: current() is not None,
+               lambda: build_world(out, size=size, seed=seed, image_size=image_size))
+    manifest = current()
+    if manifest is None:
+        raise FtibError(f"FTibWorld build {out} has no valid {MANIFEST} after building it")
+    return manifest
 
 
 def tokenizer_corpus(kind: str, seed: int, docs: int) -> list[str]:

@@ -77,3 +77,44 @@ def test_metrics_sink_appends_lines(tmp_path):
     sink.log(1, {"loss": 1.0})
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["step"], r["loss"]) for r in rows] == [("s", 0, 2.0), ("s", 1, 1.0)]
+
+
+_BUILD_ONCE_WORKER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from ftib.core.rundir import atomic_dir, build_once
+
+    final, log = Path(sys.argv[1]), Path(sys.argv[2])
+
+    def build():
+        with open(log, "a") as fh:
+            fh.write("built\\n")
+        with atomic_dir(final) as tmp:
+            time.sleep(1.0)  # long enough that the other process asks while this one builds
+            (tmp / "done").write_text("ok")
+
+    built = build_once(final, (final / "done").is_file, build)
+    assert (final / "done").read_text() == "ok"
+    print("built" if built else "reused")
+""")
+
+
+def test_build_once_builds_a_cache_entry_once_when_two_processes_ask_at_once(tmp_path):
+    """Two processes needing the same cache entry (two `--jobs 2` runs on a fresh cache
+    building the same reward encoder) must not both build it: one replacing the entry
+    while the other reads it loses files under the reader."""
+    final, log = tmp_path / "cache" / "entry", tmp_path / "builds.log"
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD_ONCE_WORKER, str(final), str(log)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    assert sorted(o[0].strip() for o in outs) == ["built", "reused"]
+    assert log.read_text().splitlines() == ["built"]
+
+
+def test_build_once_does_nothing_when_the_entry_is_ready(tmp_path):
+    from ftib.core.rundir import build_once
+
+    calls = []
+    assert build_once(tmp_path / "e", lambda: True, lambda: calls.append(1)) is False
+    assert calls == [] and not (tmp_path / ".e.lock").exists()
