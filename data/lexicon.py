@@ -19,6 +19,7 @@ from typing import Any
 
 from ftib.core import FtibError
 from ftib.core.rundir import iter_jsonl
+from ftib.kernels.tibetan import contains_tibetan
 
 
 def read_lexicon(spec: str, *, answers: bool = True, what: str = "extend.lexicon") -> list[tuple[str, str]]:
@@ -68,7 +69,7 @@ def _word_pattern(words: list[str]) -> re.Pattern[str]:
     """One alternation of ``words``, longest first; a Tibetan word only on syllable
     boundaries."""
     def one(word: str) -> str:
-        if any("\u0f00" <= ch <= "\u0fff" for ch in word):
+        if contains_tibetan(word):
             return f"(?<![{_TIBETAN_LETTER}]){re.escape(word)}(?![{_TIBETAN_LETTER}])"
         return re.escape(word)
 

@@ -203,18 +203,16 @@ def tokenizer_figures(folder: Path) -> dict[str, float]:
     character, counted on FTibWorld text of seed 1."""
     from tokenizers import Tokenizer
 
+    from ftib.kernels.tibetan import contains_tibetan
     from ftib.models.presets import tokenizer_corpus
     from ftib.models import vocab
 
-    def tibetan(t: str) -> bool:
-        return any("\u0f00" <= c <= "\u0fff" for c in t)
-
     base = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    train = [t for t in tokenizer_corpus("world", 0, 400) if tibetan(t)]
+    train = [t for t in tokenizer_corpus("world", 0, 400) if contains_tibetan(t)]
     ext = vocab.extend(vocab.load_base(folder), train, EXTEND_ADD)
     extended = Tokenizer.from_str(json.dumps(ext.tokenizer_json))
     texts = tokenizer_corpus("world", 1, 200)
-    bo = [t for t in texts if tibetan(t)]
+    bo = [t for t in texts if contains_tibetan(t)]
     zh = [t for t in texts if any("\u4e00" <= c <= "\u9fff" for c in t)]
     syll = sum(_syllables(t) for t in bo)
 

@@ -28,6 +28,7 @@ from typing import Any
 from ftib.core.errors import FtibError
 from ftib.core.rundir import atomic_dir, build_once, sha256_path
 from ftib.data import prompts
+from ftib.kernels.tibetan import contains_tibetan
 from ftib.data.world import grammar as g
 from ftib.data.world import lexicon as lx
 from ftib.data.world.scene import Scene, category_statistics, png_bytes, render, sample_scene
@@ -869,13 +870,11 @@ def pretrain_text_corpus(seed: int = 0, n: int = 2000) -> list[str]:
         if rec is not None:
             out += list(rec)
         out.append(_general_item(rng)["text"])
-    if any(_has_tibetan(t) for t in out):  # pragma: no cover - a grammar bug would trip it
+    if any(contains_tibetan(t) for t in out):  # pragma: no cover - a grammar bug would trip it
         raise FtibError("the Chinese/English tokenizer corpus contains Tibetan text")
     return out
 
 
-def _has_tibetan(text: str) -> bool:
-    return any("\u0f00" <= ch <= "\u0fff" for ch in text)
 
 
 MMBENCH_FILE = "bench/mmbench/FTibWorld_MMBench_DEV_BO.tsv"
