@@ -122,8 +122,9 @@ def render_card(name: str, manifest: dict[str, Any], stage_id: str, params: int,
         f"({tokens['bo_syllables']:.0f} syllables, seed 1)",
         f"- after extending it by {tokens['extended_added']:.0f} Tibetan tokens (`ftib.models.vocab.extend`, as the "
         f"main job's CPT; learnt on seed-0 text): **{tokens['bo_tokens_per_syllable_extended']:.2f}** tokens per syllable",
-        f"- Chinese: {tokens['zh_tokens_per_char']:.2f} tokens per character (the world's small Chinese vocabulary "
-        "lets BPE merge whole phrases)",
+        f"- Chinese: {tokens['zh_tokens_per_char']:.2f} tokens per character " + (
+            "(no merge crosses two Han characters: `tokenizer_split_han`)" if tokens["zh_tokens_per_char"] >= 0.99
+            else "(the world's small Chinese vocabulary lets BPE merge whole phrases)"),
         "",
         "## Data and steps",
         "",
