@@ -30,11 +30,13 @@ def run_grpo(tmp_path, config, model="tiny-qwen3-vl", name="run"):
     return manifest["stages"]["grpo"], [r for r in rows if "reward_mean" in r]
 
 
-# the length alarm's threshold in the runs below (step 1 is ~6x step 0's length)
+# the length alarm's threshold in the runs below (step 1 is ~2.4x step 0's length)
 LENGTH_MAX = 1.8
-# A reward that pays for length: >= 30 characters (ftibworld-base answers in a few
-# tokens; one step at this lr takes every completion to max_new_tokens).
-PAYS_FOR_LENGTH = {"name": "format", "weight": 1.0, "config": {"pattern": "(?s).{30,}"}}
+# A reward that pays for length: >= 25 characters (ftibworld-base answers in a few
+# tokens; one step at this lr takes every completion to max_new_tokens). Measured on the
+# base shipped 2026-12-04: step 0 pays 44 % of completions (10 tokens on average), step 1
+# all of them (24 tokens).
+PAYS_FOR_LENGTH = {"name": "format", "weight": 1.0, "config": {"pattern": "(?s).{25,}"}}
 # Weight 0, so it does not train: a "similarity" that falls as completions lengthen
 # (1 - characters / 200), the held-out metric of the run below.
 SHORT_IS_SIMILAR = {"name": "length", "weight": 0.0, "config": {"min_chars": 0, "max_chars": 0, "slack": 200}}
@@ -71,11 +73,10 @@ def base_cfg(tmp_path_factory):
     return {**BASE, "data": _short_questions(tmp_path_factory.mktemp("short_questions"))}
 
 
-# Entropy collapse: paying for exactly "不是。" at temperature 1.5 (step 0: ~40 % of
-# completions, so the groups vary). One step at this lr also penalises "不是" + end of
-# text: the model stops ending its answer and every completion runs to max_new_tokens with
-# about half the cold start's token entropy (measured 0.53x, 2026-12-03): none is paid,
-# and no group has any reward variance left.
+# Zero-variance groups: paying for exactly "不是。" at temperature 1.5 (step 0: 56 % of
+# completions, so half the groups vary). One step at this lr also penalises "不是" + end
+# of text: the model stops ending its answer, every completion runs long (22 of 24
+# tokens, measured 2026-12-04), none is paid, and no group has any reward variance left.
 def collapse(base_cfg):
     return {**base_cfg, "temperature": 1.5,
             "rewards": [{"name": "format", "weight": 1.0, "config": {"pattern": "不是。"}}],
@@ -120,12 +121,25 @@ def test_every_long_completion_paid_leaves_no_reward_variance(length_run):
     assert rows[0]["zero_std_groups"] < 0.95 and rows[0]["monitor/zero_std_alarm"] == 0.0
 
 
-def test_entropy_collapse_and_zero_variance_groups_alarm(tmp_path, base_cfg):
+def test_zero_variance_groups_alarm(tmp_path, base_cfg):
     _, rows = run_grpo(tmp_path, collapse(base_cfg), model="ftibworld-base")
     assert rows[0]["reward_mean"] > 0 and rows[0]["monitor/zero_std_alarm"] == 0.0
-    assert rows[1]["monitor/entropy_ratio"] < 0.8 and rows[1]["monitor/entropy_alarm"] == 1.0
     assert rows[1]["zero_std_groups"] == 1.0 and rows[1]["monitor/zero_std_alarm"] == 1.0
-    assert rows[1]["completion_len_mean"] == BASE["max_new_tokens"]
+    assert rows[1]["reward_mean"] == 0.0
+    assert rows[1]["completion_len_mean"] > 5 * rows[0]["completion_len_mean"]
+
+
+def test_entropy_collapse_alarms(tmp_path, base_cfg):
+    """Paying for >= 30 characters: the model learns to run on with ever more certain
+    tokens (token entropy at step 1 0.94x the cold start's, at step 2 0.33x; measured
+    2026-12-04), so the alarm (below 0.8x) is off at step 1 and on at step 2."""
+    cfg = {**base_cfg, "rewards": [{**PAYS_FOR_LENGTH, "config": {"pattern": "(?s).{30,}"}}, SHORT_IS_SIMILAR],
+           "monitors": {"semantic_reward": "length", "heldout_prompts": 8, "heldout_every": 2,
+                        "entropy_ratio_min": 0.8}}
+    _, rows = run_grpo(tmp_path, cfg, model="ftibworld-base")
+    assert "monitor/entropy_ratio" not in rows[0]  # step 0 is the reference
+    assert rows[1]["monitor/entropy_ratio"] > 0.8 and rows[1]["monitor/entropy_alarm"] == 0.0
+    assert rows[2]["monitor/entropy_ratio"] < 0.8 and rows[2]["monitor/entropy_alarm"] == 1.0
 
 
 def test_heldout_prompts_are_not_trained_on():
@@ -228,7 +242,8 @@ def test_stop_before_any_good_checkpoint_ends_at_the_starting_weights(tmp_path, 
         # the training prompts of the length run (8 held out); only the length alarm
         # stops (every group's reward is 1 at step 1 too)
         "monitors": {"on_alarm": "stop", "length_ratio_max": LENGTH_MAX, "semantic_reward": "length",
-                     "heldout_prompts": 8, "heldout_every": 100, "zero_std_max": None},
+                     "heldout_prompts": 8, "heldout_every": 100, "zero_std_max": None,
+                     "mixed_language_max": None},
         "train": {**BASE["train"], "max_steps": 4, "checkpoint_every": checkpoint_every}}, model="ftibworld-base")
     assert [r["step"] for r in rows] == [0, 1] and rec["metrics"]["monitor_stop_step"] == 1.0
     stage_dir = tmp_path / "run" / "stages" / "grpo"
