@@ -64,35 +64,39 @@ def test_everything_completes_and_reports(run):
 def test_each_training_stage_learns(run):
     _, manifest, _ = run
     stages = manifest["stages"]
-    for sid in ("cpt", "align", "sft"):
+    assert list(stages) == ["cpt", "align", "sft", "cold_start", "grpo"]
+    for sid in ("cpt", "sft", "cold_start"):
         m = stages[sid]["metrics"]
         assert m["loss_last_10pct"] < 0.8 * m["loss_first_10pct"], (sid, m)
-    # align makes the captions depend on the pictures (0 for an untrained model)
-    a = stages["align"]["metrics"]
-    assert abs(a["grounding_gap_before"]) < 0.05 and a["grounding_gap"] > 0.15, a
-    # the SFT answers stay grounded
-    assert stages["sft"]["metrics"]["grounding_gap"] > 0.05, stages["sft"]["metrics"]
-    # GRPO raises the mean reward (first vs last 20% of steps)
-    g = stages["grpo"]["metrics"]
-    assert g["reward_last_20pct"] > g["reward_first_20pct"] + 0.03, g  # measured +0.076
+    # the Tibetan existence SFT makes the answers depend on the picture: the lookup the
+    # base does in Chinese carries over (measured 2026-12-04: gap -0.005 -> 0.127)
+    s = stages["sft"]["metrics"]
+    assert abs(s["grounding_gap_before"]) < 0.05 and s["grounding_gap"] > 0.05, s
 
 
-def test_ftibbench_after_sft_is_answered_and_beats_the_untrained_model(run):
+def test_tibetan_pope_rises_from_the_base_and_chinese_is_kept(run):
+    """The base (Chinese/English only) is near chance in Tibetan; after the Tibetan SFT
+    every POPE split is well above chance (measured 2026-12-04: 46 -> 83 / 88 / 74), and the
+    Chinese it knew is kept (83 / 79 / 72 -> 86 / 81 / 70)."""
     _, manifest, _ = run
     ev = manifest["evals"]
+    base, sft = ev["base/pope"]["metrics"], ev["sft/pope"]["metrics"]
+    assert base["accuracy"] <= 0.6, base
+    assert sft["unparsed_ratio"] <= 0.05, sft
+    for split in ("random", "popular", "adversarial"):
+        assert sft[f"{split}/accuracy"] >= 0.65, (split, sft)
+    assert sft["accuracy"] >= base["accuracy"] + 0.2
+    for point in ("base", "cpt", "align", "sft", "cold_start", "grpo"):
+        assert ev[f"{point}/pope_zh"]["status"] == "completed", point
+    assert ev["sft/pope_zh"]["metrics"]["accuracy"] >= 0.65, ev["sft/pope_zh"]["metrics"]
     for bench in MULTIMODAL:
-        base, sft = ev[f"base/{bench}"]["metrics"], ev[f"sft/{bench}"]["metrics"]
-        assert sft["unparsed_ratio"] <= 0.05, (bench, sft)
-        assert base["unparsed_ratio"] >= 0.9, (bench, base)  # the untrained model cannot answer
-    assert ev["sft/mme"]["metrics"]["perception"] >= 1.5 * ev["base/mme"]["metrics"]["perception"]
-    assert ev["sft/pope"]["metrics"]["accuracy"] > ev["base/pope"]["metrics"]["accuracy"]
-    assert ev["sft/binary_vqa"]["metrics"]["accuracy"] > ev["base/binary_vqa"]["metrics"]["accuracy"]
+        assert ev[f"sft/{bench}"]["status"] == "completed", bench
 
 
 def test_translation_and_tax_are_measured(run):
     _, manifest, _ = run
     ev = manifest["evals"]
-    for point in ("sft", "grpo"):
+    for point in ("cold_start", "grpo"):
         m = ev[f"{point}/translation"]["metrics"]
         assert {"bleu", "chrf", "similarity"} <= set(m), m
     tax = ev["grpo/alignment_tax"]["metrics"]
