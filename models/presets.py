@@ -370,6 +370,7 @@ def preset_dir(name: str, *, cache_dir: Path | str | None = None, **overrides: A
     cfg = get_preset(name, **overrides)
     root = Path(cache_dir) if cache_dir else cache_root()
     path = root / "presets" / f"{cfg.name}-{cfg.fingerprint()}"
+
     def build() -> None:
         log.info("building preset %s into %s", name, path)
         build_preset(cfg, path)

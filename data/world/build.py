@@ -28,10 +28,10 @@ from typing import Any
 from ftib.core.errors import FtibError
 from ftib.core.rundir import atomic_dir, build_once, sha256_path
 from ftib.data import prompts
-from ftib.kernels.tibetan import contains_tibetan
 from ftib.data.world import grammar as g
 from ftib.data.world import lexicon as lx
 from ftib.data.world.scene import Scene, category_statistics, png_bytes, render, sample_scene
+from ftib.kernels.tibetan import contains_tibetan
 
 log = logging.getLogger("ftib.data.world")
 
@@ -873,8 +873,6 @@ def pretrain_text_corpus(seed: int = 0, n: int = 2000) -> list[str]:
     if any(contains_tibetan(t) for t in out):  # pragma: no cover - a grammar bug would trip it
         raise FtibError("the Chinese/English tokenizer corpus contains Tibetan text")
     return out
-
-
 
 
 MMBENCH_FILE = "bench/mmbench/FTibWorld_MMBench_DEV_BO.tsv"
