@@ -33,6 +33,10 @@ the new language is learnt without the old one being trained away); ``data_weigh
 [1, 2]`` lists each record of a source that many times per epoch (times its task weight).
 Record ids are kept with their file, so a bad record is named wherever it came from;
 ``grounding_check`` holds out records of the first source (the language being taught).
+With several sources ``tasks`` and ``task_weights`` name tasks of their union (each task
+must be in some source, each source must keep a record): translation instructions beside
+replayed existence chats is ``data: [instructions, dialogues]``, ``tasks: [translate,
+existence]``.
 
 ``code_switch: {lexicon: ftibworld, share: 0.5}`` adds code-switched copies of that share
 of the conversations whose user turns hold a translation word of the lexicon (the
@@ -174,12 +178,41 @@ def check_tasks_present(rows: Any, tasks: Any, path: Any, key: str = "tasks") ->
                           + ", ".join(f"{t} ({n})" for t, n in sorted(have.items())))
 
 
-def select_tasks(rows: Any, tasks: tuple[str, ...], path: Any) -> Any:
-    """The records of ``rows`` whose ``task`` is in ``tasks``; a task with no record is
-    an error naming the tasks the file has (a typo must not train on nothing)."""
-    check_tasks_present(rows, tasks, path)
+def select_tasks(rows: Any, tasks: tuple[str, ...], path: Any, each: bool = True) -> Any:
+    """The records of ``rows`` whose ``task`` is in ``tasks``; with ``each``, a task with
+    no record is an error naming the tasks the file has (a typo must not train on
+    nothing). Several sources are checked together first (``check_tasks_in_sources``)."""
+    if each:
+        check_tasks_present(rows, tasks, path)
     keep = set(tasks)
     return rows.filter(lambda r: r["task"] in keep)
+
+
+def check_tasks_in_sources(loaded: list[tuple[Any, Any]], tasks: Any, task_weights: Any) -> None:
+    """With several ``data`` sources, ``tasks`` and ``task_weights`` apply to their union:
+    each named task needs a record in some source (a typo is an error naming every
+    source's tasks), and each source must keep a record (one that contributes nothing is
+    an error naming it and its tasks) - so a multimodal source and a text-only one (e.g.
+    existence chats replayed beside translation instructions) share one task list."""
+    from collections import Counter
+
+    from ftib.core import ConfigError
+
+    have = [(path, Counter(rows["task"])) for path, rows in loaded]
+
+    def listing(counts: Counter) -> str:
+        return ", ".join(f"{k} ({n})" for k, n in sorted(counts.items()))
+
+    for key, named in (("tasks", tasks), ("task_weights", task_weights)):
+        for t in named or ():
+            if not any(t in counts for _, counts in have):
+                raise ConfigError(f"stages.sft.{key}: no data source has a record of task {t!r}; "
+                                  + "; ".join(f"{path} has {listing(c)}" for path, c in have))
+    if tasks is not None:
+        for path, counts in have:
+            if not any(t in counts for t in tasks):
+                raise ConfigError(f"stages.sft.tasks: {path} has no record of any of the tasks "
+                                  f"{', '.join(tasks)}; its tasks: {listing(counts)}")
 
 
 class SFTStage(Stage):
@@ -199,14 +232,17 @@ class SFTStage(Stage):
         if cfg.source == "instructions":
             per_source: list[tuple[list, list[int]]] = []
             weights = cfg.data_weights or (1,) * len(cfg.sources())
-            for spec, weight in zip(cfg.sources(), weights):
-                path = resolve(spec, world_file("sft"))
-                rows = load_sft(path)
+            paths = [resolve(spec, world_file("sft")) for spec in cfg.sources()]
+            loaded = [(path, load_sft(path)) for path in paths]
+            single = len(loaded) == 1
+            if not single:
+                check_tasks_in_sources(loaded, cfg.tasks, cfg.task_weights)
+            for (path, rows), weight in zip(loaded, weights):
                 if cfg.tasks is not None:
-                    rows = select_tasks(rows, cfg.tasks, path)
+                    rows = select_tasks(rows, cfg.tasks, path, each=single)
                 if cfg.max_records is not None:
                     rows = rows.select(range(min(cfg.max_records, len(rows))))
-                if cfg.task_weights:
+                if cfg.task_weights and single:
                     check_tasks_present(rows, cfg.task_weights, path, key="task_weights")
                 per_source.append(([(r["messages"], list(r["images"]), f"{path} (id {r['id']})") for r in rows],
                                    [weight * (cfg.task_weights or {}).get(t, 1) for t in rows["task"]]))

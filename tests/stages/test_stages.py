@@ -374,6 +374,38 @@ def test_sft_trains_several_data_sources_together(tmp_path):
                   run_dir=tmp_path / "r5")
 
 
+def test_sft_tasks_of_several_sources_name_their_union(tmp_path):
+    """With several sources, ``tasks`` names tasks of their union: text-only translation
+    instructions beside replayed existence chats; a task in no source, or a source left
+    with no record, is an error naming every source's tasks."""
+    from collections import Counter
+
+    from ftib.data.loaders import load_sft
+    from ftib.data.sources import resolve
+
+    dialogues = "ftibworld:tiny/sft/dialogues.jsonl"
+    have_dlg = Counter(load_sft(resolve(dialogues, "sft/instructions.jsonl"))["task"])
+    have_ins = Counter(load_sft(resolve("ftibworld:tiny", "sft/instructions.jsonl"))["task"])
+    assert "existence" in have_dlg and "existence" not in have_ins and "translate" not in have_dlg
+    rec, _ = run_stage(tmp_path, "sft", {"data": ["ftibworld:tiny", dialogues], "tasks": ["translate", "existence"],
+                                         "task_weights": {"translate": 2}, "train": {**TRAIN, "max_steps": 1}},
+                       run_dir=tmp_path / "r1")
+    m = rec["metrics"]
+    assert m["data_records"] == have_ins["translate"] + have_dlg["existence"]
+    assert m["data_samples"] == 2 * have_ins["translate"] + have_dlg["existence"]
+    with pytest.raises(ConfigError, match=r"tasks: no data source has a record of task 'existance'; .*"
+                                          r"instructions.jsonl has .*translate \(\d+\).*dialogues.jsonl has .*existence"):
+        run_stage(tmp_path, "sft", {"data": ["ftibworld:tiny", dialogues], "tasks": ["translate", "existance"],
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "r2")
+    with pytest.raises(ConfigError, match=r"task_weights: no data source has a record of task 'pope2'"):
+        run_stage(tmp_path, "sft", {"data": ["ftibworld:tiny", dialogues], "task_weights": {"pope2": 2},
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "r3")
+    with pytest.raises(ConfigError, match=r"dialogues.jsonl has no record of any of the tasks translate, headline; "
+                                          r"its tasks: .*existence \(\d+\)"):
+        run_stage(tmp_path, "sft", {"data": ["ftibworld:tiny", dialogues], "tasks": ["translate", "headline"],
+                                    "train": {"max_steps": 1}}, run_dir=tmp_path / "r4")
+
+
 def test_sft_code_switch_adds_switched_copies(tmp_path):
     """``code_switch`` adds copies of a share of the conversations with a lexicon word
     (counted in the metrics); a share outside (0, 1] or a missing lexicon file is an
