@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ TOP_LEVEL_KEYS = ("run", "model", "stages", "evaluators")
 BASE_POINT = "base"
 #: run settings that do not change results (a run may move device, a limit may rise)
 RESULT_NEUTRAL_RUN_KEYS = ("device", "max_rollout_gib")
+#: Evaluator entry keys that do not change a result (left out of every fingerprint).
+RESULT_NEUTRAL_EVAL_KEYS = ("target",)
 #: Most YAML nodes a recipe may expand to, aliases counted at every use. A real recipe
 #: has a few hundred; an alias bomb ("billion laughs") has billions in a kilobyte.
 MAX_YAML_NODES = 100_000
@@ -154,6 +157,9 @@ class EvalEntry:
     plugin: type
     config: Any
     after: tuple[str, ...]
+    #: ``target: {metric: value}`` - the score aimed at, drawn and checked in the run report
+    #: (result-neutral: not in any fingerprint, so changing it recomputes nothing)
+    target: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,8 @@ class Recipe:
                  **({"from": s.start_from} if s.start_from else {})} for s in self.stages
             ],
             "evaluators": [
-                {"id": e.id, "name": e.name, "after": list(e.after), "config": cfg.to_dict(e.config)}
+                {"id": e.id, "name": e.name, "after": list(e.after), "config": cfg.to_dict(e.config),
+                 **({"target": dict(e.target)} if e.target else {})}
                 for e in self.evaluators
             ],
         }
@@ -197,6 +204,7 @@ class Recipe:
         """Hash of everything that changes results (run.device excluded: a run may move)."""
         d = self.to_dict()
         d["run"] = {k: v for k, v in d["run"].items() if k not in RESULT_NEUTRAL_RUN_KEYS}
+        d["evaluators"] = [{k: v for k, v in e.items() if k not in RESULT_NEUTRAL_EVAL_KEYS} for e in d["evaluators"]]
         blob = json.dumps(d, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -236,7 +244,7 @@ def points_of(d: dict[str, Any]) -> dict[str, str]:
         out[s["id"]] = h(out[src], s)
         prev = s["id"]
     for e in d["evaluators"]:
-        entry = {k: v for k, v in e.items() if k != "after"}
+        entry = {k: v for k, v in e.items() if k != "after" and k not in RESULT_NEUTRAL_EVAL_KEYS}
         for point in e["after"]:
             out[f"{point}/{e['id']}"] = h(out[point], entry)
     return out
@@ -292,6 +300,15 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             rest = path[2:]
             if head == "evaluators" and rest == ["after"]:
                 entry["after"] = value
+                continue
+            if head == "evaluators" and rest[0] == "target":  # evaluators.pope.target.accuracy=0.85
+                if len(rest) == 1:
+                    entry["target"] = value
+                else:
+                    if not isinstance(entry.get("target") or {}, dict):
+                        raise ConfigError(f"override {'.'.join(path)}: evaluators.{path[1]}.target in the "
+                                          "recipe is not a mapping")
+                    entry["target"] = {**(entry.get("target") or {}), "/".join(rest[1:]): value}
                 continue
             if rest[0] == "config":  # tolerate the explicit form stages.sft.config.lr
                 rest = rest[1:]
@@ -362,14 +379,14 @@ def _entries(raw: Any, section: str) -> list[Mapping[str, Any]]:
 
 
 def _entry_head(e: Mapping[str, Any], section: str, link: str, seen: set[str],
-                reserved: tuple[str, ...] = ()) -> tuple[str, str, str]:
+                reserved: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> tuple[str, str, str]:
     """``(id, name, where)`` of one ``stages``/``evaluators`` entry, after checking its
-    keys (``name``, ``id``, ``config`` and the section's ``link``: ``from`` or ``after``)
-    and that its id is new (recorded in ``seen``) and not ``reserved``."""
+    keys (``name``, ``id``, ``config``, the section's ``link``: ``from`` or ``after``, and
+    ``extra``) and that its id is new (recorded in ``seen``) and not ``reserved``."""
     name = str(e["name"])
     ident = str(e.get("id", name))
     where = f"{section}.{ident}"
-    allowed = ["name", "id", "config", link]
+    allowed = ["name", "id", "config", link, *extra]
     for key in e:
         if key not in allowed:
             raise ConfigError(f"{where}.{key}: unknown key; {did_you_mean(str(key), allowed)}")
@@ -424,7 +441,7 @@ def build_recipe(
     evals: list[EvalEntry] = []
     eval_ids: set[str] = set()
     for i, e in enumerate(_entries(raw.get("evaluators"), "evaluators")):
-        eid, name, where = _entry_head(e, "evaluators", "after", eval_ids)
+        eid, name, where = _entry_head(e, "evaluators", "after", eval_ids, extra=("target",))
         after = e.get("after")
         if after is None:
             after = [points[-1]]
@@ -438,9 +455,27 @@ def build_recipe(
                 raise ConfigError(f"{where}.after: {a!r} is not a stage id; {did_you_mean(str(a), points)}")
         plugin = _entry_plugin(registry, EVALUATORS, "evaluators", i, name)
         evals.append(
-            EvalEntry(eid, name, plugin, cfg.build(plugin.Config, e.get("config"), where=where), tuple(after))
+            EvalEntry(eid, name, plugin, cfg.build(plugin.Config, e.get("config"), where=where), tuple(after),
+                      target=_targets(e.get("target"), where))
         )
     return Recipe(run, model, tuple(stages), tuple(evals), source=source, raw=dict(raw))
+
+
+def _targets(raw: Any, where: str) -> dict[str, float]:
+    """An evaluator's ``target: {metric: value}`` (metric names as the evaluator reports
+    them, e.g. ``accuracy``, ``random/accuracy``, ``perception``), checked: a mapping of
+    names to numbers."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}.target: expected a mapping of metric names to numbers "
+                          f"(e.g. {{accuracy: 0.85}}), got {raw!r}")
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}.target.{key}: expected a number, got {value!r}")
+        out[str(key)] = float(value)
+    return out
 
 
 def load_recipe(

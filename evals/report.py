@@ -10,13 +10,16 @@ point was evaluated, ``scores_by_stage.png`` (matplotlib, Agg backend).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ftib.core.errors import FtibError
+from ftib.core.errors import FtibError, did_you_mean
 from ftib.core.rundir import atomic_write_text, iter_jsonl
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CHANCE", "PRIMARY", "collect_eval_dir", "collect_run", "markdown", "plot_stages", "plot_training",
            "run_markdown", "write_report", "write_run_report"]
@@ -139,9 +142,14 @@ def markdown(results: Results, title: str = "FTibBench results") -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The score plot's metric where it is not the summary's primary one: the metric whose
+#: chance and targets are stated (POPE's accuracy, 50 % by chance; MME's perception sum).
+PANEL_METRIC: dict[str, str] = {"pope": "accuracy", "mme": "perception", "binary_vqa": "accuracy"}
+
+
 def score_panels(results: Results) -> list[tuple[str, str, list[str]]]:
-    """The score plot's panels: ``(evaluator name, primary metric, evaluation ids)``, one
-    per evaluator and metric, so that the same benchmark in two languages (``pope`` and
+    """The score plot's panels: ``(evaluator name, metric, evaluation ids)``, one per
+    evaluator and metric, so that the same benchmark in two languages (``pope`` and
     ``pope_zh``, say) shares a panel, Tibetan and Chinese side by side."""
     points = list(results)
     benches = list(dict.fromkeys(b for p in points for b in results[p]))
@@ -149,13 +157,29 @@ def score_panels(results: Results) -> list[tuple[str, str, list[str]]]:
     for b in benches:
         name = next(results[p][b]["name"] for p in points if b in results[p])
         metrics0 = next(results[p][b]["metrics"] for p in points if b in results[p])
-        panels.setdefault((name, _primary(name, metrics0)), []).append(b)
+        key = PANEL_METRIC.get(name, "")
+        if key not in metrics0:
+            key = _primary(name, metrics0)
+        panels.setdefault((name, key), []).append(b)
     return [(name, key, ids) for (name, key), ids in panels.items()]
 
 
-def plot_stages(results: Results, out: Path) -> Path:
-    """One panel per benchmark (:func:`score_panels`): its primary metric at each
-    evaluated point, one line per evaluation of it, and chance as a dashed line."""
+def panel_targets(key: str, ids: list[str], targets: Mapping[str, Mapping[str, float]]) -> list[tuple[str, float]]:
+    """The target lines of a panel showing ``key``: ``(evaluation id, value)`` for each
+    distinct target its evaluations set on ``key`` itself or on a split of it
+    (``random/accuracy`` on an ``accuracy`` panel)."""
+    out: list[tuple[str, float]] = []
+    for b in ids:
+        values = [v for m, v in (targets.get(b) or {}).items() if m == key or m.endswith("/" + key)]
+        out += [(b, v) for v in dict.fromkeys(values)]
+    return out
+
+
+def plot_stages(results: Results, out: Path, targets: Mapping[str, Mapping[str, float]] | None = None) -> Path:
+    """One panel per benchmark (:func:`score_panels`): its metric at each evaluated
+    point, one line per evaluation of it (Tibetan and Chinese together), chance as a grey
+    dashed line and each evaluation's ``target`` (the recipe's, ``{eval id: {metric:
+    value}}``) as a dotted line in its colour."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -168,13 +192,21 @@ def plot_stages(results: Results, out: Path) -> Path:
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     for ax, (name, key, ids) in zip(axes.flat, panels):
+        colours = {}
         for b in ids:
             xs = [i for i, p in enumerate(points) if key in results[p].get(b, {}).get("metrics", {})]
             ys = [results[points[i]][b]["metrics"][key] for i in xs]
-            ax.plot(xs, ys, marker="o", label=b)
-        if (name, key) in CHANCE:
-            ax.axhline(CHANCE[(name, key)], ls="--", lw=0.8, color="grey")
-            ax.text(0, CHANCE[(name, key)], " chance", fontsize=7, color="grey", va="bottom")
+            (line,) = ax.plot(xs, ys, marker="o", label=b)
+            colours[b] = line.get_color()
+        metrics0 = next(results[p][b]["metrics"] for b in ids for p in points if b in results[p])
+        chance = _chance(name, key, metrics0)
+        if chance is not None:
+            ax.axhline(chance, ls="--", lw=0.8, color="grey")
+            ax.text(0, chance, " chance", fontsize=7, color="grey", va="bottom")
+        for b, value in panel_targets(key, ids, targets or {}):
+            ax.axhline(value, ls=":", lw=1.2, color=colours[b])
+            ax.text(len(points) - 1, value, f"target{f' ({b})' if len(ids) > 1 else ''} ", fontsize=7,
+                    color=colours[b], va="bottom", ha="right")
         if len(ids) > 1:
             ax.legend(fontsize=6, loc="best")
         ax.set_title(f"{name}: {key}" if len(ids) > 1 else f"{ids[0]}: {key}", fontsize=9)
@@ -218,6 +250,29 @@ def _chance(name: str, key: str, metrics: Mapping[str, Any]) -> float | None:
     if f"chance/{key}" in metrics:  # per-question chance the evaluator computed (MMBench)
         return float(metrics[f"chance/{key}"])
     return CHANCE.get((name, key))
+
+
+def unmatched_targets(results: Results, targets: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """One line per ``target`` that names a metric its evaluation never reported (a typo
+    would otherwise draw and check nothing), with the metrics it does report."""
+    out = []
+    for b, goals in targets.items():
+        have = dict.fromkeys(k for p in results for k in (results[p].get(b) or {}).get("metrics", {}))
+        if not have:
+            continue  # not evaluated (yet): nothing to say about its metrics
+        for key in goals:
+            if key not in have:
+                shown = ", ".join(k for k in have if not k.startswith(("rule/", "time", "chance/")))
+                out.append(f"evaluators.{b}.target.{key}: {b} reports no metric {key!r} "
+                           f"({did_you_mean(key, list(have))}); its metrics: {shown}")
+    return out
+
+
+def run_targets(manifest: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """``{evaluator id: {metric: value}}``: the ``target`` of each evaluator entry of the
+    recipe the run last ran (its manifest's ``config``)."""
+    return {e["id"]: dict(e["target"]) for e in (manifest.get("config") or {}).get("evaluators") or []
+            if isinstance(e, Mapping) and e.get("target")}
 
 
 def _mme_cognition() -> tuple[str, ...]:
@@ -279,24 +334,32 @@ def _stage_table(manifest: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _learning_table(results: Results) -> list[str]:
+def _learning_table(results: Results, targets: Mapping[str, Mapping[str, float]] | None = None) -> list[str]:
     """Each multimodal benchmark's metrics at every point that evaluated one, next to
-    chance."""
+    chance and the recipe's target (a score that meets it is marked ✓)."""
     points = [p for p in results if any(r["name"] in LEARNING_METRICS for r in results[p].values())]
     benches = list(dict.fromkeys(b for p in points for b, r in results[p].items() if r["name"] in LEARNING_METRICS))
     if not benches:
         return []
-    lines = ["| benchmark | metric | chance | " + " | ".join(points) + " |",
-             "|---|---|---:|" + "---:|" * len(points)]
+    targets = targets or {}
+    lines = ["| benchmark | metric | chance | target | " + " | ".join(points) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(points)]
     for b in benches:
         name = next(results[p][b]["name"] for p in points if b in results[p])
         m0 = next(results[p][b]["metrics"] for p in points if b in results[p])
-        for key in LEARNING_METRICS[name]:
+        own = targets.get(b) or {}
+        for key in [*LEARNING_METRICS[name], *(k for k in own if k not in LEARNING_METRICS[name])]:
             if key not in m0:
                 continue
             chance = _chance(name, key, m0)
-            cells = [_fmt(results[p].get(b, {}).get("metrics", {}).get(key)) for p in points]
-            lines.append(f"| {b} | {key} | {'–' if chance is None else _fmt(chance)} | " + " | ".join(cells) + " |")
+            goal = own.get(key)
+
+            def cell(p: str) -> str:
+                v = results[p].get(b, {}).get("metrics", {}).get(key)
+                return _fmt(v) + (" ✓" if goal is not None and v is not None and v >= goal else "")
+
+            lines.append(f"| {b} | {key} | {'–' if chance is None else _fmt(chance)} | "
+                         f"{'–' if goal is None else '≥ ' + _fmt(goal)} | " + " | ".join(cell(p) for p in points) + " |")
     return lines
 
 
@@ -365,11 +428,17 @@ def run_markdown(run_dir: Path) -> str:
         lines.append(f"- recomputed (configuration changed): {', '.join(manifest['recomputed'])}")
     lines += ["", "## Stages", ""]
     lines += _stage_table(manifest)
-    learning = _learning_table(results)
+    learning = _learning_table(results, run_targets(manifest))
     if learning:
         lines += ["", "## Learning on FTibBench-mini", "",
-                  "Scores at each evaluated point next to a random guesser's (chance). `base` is the "
-                  "untrained model; an unparsed answer counts as wrong.", ""] + learning
+                  "Scores at each evaluated point next to a random guesser's (chance) and the "
+                  "recipe's target (✓: met). `base` is the untrained model; an unparsed answer counts "
+                  "as wrong.", ""] + learning
+    unmatched = unmatched_targets(results, run_targets(manifest))
+    for line in unmatched:
+        log.warning("run report: %s", line)
+    if unmatched:
+        lines += [""] + [f"- **target not checked**: {line}" for line in unmatched]
     tax = _tax_table(manifest, results)
     if tax:
         lines += ["", "## Alignment tax", ""] + tax
@@ -478,7 +547,7 @@ def write_run_report(run_dir: Path) -> dict[str, Path]:
     written: dict[str, Path] = {"markdown": run_dir / "report.md"}
     results = collect_run(run_dir)
     if len(results) > 1:
-        written["plot"] = plot_stages(results, run_dir / "scores_by_stage.png")
+        written["plot"] = plot_stages(results, run_dir / "scores_by_stage.png", targets=run_targets(_manifest(run_dir)))
         text += "\n![scores by stage](scores_by_stage.png)\n"
     curves = plot_training(run_dir, run_dir / "training_curves.png")
     if curves is not None:

@@ -17,8 +17,9 @@ from ftib.core.registry import Registry
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 # Mappings whose keys are data, not field names (any key is valid there).
-# (sft.task_weights: task names, checked against the data when the stage runs)
-FREE_FORM = {"preset_overrides", "metadata", "task_weights"}
+# (sft.task_weights: task names, checked against the data when the stage runs;
+# evaluators' target: metric names, checked against the metrics when the report is written)
+FREE_FORM = {"preset_overrides", "metadata", "task_weights", "target"}
 
 
 def _key_paths(node: Any, path: tuple = ()) -> list[tuple]:

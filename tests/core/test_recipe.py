@@ -89,3 +89,29 @@ def test_apply_overrides_does_not_mutate():
     assert raw["stages"][0]["config"]["x"] == 1 and raw["model"] == "m"
     assert new["stages"][0]["config"]["x"] == 2
     assert new["model"] == {"name_or_path": "m", "revision": "main"}
+
+
+def test_evaluator_targets_are_checked_and_change_no_fingerprint(recipe_file):
+    """``target: {metric: value}`` on an evaluator entry is kept for the report; it is
+    result-neutral (no fingerprint moves, so changing it recomputes nothing) and settable
+    by override; a non-mapping or a non-number is an error naming the key."""
+    plain = load_recipe(recipe_file)
+    aimed = load_recipe(recipe_file, ["evaluators.echo.target.random/accuracy=0.85", "evaluators.echo.target.f1=0.9"])
+    assert dict(aimed.evaluators[0].target) == {"random/accuracy": 0.85, "f1": 0.9}
+    assert aimed.to_dict()["evaluators"][0]["target"] == {"random/accuracy": 0.85, "f1": 0.9}
+    assert "target" not in plain.to_dict()["evaluators"][0]
+    assert aimed.fingerprint() == plain.fingerprint()
+    assert aimed.point_fingerprints() == plain.point_fingerprints()
+    whole = load_recipe(recipe_file, ["evaluators.echo.target={accuracy: 0.5}"])
+    assert dict(whole.evaluators[0].target) == {"accuracy": 0.5}
+    with pytest.raises(ConfigError, match=r"evaluators.echo.target.f1: expected a number, got 'high'"):
+        load_recipe(recipe_file, ["evaluators.echo.target.f1=high"])
+    with pytest.raises(ConfigError, match=r"evaluators.echo.target.f1: expected a number, got True"):
+        load_recipe(recipe_file, ["evaluators.echo.target.f1=true"])
+    with pytest.raises(ConfigError, match=r"evaluators.echo.target: expected a mapping of metric names"):
+        load_recipe(recipe_file, ["evaluators.echo.target=0.9"])
+    raw = yaml.safe_load(recipe_file.read_text())
+    raw["evaluators"][0]["targets"] = {"f1": 0.9}
+    recipe_file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"evaluators.echo.targets: unknown key; did you mean 'target'"):
+        load_recipe(recipe_file)

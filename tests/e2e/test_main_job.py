@@ -93,6 +93,21 @@ def test_tibetan_pope_rises_from_the_base_and_chinese_is_kept(run):
         assert ev[f"sft/{bench}"]["status"] == "completed", bench
 
 
+def test_the_cold_start_and_grpo_keep_the_picture_answers(run):
+    """The cold start replays existence chats beside its translation instructions, so the
+    Tibetan POPE the SFT taught survives the text stages (measured 2026-12-06: 83 / 88 /
+    74 after SFT, 83 / 88 / 73 after GRPO; with a text-only cold start it fell to 54 / 53
+    / 48) and MME answers stay parsed."""
+    _, manifest, _ = run
+    ev = manifest["evals"]
+    for point in ("cold_start", "grpo"):
+        pope = ev[f"{point}/pope"]["metrics"]
+        for split in ("random", "popular", "adversarial"):
+            assert pope[f"{split}/accuracy"] >= 0.65, (point, split, pope)
+        assert ev[f"{point}/mme"]["metrics"]["unparsed_ratio"] <= 0.25, (point, ev[f"{point}/mme"]["metrics"])
+    assert ev["grpo/pope_zh"]["metrics"]["accuracy"] >= 0.65, ev["grpo/pope_zh"]["metrics"]
+
+
 def test_translation_and_tax_are_measured(run):
     _, manifest, _ = run
     ev = manifest["evals"]

@@ -61,12 +61,42 @@ def test_run_report_sections_and_plots(tmp_path):
     assert "reward (first 20% → last 20%) 0.5 → 0.9" in text
     # learning check: every POPE split with chance 0.5; MME perception chance = 75 x 4
     # perception subtasks (numerical_calculation is cognition)
-    assert "| pope | random/accuracy | 0.5 | 0.5 | 0.875 |\n" in text  # grpo evaluated no benchmark of these
-    assert "| mme | perception | 300 | – | 400 |\n" in text
+    assert "| pope | random/accuracy | 0.5 | – | 0.5 | 0.875 |\n" in text  # grpo evaluated no benchmark of these
+    assert "| mme | perception | 300 | – | – | 400 |\n" in text
     assert "| grpo | 20 | 0.7 | 10 | 30 | 0.1 | 0.4 | 0.05 |" in text
     assert "measured against `stage:warmup`" in text
     assert "headline" not in text.split("## Benchmarks")[1].split("## base")[0]  # failed evals are left out
     assert "![training curves](training_curves.png)" in text
+
+
+def test_run_report_states_and_draws_the_recipes_targets(tmp_path):
+    """An evaluator's ``target`` (in the recipe the run last ran) is a column of the
+    learning table, a met score is marked, and the score plot draws it on the panel of
+    its metric (a split's target on the metric's panel)."""
+    from ftib.evals.report import collect_run, panel_targets, run_targets, score_panels
+
+    run = _run_dir(tmp_path)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["config"]["evaluators"] += [
+        {"id": "pope", "name": "pope", "target": {"random/accuracy": 0.85, "popular/accuracy": 0.85}},
+        {"id": "mme", "name": "mme", "target": {"perception": 327.5, "percepton": 1.0}}]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert run_targets(manifest) == {"pope": {"random/accuracy": 0.85, "popular/accuracy": 0.85},
+                                     "mme": {"perception": 327.5, "percepton": 1.0}}
+    write_run_report(run)
+    text = (run / "report.md").read_text()
+    # a target on a metric the evaluation never reported is named, with the right spelling
+    assert ("- **target not checked**: evaluators.mme.target.percepton: mme reports no metric 'percepton' "
+            "(did you mean 'perception'?") in text
+    assert "| pope | random/accuracy | 0.5 | ≥ 0.85 | 0.5 | 0.875 ✓ |\n" in text
+    assert "| pope | popular/accuracy | 0.5 | ≥ 0.85 | 0.5 | 0.8125 |\n" in text
+    assert "| pope | adversarial/accuracy | 0.5 | – | 0.5 | 0.5 |\n" in text
+    assert "| mme | perception | 300 | ≥ 327.5 | – | 400 ✓ |\n" in text
+    panels = {name: (key, ids) for name, key, ids in score_panels(collect_run(run))}
+    assert panels["pope"] == ("accuracy", ["pope"]) and panels["mme"] == ("perception", ["mme"])
+    assert panel_targets("accuracy", ["pope"], run_targets(manifest)) == [("pope", 0.85)]  # one line for both
+    assert panel_targets("perception", ["mme"], run_targets(manifest)) == [("mme", 327.5)]
+    assert panel_targets("f1", ["pope"], run_targets(manifest)) == []
 
 
 def test_run_report_errors_name_the_problem(tmp_path):
