@@ -175,7 +175,12 @@ def check_tasks_present(rows: Any, tasks: Any, path: Any, key: str = "tasks") ->
     missing = [t for t in tasks if t not in have]
     if missing:
         raise ConfigError(f"stages.sft.{key}: {path} has no record of task {missing[0]!r}; its tasks: "
-                          + ", ".join(f"{t} ({n})" for t, n in sorted(have.items())))
+                          + task_listing(have))
+
+
+def task_listing(counts: Any) -> str:
+    """``colour (12), count (9)``: a file's tasks and their record counts, for errors."""
+    return ", ".join(f"{t} ({n})" for t, n in sorted(counts.items()))
 
 
 def select_tasks(rows: Any, tasks: tuple[str, ...], path: Any, each: bool = True) -> Any:
@@ -200,19 +205,16 @@ def check_tasks_in_sources(loaded: list[tuple[Any, Any]], tasks: Any, task_weigh
 
     have = [(path, Counter(rows["task"])) for path, rows in loaded]
 
-    def listing(counts: Counter) -> str:
-        return ", ".join(f"{k} ({n})" for k, n in sorted(counts.items()))
-
     for key, named in (("tasks", tasks), ("task_weights", task_weights)):
         for t in named or ():
             if not any(t in counts for _, counts in have):
                 raise ConfigError(f"stages.sft.{key}: no data source has a record of task {t!r}; "
-                                  + "; ".join(f"{path} has {listing(c)}" for path, c in have))
+                                  + "; ".join(f"{path} has {task_listing(c)}" for path, c in have))
     if tasks is not None:
         for path, counts in have:
             if not any(t in counts for t in tasks):
                 raise ConfigError(f"stages.sft.tasks: {path} has no record of any of the tasks "
-                                  f"{', '.join(tasks)}; its tasks: {listing(counts)}")
+                                  f"{', '.join(tasks)}; its tasks: {task_listing(counts)}")
 
 
 class SFTStage(Stage):
